@@ -1,0 +1,3 @@
+from ci_mcp.cli import main
+
+raise SystemExit(main())

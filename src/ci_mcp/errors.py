@@ -1,0 +1,60 @@
+"""The error tree shared by every module.
+
+Three planes (DESIGN.md section 3): the user's code raising is *data* in a RunResult, not an exception;
+a failure the calling model can act on is a `CiMcpError`; bad configuration is a `ConfigError` at start-up.
+Messages are read by a language model or an operator: they say what to do next and never carry secrets.
+"""
+
+from __future__ import annotations
+
+
+class CiMcpError(Exception):
+    """A failure the calling model can act on. The message says what to try next."""
+
+    transient: bool = False
+
+
+class NotFoundError(CiMcpError):
+    """An id (file or session) that the server does not know."""
+
+
+class InvalidInputError(CiMcpError):
+    """Arguments that cannot be used as given (missing, contradictory, malformed)."""
+
+
+class PathNotAllowedError(CiMcpError):
+    """A path outside the allowed roots, or a refused kind of file."""
+
+
+class FileTooLargeError(CiMcpError):
+    """An upload or inline content over the configured size limit."""
+
+
+class RunTimeoutError(CiMcpError):
+    """A run that exceeded its time limit and could not be brought back with its state."""
+
+
+class KernelDiedError(CiMcpError):
+    """The session's kernel process died during a run."""
+
+
+class RunFailedError(CiMcpError):
+    """A remote run (Azure) that ended failed, cancelled or incomplete."""
+
+
+class CapacityError(CiMcpError):
+    """Too many live sessions."""
+
+
+class BackendUnavailableError(CiMcpError):
+    """Transient upstream trouble that persisted after retries."""
+
+    transient = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(Exception):
+    """Bad configuration found at start-up; the message names the setting to change."""

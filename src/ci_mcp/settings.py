@@ -1,0 +1,122 @@
+"""Configuration, read once at the edge (`cli.py` builds a `Settings` from the environment and flags).
+
+Everything below `cli.py` takes a `Settings` value; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ci_mcp.errors import ConfigError
+
+MB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("ci-mcp", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every setting has a `CI_MCP_*` environment variable (Azure ones also take their usual Azure names)."""
+
+    model_config = SettingsConfigDict(env_prefix="CI_MCP_", extra="ignore", populate_by_name=True, frozen=True)
+
+    backend: Literal["local", "azure", "azure-classic"] = "local"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    allowed_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Roots for upload paths and save_to when the client offers no MCP roots. Empty: the server's cwd."""
+
+    max_upload_bytes: int = 512 * MB
+    max_inline_upload_bytes: int = 20 * MB
+    run_timeout_seconds: float = 120.0
+    max_run_timeout_seconds: float = 900.0
+    idle_session_seconds: float = 1800.0
+    max_sessions: int = 8
+    text_output_limit: int = 20_000
+    inline_image_bytes: int = 700_000
+    """An image block larger than this is shrunk for the result; the original stays fetchable."""
+    inline_text_fetch_bytes: int = 100_000
+    """fetch_generated_file returns text files up to this size inline; larger ones as a resource or save_to."""
+
+    # local backend
+    kernel_pool_size: int = 1
+    kernel_preload: bool = True
+    """Pre-import numpy, pandas and matplotlib in pooled kernels."""
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    memory_limit_mb: int = 2048
+    cpu_time_limit_seconds: int = 3600
+    max_processes: int = 256
+    max_file_size_mb: int = 1024
+    max_session_dir_mb: int = 2048
+    kernel_python: str | None = None
+    """Python executable for kernels (must have ipykernel). Default: the server's own interpreter."""
+
+    # natural-language requests on the local backend (OpenAI-compatible endpoint)
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = Field(default=None, repr=False)
+
+    # azure backends
+    azure_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "CI_MCP_AZURE_ENDPOINT", "AZURE_AI_PROJECT_ENDPOINT", "FOUNDRY_PROJECT_ENDPOINT", "PROJECT_ENDPOINT"
+        ),
+    )
+    azure_model: str = Field(
+        default="gpt-4.1",
+        validation_alias=AliasChoices("CI_MCP_AZURE_MODEL", "AZURE_AI_MODEL_DEPLOYMENT_NAME", "MODEL_DEPLOYMENT_NAME"),
+    )
+    azure_agent_name: str = "ci-mcp-code-interpreter"
+    azure_instructions: str = (
+        "You are a data analyst. Use the code interpreter to answer with Python. Files the user attached are in "
+        "/mnt/data. Save every chart as a PNG file and describe the result briefly."
+    )
+    project_connection_string: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("PROJECT_CONNECTION_STRING")
+    )
+
+    # transport
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @field_validator("allowed_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        if isinstance(value, str):
+            import os
+
+            return [p for p in value.split(os.pathsep) if p.strip()]
+        return value
+
+    def check(self) -> None:
+        """Cross-field checks; raises ConfigError naming the setting to change."""
+        if self.backend in ("azure", "azure-classic") and not self.azure_endpoint:
+            if self.project_connection_string:
+                raise ConfigError(
+                    "PROJECT_CONNECTION_STRING (the 2024 hub format) is no longer supported by any Azure AI SDK. "
+                    "Set AZURE_AI_PROJECT_ENDPOINT to your project endpoint instead: "
+                    "https://<account>.services.ai.azure.com/api/projects/<project>"
+                )
+            raise ConfigError(
+                f"CI_MCP_BACKEND={self.backend} needs AZURE_AI_PROJECT_ENDPOINT "
+                "(https://<account>.services.ai.azure.com/api/projects/<project>)."
+            )
+        if self.run_timeout_seconds <= 0 or self.max_run_timeout_seconds < self.run_timeout_seconds:
+            raise ConfigError(
+                "CI_MCP_RUN_TIMEOUT_SECONDS must be > 0 and not above CI_MCP_MAX_RUN_TIMEOUT_SECONDS."
+            )
+        if self.kernel_pool_size < 0:
+            raise ConfigError("CI_MCP_KERNEL_POOL_SIZE must be 0 or more.")
+        if self.max_sessions < 1:
+            raise ConfigError("CI_MCP_MAX_SESSIONS must be at least 1.")

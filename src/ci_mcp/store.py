@@ -1,0 +1,328 @@
+"""The embedded, durable file store shared by every backend.
+
+Bytes live in `<data_dir>/files/<file_id>`, written to `<data_dir>/tmp/` first, fsynced and renamed into place.
+Metadata lives in SQLite (`<data_dir>/meta.sqlite3`), inserted only after the bytes are in place. So a crash
+leaves at worst an orphan blob, which `open()` removes; never a row without its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ci_mcp.errors import FileTooLargeError, NotFoundError
+from ci_mcp.models import FileInfo, FileOrigin, SessionInfo
+
+_CHUNK = 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    file_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    session_id TEXT
+);
+CREATE INDEX IF NOT EXISTS files_by_session ON files(session_id);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT '{}',
+    closed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_EXTRA_TYPES = {
+    ".csv": "text/csv",
+    ".md": "text/markdown",
+    ".json": "application/json",
+    ".parquet": "application/vnd.apache.parquet",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+    ".log": "text/plain",
+    ".py": "text/x-python",
+}
+
+
+def guess_media_type(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXTRA_TYPES:
+        return _EXTRA_TYPES[suffix]
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
+
+
+def new_session_id() -> str:
+    return "sess-" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    backend: str
+    created_at: float
+    last_used_at: float
+    state: dict[str, object]
+    closed: bool
+
+
+class FileStore:
+    """Files and session metadata on disk. Methods are synchronous and quick; call them from any thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.files_dir = data_dir / "files"
+        self.tmp_dir = data_dir / "tmp"
+        self.workspaces_dir = data_dir / "workspaces"
+        for d in (self.files_dir, self.tmp_dir, self.workspaces_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(data_dir / "meta.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._recover()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- recovery --------------------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Remove half-written temporaries and blobs whose metadata row never landed."""
+        for tmp in self.tmp_dir.iterdir():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        known = {row[0] for row in self._db.execute("SELECT file_id FROM files")}
+        for blob in self.files_dir.iterdir():
+            if blob.name not in known:
+                blob.unlink(missing_ok=True)
+        missing = [fid for fid in known if not (self.files_dir / fid).exists()]
+        for fid in missing:  # a blob deleted by hand: drop the row so the listing stays truthful
+            self._db.execute("DELETE FROM files WHERE file_id = ?", (fid,))
+
+    # -- files -----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _staged(self) -> Iterator[tuple[Path, BinaryIO]]:
+        tmp = self.tmp_dir / secrets.token_hex(8)
+        with open(tmp, "wb") as fh:
+            try:
+                yield tmp, fh
+            except BaseException:
+                fh.close()
+                tmp.unlink(missing_ok=True)
+                raise
+
+    def _commit(
+        self,
+        tmp: Path,
+        fh: BinaryIO,
+        *,
+        name: str,
+        size: int,
+        sha256: str,
+        origin: FileOrigin,
+        session_id: str | None,
+        media_type: str | None,
+    ) -> FileInfo:
+        fh.flush()
+        os.fsync(fh.fileno())
+        file_id = new_file_id()
+        os.replace(tmp, self.files_dir / file_id)
+        info = FileInfo(
+            file_id=file_id,
+            name=name,
+            size=size,
+            media_type=media_type or guess_media_type(name),
+            origin=origin,
+            sha256=sha256,
+            created_at=time.time(),
+            session_id=session_id,
+        )
+        self._db.execute(
+            "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.file_id,
+                info.name,
+                info.size,
+                info.media_type,
+                info.origin,
+                info.sha256,
+                info.created_at,
+                info.session_id,
+            ),
+        )
+        return info
+
+    def put_bytes(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        origin: FileOrigin,
+        session_id: str | None = None,
+        media_type: str | None = None,
+    ) -> FileInfo:
+        with self._staged() as (tmp, fh):
+            fh.write(data)
+            return self._commit(
+                tmp,
+                fh,
+                name=name,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                origin=origin,
+                session_id=session_id,
+                media_type=media_type,
+            )
+
+    def put_path(
+        self,
+        name: str,
+        source: Path,
+        *,
+        origin: FileOrigin,
+        max_bytes: int,
+        session_id: str | None = None,
+        media_type: str | None = None,
+    ) -> FileInfo:
+        """Copy `source` in, hashing as it goes; refuse (and leave nothing) past `max_bytes`."""
+        digest = hashlib.sha256()
+        size = 0
+        with self._staged() as (tmp, fh), open(source, "rb") as src:
+            while chunk := src.read(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FileTooLargeError(
+                        f"'{name}' is larger than the limit of {max_bytes:,} bytes; "
+                        "split it or upload a smaller extract."
+                    )
+                digest.update(chunk)
+                fh.write(chunk)
+            return self._commit(
+                tmp,
+                fh,
+                name=name,
+                size=size,
+                sha256=digest.hexdigest(),
+                origin=origin,
+                session_id=session_id,
+                media_type=media_type,
+            )
+
+    def get(self, file_id: str) -> FileInfo:
+        row = self._db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
+        if row is None:
+            hint = ""
+            if file_id.startswith("sess-"):
+                hint = " That looks like a session id; pass it as session_id."
+            raise NotFoundError(
+                f"No file with id '{file_id}'.{hint} Use an id returned by upload_file or run_code_analysis "
+                "(list_files shows them)."
+            )
+        return _file_from_row(row)
+
+    def path(self, file_id: str) -> Path:
+        self.get(file_id)
+        return self.files_dir / file_id
+
+    def read(self, file_id: str) -> bytes:
+        return self.path(file_id).read_bytes()
+
+    def list(self, session_id: str | None = None) -> list[FileInfo]:
+        if session_id is None:
+            rows = self._db.execute("SELECT * FROM files ORDER BY created_at").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM files WHERE session_id = ? ORDER BY created_at", (session_id,)
+            ).fetchall()
+        return [_file_from_row(r) for r in rows]
+
+    # -- sessions --------------------------------------------------------------------------------------------
+
+    def create_session(self, backend: str, state: dict[str, object] | None = None) -> SessionRecord:
+        now = time.time()
+        rec = SessionRecord(new_session_id(), backend, now, now, state or {}, False)
+        self._db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, 0)",
+            (rec.session_id, backend, now, now, json.dumps(rec.state)),
+        )
+        return rec
+
+    def session(self, session_id: str) -> SessionRecord:
+        row = self._db.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        if row is None:
+            hint = ""
+            if session_id.startswith("file-"):
+                hint = " That looks like a file id; pass it in file_ids."
+            raise NotFoundError(
+                f"No session with id '{session_id}'.{hint} Omit session_id to start a new session."
+            )
+        return SessionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
+
+    def update_session(
+        self, session_id: str, *, state: dict[str, object] | None = None, closed: bool | None = None
+    ) -> None:
+        now = time.time()
+        if state is not None:
+            self._db.execute(
+                "UPDATE sessions SET state = ?, last_used_at = ? WHERE session_id = ?",
+                (json.dumps(state), now, session_id),
+            )
+        else:
+            self._db.execute("UPDATE sessions SET last_used_at = ? WHERE session_id = ?", (now, session_id))
+        if closed is not None:
+            self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
+
+    def sessions(self, backend: str | None = None) -> list[SessionRecord]:
+        rows = self._db.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
+        return [
+            SessionRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5]))
+            for r in rows
+            if backend is None or r[1] == backend
+        ]
+
+    def session_info(self, rec: SessionRecord, live: bool) -> SessionInfo:
+        return SessionInfo(
+            session_id=rec.session_id,
+            created_at=rec.created_at,
+            last_used_at=rec.last_used_at,
+            live=live,
+            file_ids=tuple(f.file_id for f in self.list(rec.session_id)),
+        )
+
+
+def _file_from_row(row: tuple[object, ...]) -> FileInfo:
+    return FileInfo(
+        file_id=str(row[0]),
+        name=str(row[1]),
+        size=int(row[2]),  # type: ignore[call-overload]
+        media_type=str(row[3]),
+        origin="upload" if row[4] == "upload" else "generated",
+        sha256=str(row[5]),
+        created_at=float(row[6]),  # type: ignore[arg-type]
+        session_id=None if row[7] is None else str(row[7]),
+    )
