@@ -6,11 +6,9 @@ Everything below `cli.py` takes a `Settings` value; nothing else reads the envir
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from typing import Annotated
-
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ci_mcp.errors import ConfigError
@@ -113,9 +111,7 @@ class Settings(BaseSettings):
                 "(https://<account>.services.ai.azure.com/api/projects/<project>)."
             )
         if self.run_timeout_seconds <= 0 or self.max_run_timeout_seconds < self.run_timeout_seconds:
-            raise ConfigError(
-                "CI_MCP_RUN_TIMEOUT_SECONDS must be > 0 and not above CI_MCP_MAX_RUN_TIMEOUT_SECONDS."
-            )
+            raise ConfigError("CI_MCP_RUN_TIMEOUT_SECONDS must be > 0 and not above CI_MCP_MAX_RUN_TIMEOUT_SECONDS.")
         if self.kernel_pool_size < 0:
             raise ConfigError("CI_MCP_KERNEL_POOL_SIZE must be 0 or more.")
         if self.max_sessions < 1:

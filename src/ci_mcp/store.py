@@ -210,9 +210,24 @@ class FileStore:
         media_type: str | None = None,
     ) -> FileInfo:
         """Copy `source` in, hashing as it goes; refuse (and leave nothing) past `max_bytes`."""
+        with open(source, "rb") as src:
+            return self.put_stream(
+                name, src, origin=origin, max_bytes=max_bytes, session_id=session_id, media_type=media_type
+            )
+
+    def put_stream(
+        self,
+        name: str,
+        src: BinaryIO,
+        *,
+        origin: FileOrigin,
+        max_bytes: int,
+        session_id: str | None = None,
+        media_type: str | None = None,
+    ) -> FileInfo:
         digest = hashlib.sha256()
         size = 0
-        with self._staged() as (tmp, fh), open(source, "rb") as src:
+        with self._staged() as (tmp, fh):
             while chunk := src.read(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
@@ -278,9 +293,7 @@ class FileStore:
             hint = ""
             if session_id.startswith("file-"):
                 hint = " That looks like a file id; pass it in file_ids."
-            raise NotFoundError(
-                f"No session with id '{session_id}'.{hint} Omit session_id to start a new session."
-            )
+            raise NotFoundError(f"No session with id '{session_id}'.{hint} Omit session_id to start a new session.")
         return SessionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
 
     def update_session(

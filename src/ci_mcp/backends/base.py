@@ -31,7 +31,7 @@ class Backend(Protocol):
     """True when a natural-language `RunRequest.request` can be served."""
 
     data_mount: str
-    """Where uploaded files appear for the code (e.g. '/mnt/data')."""
+    """Where uploaded files appear for the code (e.g. '/mnt/data'); empty: the working directory."""
 
     async def start(self) -> None: ...
 

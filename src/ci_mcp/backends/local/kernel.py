@@ -1,0 +1,314 @@
+"""One Jupyter kernel process and its client: start, execute with a deadline, interrupt, restart, stop.
+
+This module is the boundary for jupyter_client: kernel messages are parsed here into plain `KernelEvent`s,
+and only JSON from the kernel is ever decoded (the kernel is untrusted). The process is ours (not
+jupyter_client's KernelManager) so that it can be wrapped by the sandbox launcher; kernels talk over IPC
+sockets in a private runtime directory, and interrupts go as `interrupt_request` messages on the control
+channel, which works through a PID namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import Process
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
+
+log = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_START_TIMEOUT = 60.0
+_POLL = 0.25
+CONN_DIR = "{conn_dir}"
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """How to start a kernel process. `wrapper` is the sandbox command prefix (empty: none)."""
+
+    python: str
+    cwd: Path
+    env: dict[str, str]
+    runtime_dir: Path
+    script: str
+    """Path of kernel_launcher.py as the kernel process sees it."""
+    limits: dict[str, int] = field(default_factory=dict)
+    mpl_seed: Path | None = None
+    """A prepared matplotlib cache, copied into each kernel's private MPLCONFIGDIR (CONN_DIR/mpl)."""
+    wrapper: tuple[str, ...] = ()
+    """Sandbox command prefix; the token CONN_DIR is replaced by the kernel's private connection directory."""
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    name: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True)
+class DisplayEvent:
+    """display_data or execute_result: a mime bundle (values are str; images base64 as sent)."""
+
+    data: dict[str, str]
+    is_result: bool
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    name: str
+    value: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class ClearEvent:
+    pass
+
+
+KernelEvent = StreamEvent | DisplayEvent | ErrorEvent | ClearEvent
+EventSink = Callable[[KernelEvent], Awaitable[None]]
+
+Outcome = Literal["ok", "error", "timeout", "interrupted", "died"]
+
+
+class KernelStartError(Exception):
+    """The kernel process did not come up; the message says why in plain words."""
+
+
+class Kernel:
+    """A kernel process with its client. Not safe for concurrent `execute` calls: the session serialises them."""
+
+    def __init__(self, launch: KernelLaunch) -> None:
+        self.launch = launch
+        self._process: Process | None = None
+        self._client: AsyncKernelClient | None = None
+        self._conn_dir: Path | None = None
+        self.started_at = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    async def start(self) -> None:
+        launch = self.launch
+        self._conn_dir = launch.runtime_dir / ("k-" + secrets.token_hex(6))
+        self._conn_dir.mkdir(parents=True, mode=0o700)
+        conn_file, info = write_connection_file(
+            str(self._conn_dir / "kernel.json"),
+            transport="ipc",
+            ip=str(self._conn_dir / "ipc"),
+            key=secrets.token_hex(16).encode(),
+        )
+        argv = [
+            *(str(self._conn_dir) if arg == CONN_DIR else arg for arg in launch.wrapper),
+            launch.python,
+            launch.script,
+            json.dumps(launch.limits),
+            "-f",
+            conn_file,
+            "--IPKernelApp.parent_handle=0",
+            "--HistoryManager.enabled=False",
+        ]
+        if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
+            shutil.copytree(launch.mpl_seed, self._conn_dir / "mpl")
+        env = {k: v.replace(CONN_DIR, str(self._conn_dir)) for k, v in launch.env.items()}
+        self._process = await anyio.open_process(
+            argv,
+            cwd=str(launch.cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = AsyncKernelClient()
+        client.load_connection_info(dict(info))
+        client.start_channels(hb=False)
+        self._client = client
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        self.started_at = time.monotonic()
+
+    async def _wait_ready(self) -> None:
+        client = self._require_client()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            if not self.alive:
+                raise KernelStartError(
+                    f"The kernel process exited with code {self.returncode} while starting. "
+                    "Run `ci-mcp doctor` to see why."
+                )
+            msg_id = client.kernel_info()
+            try:
+                reply = await client.get_shell_msg(timeout=1.0)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise KernelStartError(
+                        f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`."
+                    ) from None
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                break
+        # iopub is a SUB socket: drain until it delivers, so that no output of the first run is lost.
+        while True:
+            try:
+                await client.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                break
+
+    def _require_client(self) -> AsyncKernelClient:
+        if self._client is None:
+            raise RuntimeError("kernel not started")
+        return self._client
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.returncode
+
+    async def execute(self, code: str, *, deadline: float, sink: EventSink) -> Outcome:
+        """Run `code`; report every output to `sink`; return how it ended.
+
+        On the deadline, or on cancellation, the kernel is interrupted; if it does not come back within a
+        grace period the caller sees "timeout" (or the cancellation) and must `restart()`.
+        """
+        client = self._require_client()
+        msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=True)
+        try:
+            return await self._collect(msg_id, deadline, sink)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.interrupt()
+                outcome = await self._collect(msg_id, time.monotonic() + 2.0, _discard)
+                if outcome == "timeout":
+                    await self.restart()
+            raise
+
+    async def _collect(self, msg_id: str, deadline: float, sink: EventSink) -> Outcome:
+        client = self._require_client()
+        outcome: Outcome = "ok"
+        idle = False
+        replied = False
+        interrupted_at: float | None = None
+        while not (idle and replied):
+            now = time.monotonic()
+            if interrupted_at is None and now >= deadline:
+                await self.interrupt()
+                interrupted_at = now
+            if interrupted_at is not None and now - interrupted_at > 3.0:
+                return "timeout"
+            if not self.alive:
+                return "died"
+            wait = _POLL if interrupted_at is not None else max(0.001, min(_POLL, deadline - now))
+            if idle:  # execute_reply normally precedes idle; this is the rare other order
+                try:
+                    reply = await client.get_shell_msg(timeout=wait)
+                except queue.Empty:
+                    continue
+                if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                    replied = True
+                continue
+            try:
+                msg = await client.get_iopub_msg(timeout=wait)
+            except queue.Empty:
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            mtype = msg.get("msg_type")
+            content: dict[str, Any] = msg.get("content", {})
+            if mtype == "status" and content.get("execution_state") == "idle":
+                idle = True
+                while not replied:
+                    try:
+                        reply = await client.get_shell_msg(timeout=0)
+                    except queue.Empty:
+                        break
+                    replied = reply.get("parent_header", {}).get("msg_id") == msg_id
+                continue
+            event = _event(mtype, content)
+            if event is not None:
+                if isinstance(event, ErrorEvent):
+                    outcome = "error"
+                await sink(event)
+        if interrupted_at is not None:
+            return "interrupted"
+        return outcome
+
+    async def interrupt(self) -> None:
+        """Ask the kernel to raise KeyboardInterrupt (control channel; works inside a PID namespace)."""
+        client = self._client
+        if client is None or not self.alive:
+            return
+        msg = client.session.msg("interrupt_request", {})
+        client.control_channel.send(msg)
+        if not self.launch.wrapper and self._process is not None:
+            # Without a sandbox wrapper the kernel is our direct child: a signal is quicker and always works.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGINT)
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def stop(self) -> None:
+        client, process = self._client, self._process
+        self._client = None
+        if client is not None:
+            client.stop_channels()
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with anyio.move_on_after(5), anyio.CancelScope(shield=True):
+                await process.wait()
+        if self._conn_dir is not None:
+            shutil.rmtree(self._conn_dir, ignore_errors=True)
+            self._conn_dir = None
+
+
+async def _discard(event: KernelEvent) -> None:
+    return None
+
+
+def _event(mtype: object, content: dict[str, Any]) -> KernelEvent | None:
+    if mtype == "stream":
+        name = "stderr" if content.get("name") == "stderr" else "stdout"
+        return StreamEvent(name, str(content.get("text", "")))
+    if mtype in ("display_data", "execute_result", "update_display_data"):
+        data = content.get("data", {})
+        if not isinstance(data, dict):
+            return None
+        bundle = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+        return DisplayEvent(bundle, is_result=mtype == "execute_result")
+    if mtype == "error":
+        tb = content.get("traceback", [])
+        text = "\n".join(strip_ansi(str(line)) for line in tb) if isinstance(tb, list) else ""
+        return ErrorEvent(str(content.get("ename", "Error")), str(content.get("evalue", "")), text)
+    if mtype == "clear_output":
+        return ClearEvent()
+    return None

@@ -1,0 +1,67 @@
+"""A small pool of pre-started kernels, each with its own empty workspace, so a new session starts warm."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ci_mcp.backends.local.kernel import Kernel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarmKernel:
+    kernel: Kernel
+    workspace: Path
+
+
+class KernelPool:
+    def __init__(self, size: int, make: Callable[[], Awaitable[WarmKernel]]) -> None:
+        self.size = size
+        self._make = make
+        self._ready: list[WarmKernel] = []
+        self._filling = False
+        self._tg: TaskGroup | None = None
+        self.last_error: str | None = None
+
+    def attach(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self.refill()
+
+    def take(self) -> WarmKernel | None:
+        warm = self._ready.pop(0) if self._ready else None
+        self.refill()
+        return warm
+
+    def refill(self) -> None:
+        if self._tg is not None and not self._filling and len(self._ready) < self.size:
+            self._filling = True
+            self._tg.start_soon(self._fill)
+
+    async def _fill(self) -> None:
+        try:
+            while len(self._ready) < self.size:
+                try:
+                    self._ready.append(await self._make())
+                    self.last_error = None
+                except Exception as exc:  # keep serving: sessions start cold instead
+                    self.last_error = str(exc)
+                    log.warning("could not pre-start a kernel: %s", exc)
+                    return
+        finally:
+            self._filling = False
+
+    async def aclose(self) -> None:
+        ready, self._ready = self._ready, []
+        self._tg = None
+        with anyio.CancelScope(shield=True):
+            for warm in ready:
+                await warm.kernel.stop()
+                shutil.rmtree(warm.workspace, ignore_errors=True)

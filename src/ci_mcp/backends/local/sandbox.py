@@ -1,0 +1,210 @@
+"""How a kernel process is confined: the bubblewrap command line, the scrubbed environment, the limits.
+
+With bwrap the kernel sees: a read-only /usr and Python environment, a private /tmp and /dev, its own PID, IPC,
+UTS and network namespaces (no network at all, loopback included), the session directory read-write at
+/mnt/data, and its IPC socket directory. Nothing else of the host: not the user's home, not the server's data
+directory, not other sessions. Without bwrap (CI_MCP_SANDBOX=none, or auto where bwrap cannot run) the kernel
+runs as a plain child process with resource limits only, and the working directory stands in for /mnt/data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from ci_mcp.backends.local.kernel import CONN_DIR, KernelLaunch
+from ci_mcp.errors import ConfigError
+
+DATA_MOUNT = "/mnt/data"
+_LAUNCHER_MOUNT = "/opt/ci-mcp"
+_ETC_ALLOWED = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "fonts",
+    "nsswitch.conf",
+    "passwd",
+    "group",
+    "hosts",
+)
+_ENV_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+MB = 1024 * 1024
+_ROOTS_PROBE = "import sys, site; print(sys.prefix); print(sys.base_prefix); print(*site.getsitepackages(), sep='\\n')"
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    mode: str  # "bwrap" or "none"
+    reason: str  # why, in plain words (shown by doctor, the log and the first result of a session)
+
+
+@cache
+def bwrap_works() -> tuple[bool, str]:
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return False, "bubblewrap (bwrap) is not installed; install the Debian package 'bubblewrap'"
+    try:
+        proc = subprocess.run(
+            [exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--", "true"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"bwrap could not be run: {exc}"
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        return False, "bwrap cannot create namespaces here: " + (detail[-1] if detail else f"exit {proc.returncode}")
+    return True, f"bwrap at {exe}"
+
+
+def plan_sandbox(mode: str) -> SandboxPlan:
+    """Decide the sandbox for `CI_MCP_SANDBOX` (auto|bwrap|none). `bwrap` without a working bwrap is a ConfigError."""
+    if mode == "none":
+        return SandboxPlan("none", "CI_MCP_SANDBOX=none: kernels run unconfined, with resource limits only")
+    ok, detail = bwrap_works()
+    if ok:
+        return SandboxPlan("bwrap", detail)
+    if mode == "bwrap":
+        raise ConfigError(f"CI_MCP_SANDBOX=bwrap but {detail}. Install it, or set CI_MCP_SANDBOX=auto.")
+    return SandboxPlan(
+        "none", f"NOT SANDBOXED: {detail}. Kernels run with your user's rights and resource limits only."
+    )
+
+
+def kernel_env(home: str) -> dict[str, str]:
+    """A scrubbed environment: nothing of the server's (no AZURE_*, tokens, keys, CI_MCP_*) reaches the code."""
+    import os
+
+    env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": home,
+        "TMPDIR": "/tmp",
+        "MPLCONFIGDIR": CONN_DIR + "/mpl",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OPENBLAS_NUM_THREADS": "2",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "JPY_SESSION_NAME": "ci-mcp",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    for key in _ENV_PASSTHROUGH:
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def limits(memory_mb: int, cpu_seconds: int, processes: int, file_mb: int) -> dict[str, int]:
+    return {
+        "memory_bytes": memory_mb * MB,
+        "cpu_seconds": cpu_seconds,
+        "processes": processes,
+        "file_bytes": file_mb * MB,
+    }
+
+
+def python_roots(python: str) -> list[Path]:
+    """Directories the kernel's Python needs: its prefix, base prefix and the real paths of the executable."""
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys, site; print(sys.prefix); print(sys.base_prefix); print(*site.getsitepackages(), sep='\\n')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    roots = {Path(line).resolve() for line in probe.stdout.splitlines() if line.strip()}
+    roots.add(Path(python).resolve().parent.parent)
+    return sorted(r for r in roots if not str(r).startswith("/usr/"))
+
+
+def build_launch(
+    plan: SandboxPlan,
+    *,
+    python: str,
+    workspace: Path,
+    runtime_dir: Path,
+    mpl_cache: Path,
+    py_roots: list[Path],
+    kernel_limits: dict[str, int],
+) -> KernelLaunch:
+    launcher_dir = Path(__file__).resolve().parent
+    if plan.mode == "none":
+        return KernelLaunch(
+            python=python,
+            cwd=workspace,
+            env=kernel_env(home=str(workspace)),
+            mpl_seed=mpl_cache,
+            runtime_dir=runtime_dir,
+            limits=kernel_limits,
+            script=str(launcher_dir / "kernel_launcher.py"),
+        )
+    bwrap = shutil.which("bwrap") or "bwrap"
+    argv: list[str] = [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        "/mnt",
+    ]
+    for name in _ETC_ALLOWED:
+        if Path("/etc", name).exists():
+            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for root in py_roots:
+        argv += ["--ro-bind", str(root), str(root)]
+    argv += [
+        "--ro-bind",
+        str(launcher_dir / "kernel_launcher.py"),
+        f"{_LAUNCHER_MOUNT}/kernel_launcher.py",
+        "--bind",
+        str(workspace),
+        DATA_MOUNT,
+        "--bind",
+        CONN_DIR,
+        CONN_DIR,
+        "--chdir",
+        DATA_MOUNT,
+        "--",
+    ]
+    env = kernel_env(home="/tmp")
+    return KernelLaunch(
+        mpl_seed=mpl_cache,
+        python=python,
+        cwd=workspace,
+        env=env,
+        runtime_dir=runtime_dir,
+        limits=kernel_limits,
+        wrapper=tuple(argv),
+        script=f"{_LAUNCHER_MOUNT}/kernel_launcher.py",
+    )

@@ -1,0 +1,101 @@
+"""Command line: `ci-mcp` (serve over stdio), `ci-mcp serve`, `ci-mcp run`, `ci-mcp doctor`.
+
+The only module that reads the environment: it builds `Settings` once (environment plus flags) and passes them
+down. Configuration errors print one line naming the setting and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from ci_mcp import __version__
+from ci_mcp.errors import CiMcpError, ConfigError
+from ci_mcp.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ci-mcp", description="Code-interpreter MCP server.")
+    parser.add_argument("--version", action="version", version=f"ci-mcp {__version__}")
+    parser.add_argument("--backend", choices=["local", "azure", "azure-classic"], help="(CI_MCP_BACKEND)")
+    parser.add_argument("--data-dir", type=Path, help="where files and metadata are kept (CI_MCP_DATA_DIR)")
+    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], help="(CI_MCP_SANDBOX)")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve MCP (default: stdio)")
+    serve.add_argument("--transport", choices=["stdio", "http"], help="(CI_MCP_TRANSPORT)")
+    serve.add_argument("--host", help="HTTP host (CI_MCP_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (CI_MCP_PORT, default 8765)")
+    run = sub.add_parser("run", help="run one analysis from the terminal and write its outputs to a folder")
+    run.add_argument("files", nargs="*", type=Path, help="files to upload first")
+    group = run.add_mutually_exclusive_group(required=True)
+    group.add_argument("--code", help="Python code to run")
+    group.add_argument("--code-file", type=Path, help="a .py file to run")
+    group.add_argument("--request", help="a natural-language request (Azure backends, or a configured model)")
+    run.add_argument("--out", type=Path, default=Path("ci-mcp-output"), help="output folder")
+    run.add_argument("--timeout", type=float, help="time limit in seconds")
+    sub.add_parser("doctor", help="check the configuration and the backend, in plain words")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for key in ("backend", "data_dir", "sandbox", "transport", "host", "port"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise ConfigError(f"CI_MCP_{field.upper()}: {first['msg']}") from None
+    settings.check()
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="ci-mcp %(levelname)s %(message)s")
+        command = args.command or "serve"
+        if command == "serve":
+            return _serve(settings)
+        if command == "run":
+            from ci_mcp.terminal import run_once
+
+            code = args.code_file.read_text() if args.code_file else args.code
+            return anyio.run(run_once, settings, list(args.files), code, args.request, args.out, args.timeout)
+        if command == "doctor":
+            from ci_mcp.doctor import doctor
+
+            return anyio.run(doctor, settings)
+    except ConfigError as exc:
+        print(f"ci-mcp: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CiMcpError as exc:
+        print(f"ci-mcp: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    from ci_mcp.backends.factory import create_backend
+    from ci_mcp.server import create_server
+    from ci_mcp.store import FileStore
+
+    store = FileStore(settings.data_dir)
+    server = create_server(create_backend(settings, store), settings)
+    if settings.transport == "http":
+        server.run("streamable-http", host=settings.host, port=settings.port)
+    else:
+        server.run("stdio")
+    return 0

@@ -1,0 +1,124 @@
+"""Which host paths the server may read (upload_file) and write (fetch_generated_file save_to).
+
+Allowed roots come from the client's MCP roots when it offers them, else CI_MCP_ALLOWED_DIRS, else the server's
+working directory. Paths are resolved (symlinks and '..') before the check; secret locations and special files
+are refused; existing files are not overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from ci_mcp.errors import InvalidInputError, NotFoundError, PathNotAllowedError
+
+SECRET_PARTS = (".ssh", ".aws", ".azure", ".gnupg", ".kube", ".docker", ".netrc", ".git-credentials")
+SECRET_PAIRS = ((".config", "gcloud"),)
+
+
+def _is_secret(path: Path) -> bool:
+    parts = path.parts
+    if any(p in SECRET_PARTS for p in parts):
+        return True
+    if any(parts[i : i + 2] == pair for pair in SECRET_PAIRS for i in range(len(parts) - 1)):
+        return True
+    name = path.name
+    return name == ".env" or name.startswith(".env.") or name.endswith(".pem") or name.endswith(".key")
+
+
+def _roots_text(roots: Sequence[Path]) -> str:
+    return ", ".join(str(r) for r in roots) or "(none)"
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def resolve_readable(raw: str, roots: Sequence[Path]) -> Path:
+    """The real path of a regular file inside the roots, or a clear error."""
+    if not raw.strip():
+        raise InvalidInputError("`path` is empty; pass the absolute path of a file.")
+    candidate = Path(os.path.expanduser(raw))
+    if not candidate.is_absolute():
+        candidate = (roots[0] if roots else Path.cwd()) / candidate
+    try:
+        real = candidate.resolve(strict=True)
+    except FileNotFoundError:
+        raise NotFoundError(f"No file at '{raw}'. Check the path, or send the bytes as content_base64.") from None
+    except (OSError, RuntimeError) as exc:
+        raise InvalidInputError(f"Cannot resolve '{raw}': {exc.strerror or exc}.") from None
+    if not _inside(real, roots):
+        raise PathNotAllowedError(
+            f"'{raw}' is outside the directories this server may read ({_roots_text(roots)}). Move the file "
+            "there, send it as content_base64, or ask the operator to add its directory to CI_MCP_ALLOWED_DIRS."
+        )
+    if _is_secret(real):
+        raise PathNotAllowedError(f"'{raw}' is in a location that holds secrets; it will not be uploaded.")
+    mode = real.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise InvalidInputError(f"'{raw}' is a directory; upload the files in it one by one (or a zip of them).")
+    if not stat.S_ISREG(mode):
+        raise PathNotAllowedError(f"'{raw}' is not a regular file (device, FIFO or socket); it will not be read.")
+    return real
+
+
+def resolve_writable(raw: str, filename: str, roots: Sequence[Path], overwrite: bool) -> Path:
+    """Where to write a fetched file: `raw` itself, or `raw/filename` when `raw` is a directory."""
+    if not raw.strip():
+        raise InvalidInputError("`save_to` is empty; pass an absolute file or directory path.")
+    candidate = Path(os.path.expanduser(raw))
+    if not candidate.is_absolute():
+        candidate = (roots[0] if roots else Path.cwd()) / candidate
+    if candidate.is_dir():
+        candidate = candidate / filename
+    parent = candidate.parent
+    try:
+        real_parent = parent.resolve(strict=True)
+    except FileNotFoundError:
+        raise NotFoundError(f"The directory '{parent}' does not exist; create it or choose another.") from None
+    target = real_parent / candidate.name
+    if not _inside(target, roots):
+        raise PathNotAllowedError(
+            f"'{raw}' is outside the directories this server may write ({_roots_text(roots)}). "
+            "Choose a path inside them."
+        )
+    if _is_secret(target):
+        raise PathNotAllowedError(f"'{raw}' is in a location that holds secrets; nothing will be written there.")
+    if target.is_symlink():
+        raise PathNotAllowedError(f"'{target}' is a symbolic link; choose another name.")
+    if target.exists():
+        if not target.is_file():
+            raise PathNotAllowedError(f"'{target}' exists and is not a regular file.")
+        if not overwrite:
+            raise InvalidInputError(f"'{target}' already exists. Pass overwrite=true to replace it, or another name.")
+    return target
+
+
+def write_atomically(target: Path, source: Path) -> None:
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            while chunk := src.read(1024 * 1024):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def roots_from_uris(uris: Sequence[str]) -> list[Path]:
+    """file:// root URIs from the client, resolved; other schemes are ignored."""
+    from urllib.parse import unquote, urlparse
+
+    roots = []
+    for uri in uris:
+        parsed = urlparse(uri)
+        if parsed.scheme == "file" and parsed.path:
+            roots.append(Path(unquote(parsed.path)).resolve())
+    return roots

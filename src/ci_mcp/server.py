@@ -1,0 +1,382 @@
+"""The MCP face of ci-mcp: tools, the files resource, and the translation of domain values into MCP content.
+
+This is the only module that imports `mcp`. Results that carry pictures never set `structuredContent` and the
+tools declare no output schema, because some clients (Claude Code among them) drop image blocks otherwise.
+"""
+
+
+import base64
+import binascii
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
+from mcp_types import (
+    BlobResourceContents,
+    CallToolResult,
+    ContentBlock,
+    EmbeddedResource,
+    ImageContent,
+    ListRootsResult,
+    ResourceLink,
+    TextContent,
+    ToolAnnotations,
+)
+from pydantic import Field
+
+from ci_mcp import __version__, paths
+from ci_mcp.backends.base import Backend
+from ci_mcp.errors import CiMcpError, FileTooLargeError, InvalidInputError
+from ci_mcp.images import fit_image
+from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, RunRequest, RunResult, TextOutput
+from ci_mcp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FILE_URI = "ci-mcp://files/{file_id}"
+MAX_INLINE_IMAGES = 8
+
+
+def file_uri(file_id: str) -> str:
+    return f"ci-mcp://files/{file_id}"
+
+
+class _CiMcpServer(MCPServer[Any]):
+    """MCPServer whose file resource reports each file's own media type."""
+
+    backend: Backend
+
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        text = str(uri)
+        prefix = "ci-mcp://files/"
+        if text.startswith(prefix):
+            from mcp.server.mcpserver.exceptions import ResourceError
+
+            try:
+                info = await self.backend.file_info(text[len(prefix) :])
+                data = (await self.backend.file_path(info.file_id)).read_bytes()
+            except CiMcpError as exc:
+                raise ResourceError(str(exc)) from None
+            if info.is_text:
+                return [ReadResourceContents(data.decode("utf-8", errors="replace"), info.media_type)]
+            return [ReadResourceContents(data, info.media_type)]
+        return await super().read_resource(uri, context)
+
+
+async def _client_roots(ctx: Context) -> ListRoots | None:
+    """Ask the client for its roots when it offers them; otherwise the configured roots apply."""
+    caps = ctx.client_capabilities
+    if caps is not None and caps.roots is not None:
+        return ListRoots()
+    return None
+
+
+ClientRoots = Annotated[ListRootsResult | None, Resolve(_client_roots)]
+
+
+def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
+    """Build the MCP server around one backend. The caller owns neither: the server's lifespan starts and
+    closes the backend."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield None
+        finally:
+            await backend.aclose()
+
+    code_arg = "Python `code`" if backend.accepts_code else ""
+    req_arg = "a natural-language `request`" if backend.accepts_request else ""
+    accepts = " and/or ".join(a for a in (code_arg, req_arg) if a)
+    server = _CiMcpServer(
+        "ci-mcp",
+        version=__version__,
+        instructions=(
+            f"A code interpreter ({backend.name} backend). Upload data with upload_file, analyse it with "
+            f"run_code_analysis ({accepts}; keep the returned session_id to continue with the same state), and "
+            "get generated files with fetch_generated_file. " + backend.describe()
+        ),
+        lifespan=lifespan,
+        log_level=settings.log_level,
+    )
+    server.backend = backend
+
+    def roots_for(listed: ListRootsResult | None) -> list[Path]:
+        if listed is not None and listed.roots:
+            found = paths.roots_from_uris([str(r.uri) for r in listed.roots])
+            if found:
+                return found
+        if settings.allowed_dirs:
+            return [Path(p).expanduser().resolve() for p in settings.allowed_dirs]
+        return [Path.cwd().resolve()]
+
+    @server.tool(
+        description=(
+            "Make a file available to run_code_analysis. Give either `path` (a file on the machine running this "
+            "server, inside its allowed directories) or `content_base64` with `filename` (for clients on another "
+            f"machine; at most {settings.max_inline_upload_bytes // (1024 * 1024)} MB). Local files may be up to "
+            f"{settings.max_upload_bytes // (1024 * 1024)} MB. Returns a file id to pass in file_ids."
+        ),
+        annotations=ToolAnnotations(title="Upload a file", read_only_hint=False, open_world_hint=False),
+        structured_output=False,
+    )
+    async def upload_file(
+        path: Annotated[str | None, Field(description="Absolute path of a local file to upload.")] = None,
+        content_base64: Annotated[str | None, Field(description="The file's bytes, base64-encoded.")] = None,
+        filename: Annotated[str | None, Field(description="Name for the file (required with content_base64).")] = None,
+        roots: ClientRoots = None,
+    ) -> CallToolResult:
+        try:
+            info = await _upload(path, content_base64, filename, roots_for(roots))
+        except CiMcpError as exc:
+            return _error(exc)
+        where = f"{backend.data_mount}/{info.name}" if backend.data_mount else ""
+        text = (
+            f"Uploaded '{info.name}' as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
+            f'Pass file_ids=["{info.file_id}"] to run_code_analysis'
+            + (f"; the code will find it at {where}." if where else "; the code will find it by its name.")
+        )
+        return CallToolResult(content=[TextContent(type="text", text=text)])
+
+    async def _upload(path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]) -> FileInfo:
+        if (path is None) == (content_b64 is None):
+            raise InvalidInputError("Pass exactly one of `path` or `content_base64` (with `filename`).")
+        if content_b64 is not None:
+            if not filename or not filename.strip():
+                raise InvalidInputError("`filename` is required with content_base64 (e.g. 'data.csv').")
+            if len(content_b64) > settings.max_inline_upload_bytes * 4 // 3 + 4:
+                raise FileTooLargeError(
+                    f"Inline content is over {settings.max_inline_upload_bytes:,} bytes. Upload it by `path` "
+                    "from the server's machine, or split it."
+                )
+            try:
+                data = base64.b64decode(content_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidInputError("`content_base64` is not valid base64.") from None
+            if not data:
+                raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
+            return await backend.upload(_clean_name(filename), data)
+        assert path is not None
+        real = paths.resolve_readable(path, roots)
+        size = real.stat().st_size
+        if size == 0:
+            raise InvalidInputError(f"'{path}' is empty (0 bytes); there is nothing to analyse.")
+        if size > settings.max_upload_bytes:
+            raise FileTooLargeError(
+                f"'{path}' is {size:,} bytes, over the limit of {settings.max_upload_bytes:,}. Upload a smaller "
+                "extract (e.g. filter rows or columns first)."
+            )
+        return await backend.upload(_clean_name(filename or real.name), real)
+
+    run_description = (
+        "Run one analysis step and get back its text output, errors (with traceback), every chart as an image, "
+        "and links to every other file it wrote. "
+        + backend.describe()
+        + " Pass session_id from an earlier result to continue in the same session (variables and files kept); "
+        "omit it to start a new one. Pass file_ids from upload_file to make those files available."
+    )
+
+    @server.tool(
+        description=run_description,
+        annotations=ToolAnnotations(title="Run code analysis", read_only_hint=False, open_world_hint=False),
+        structured_output=False,
+    )
+    async def run_code_analysis(
+        ctx: Context,
+        code: Annotated[
+            str | None,
+            Field(description="Python code to run." if backend.accepts_code else "Python code for the agent to run."),
+        ] = None,
+        request: Annotated[
+            str | None,
+            Field(
+                description="What to analyse, in plain words (the backend's model writes the code)."
+                if backend.accepts_request
+                else "Not supported by this backend without a configured model; pass `code`."
+            ),
+        ] = None,
+        file_ids: Annotated[list[str] | None, Field(description="Ids from upload_file to make available.")] = None,
+        session_id: Annotated[str | None, Field(description="Continue this session (from an earlier result).")] = None,
+        timeout_seconds: Annotated[
+            float | None,
+            Field(
+                description=f"Time limit for this run (default {settings.run_timeout_seconds:g} s, "
+                f"at most {settings.max_run_timeout_seconds:g} s)."
+            ),
+        ] = None,
+    ) -> CallToolResult:
+        async def progress(done: float, total: float | None, message: str) -> None:
+            await ctx.report_progress(done, total, message)
+
+        req = RunRequest(
+            session_id=session_id or None,
+            code=code or None,
+            request=request or None,
+            file_ids=tuple(file_ids or ()),
+            timeout_seconds=timeout_seconds,
+        )
+        try:
+            result = await backend.run(req, progress)
+        except CiMcpError as exc:
+            return _error(exc)
+        return await anyio.to_thread.run_sync(_render_run, result, settings)
+
+    @server.tool(
+        description=(
+            "Get a file by id (from run_code_analysis or upload_file): pictures come back as an image, small text "
+            "files as text, other files as an embedded resource. Pass `save_to` (a file or directory path on the "
+            "server's machine, inside its allowed directories) to write the full file there instead."
+        ),
+        annotations=ToolAnnotations(title="Fetch a generated file", read_only_hint=False, open_world_hint=False),
+        structured_output=False,
+    )
+    async def fetch_generated_file(
+        file_id: Annotated[str, Field(description="The file id, e.g. file-0123abcd...")],
+        save_to: Annotated[str | None, Field(description="Write the file here instead of returning it.")] = None,
+        overwrite: Annotated[bool, Field(description="Replace an existing file at save_to.")] = False,
+        roots: ClientRoots = None,
+    ) -> CallToolResult:
+        try:
+            info = await backend.file_info(file_id.strip())
+            source = await backend.file_path(info.file_id)
+            if save_to is not None:
+                target = paths.resolve_writable(
+                    save_to, _safe_filename(info.name), roots_for(roots), overwrite=overwrite
+                )
+                await anyio.to_thread.run_sync(paths.write_atomically, target, source)
+                text = f"Saved {info.file_id} ({info.name}, {info.size:,} bytes) to {target}."
+                return CallToolResult(content=[TextContent(type="text", text=text)])
+            return await anyio.to_thread.run_sync(_render_file, info, source, settings)
+        except CiMcpError as exc:
+            return _error(exc)
+
+    @server.resource(
+        FILE_URI,
+        name="generated-file",
+        description="A file uploaded to or generated by ci-mcp, by id.",
+        mime_type="application/octet-stream",
+    )
+    async def file_resource(file_id: str) -> bytes:
+        # Served by _CiMcpServer.read_resource with each file's own media type; kept for resources/templates/list.
+        info = await backend.file_info(file_id)
+        return (await backend.file_path(info.file_id)).read_bytes()
+
+    return server
+
+
+def _clean_name(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not base or base in (".", ".."):
+        raise InvalidInputError("`filename` must be a plain file name such as 'data.csv'.")
+    return base
+
+
+def _safe_filename(name: str) -> str:
+    from ci_mcp.backends.local.workspace import safe_name
+
+    return safe_name(name)
+
+
+def _error(exc: CiMcpError) -> CallToolResult:
+    text = f"Error: {exc}"
+    if exc.transient:
+        retry_after = getattr(exc, "retry_after", None)
+        text += " (temporary: try again" + (f" in {retry_after:g} s" if retry_after else " shortly") + ")"
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def _text(text: str) -> TextContent:
+    return TextContent(type="text", text=text)
+
+
+def _render_run(result: RunResult, settings: Settings) -> CallToolResult:
+    """Ordered blocks: a summary line, the outputs as they came, then files and notices."""
+    content: list[ContentBlock] = []
+    images = [o for o in result.outputs if isinstance(o, ImageOutput)]
+    inline = images[:MAX_INLINE_IMAGES]
+    budget = max(60_000, settings.inline_image_bytes // max(1, len(inline)))
+    status_text = {
+        "ok": "completed",
+        "error": "the code raised an error (see the traceback)",
+        "timeout": "stopped at the time limit",
+        "kernel_died": "the kernel died",
+        "cancelled": "cancelled",
+    }[result.status]
+    content.append(_text(f"session_id: {result.session_id} | {status_text} | {result.duration_seconds:.2f} s"))
+    shown_images: set[str] = set()
+    for item in result.outputs:
+        if isinstance(item, TextOutput):
+            prefix = {"stderr": "[stderr]\n", "code": "[code]\n"}.get(item.kind, "")
+            content.append(_text(prefix + item.text))
+        elif isinstance(item, ErrorOutput):
+            content.append(_text(f"Error: {item.name}: {item.value}\n{item.traceback}"))
+        elif isinstance(item, ImageOutput) and item in inline:
+            data, media_type, shrunk = fit_image(item.data, budget)
+            content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=media_type))
+            note = f" (shrunk for display; full size: fetch_generated_file {item.file.file_id})" if shrunk else ""
+            content.append(_text(f"[image {item.file.name} = {item.file.file_id}{note}]"))
+            shown_images.add(item.file.file_id)
+    for info in result.generated_files:
+        if info.file_id not in shown_images:
+            content.append(
+                ResourceLink(
+                    type="resource_link",
+                    uri=file_uri(info.file_id),
+                    name=info.name,
+                    mime_type=info.media_type,
+                    size=info.size,
+                    description=f"{info.file_id}: generated by the run",
+                )
+            )
+    lines = []
+    if result.generated_files:
+        lines.append(
+            "Generated files (fetch_generated_file): "
+            + ", ".join(f"{f.name} = {f.file_id}" for f in result.generated_files)
+        )
+    lines.extend(result.notices)
+    if lines:
+        content.append(_text("\n".join(lines)))
+    return CallToolResult(content=content, is_error=result.status in ("timeout", "kernel_died", "cancelled"))
+
+
+def _render_file(info: FileInfo, source: Path, settings: Settings) -> CallToolResult:
+    header = f"{info.file_id}: {info.name} ({info.size:,} bytes, {info.media_type})"
+    if info.is_image:
+        data, media_type, shrunk = fit_image(source.read_bytes(), settings.inline_image_bytes)
+        note = " - shrunk to fit the result; pass save_to for the full-size file" if shrunk else ""
+        return CallToolResult(
+            content=[
+                _text(header + note),
+                ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=media_type),
+            ]
+        )
+    if info.is_text and info.size <= settings.inline_text_fetch_bytes:
+        body = source.read_bytes().decode("utf-8", errors="replace")
+        return CallToolResult(content=[_text(header), _text(body)])
+    if info.size <= settings.inline_image_bytes:
+        blob = BlobResourceContents(
+            uri=file_uri(info.file_id), blob=base64.b64encode(source.read_bytes()).decode(), mime_type=info.media_type
+        )
+        return CallToolResult(content=[_text(header), EmbeddedResource(type="resource", resource=blob)])
+    return CallToolResult(
+        content=[
+            _text(
+                header + f" - too large to return inline. Pass save_to to write it to disk, or read the resource "
+                f"{file_uri(info.file_id)}."
+            ),
+            ResourceLink(
+                type="resource_link",
+                uri=file_uri(info.file_id),
+                name=info.name,
+                mime_type=info.media_type,
+                size=info.size,
+            ),
+        ]
+    )

@@ -1,0 +1,46 @@
+"""`ci-mcp run`: one analysis from the terminal, outputs written to a folder (demos and debugging)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from ci_mcp.backends.factory import create_backend
+from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput, no_progress
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
+
+
+async def run_once(
+    settings: Settings, files: list[Path], code: str | None, request: str | None, out: Path, timeout: float | None
+) -> int:
+    store = FileStore(settings.data_dir)
+    backend = create_backend(settings, store)
+    await backend.start()
+    try:
+        ids = []
+        for path in files:
+            info = await backend.upload(path.name, path.resolve())
+            ids.append(info.file_id)
+            print(f"uploaded {path} as {info.file_id}", file=sys.stderr)
+        result = await backend.run(RunRequest(None, code, request, tuple(ids), timeout), no_progress)
+    finally:
+        await backend.aclose()
+    out.mkdir(parents=True, exist_ok=True)
+    for item in result.outputs:
+        if isinstance(item, TextOutput):
+            print(item.text, end="" if item.text.endswith("\n") else "\n")
+        elif isinstance(item, ErrorOutput):
+            print(f"{item.name}: {item.value}\n{item.traceback}", file=sys.stderr)
+        elif isinstance(item, ImageOutput):
+            print(f"[image {item.file.name} = {item.file.file_id}]")
+    for info in result.generated_files:
+        target = out / Path(info.name).name
+        shutil.copyfile(store.path(info.file_id), target)
+        print(f"wrote {target}", file=sys.stderr)
+    for notice in result.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    print(f"session {result.session_id}: {result.status}", file=sys.stderr)
+    store.close()
+    return 0 if result.status == "ok" else 1
