@@ -256,6 +256,42 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         except CiMcpError as exc:
             return _error(exc)
 
+    @server.tool(
+        description=(
+            "List stored files (uploads and generated files) with their ids, names and sizes; pass session_id to "
+            "list only that session's generated files. Use it when you have lost track of an id."
+        ),
+        annotations=ToolAnnotations(title="List files", read_only_hint=True, open_world_hint=False),
+        structured_output=False,
+    )
+    async def list_files(
+        session_id: Annotated[str | None, Field(description="Only this session's files.")] = None,
+    ) -> CallToolResult:
+        files = await backend.list_files(session_id or None)
+        if not files:
+            return CallToolResult(content=[_text("No files stored yet." if not session_id else "No files.")])
+        lines = [
+            f"{f.file_id}  {f.origin:9}  {f.size:>12,} B  {f.media_type:28}  {f.name}"
+            + (f"  (session {f.session_id})" if f.session_id and not session_id else "")
+            for f in files[-200:]
+        ]
+        return CallToolResult(content=[_text("\n".join(lines))])
+
+    @server.tool(
+        description=(
+            "End a session: its kernel (or remote conversation) is stopped and its memory freed. Its files stay "
+            "fetchable. Continuing it later starts a fresh kernel with the same files."
+        ),
+        annotations=ToolAnnotations(title="Close a session", destructive_hint=False, open_world_hint=False),
+        structured_output=False,
+    )
+    async def close_session(session_id: Annotated[str, Field(description="The session to end.")]) -> CallToolResult:
+        try:
+            await backend.close_session(session_id.strip())
+        except CiMcpError as exc:
+            return _error(exc)
+        return CallToolResult(content=[_text(f"Session {session_id} closed; its files are kept.")])
+
     @server.resource(
         FILE_URI,
         name="generated-file",

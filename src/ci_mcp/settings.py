@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         "You are a data analyst. Use the code interpreter to answer with Python. Files the user attached are in "
         "/mnt/data. Save every chart as a PNG file and describe the result briefly."
     )
+    azure_max_retries: int = 4
+    """Retries of one Azure request on 429/5xx/connection errors (Retry-After honoured), then a transient error."""
+    azure_max_retry_wait_seconds: float = 30.0
+    """Longest single wait for a Retry-After; a longer one is returned to the caller as a transient error."""
     project_connection_string: str | None = Field(
         default=None, repr=False, validation_alias=AliasChoices("PROJECT_CONNECTION_STRING")
     )

@@ -103,6 +103,7 @@ class Kernel:
         self._process: Process | None = None
         self._client: AsyncKernelClient | None = None
         self._conn_dir: Path | None = None
+        self._last_reply_status = ""
         self.started_at = 0.0
 
     @property
@@ -157,29 +158,43 @@ class Kernel:
         self.started_at = time.monotonic()
 
     async def _wait_ready(self) -> None:
+        """Wait until the kernel answers on shell AND its iopub stream reaches us (SUB sockets join late)."""
         client = self._require_client()
         deadline = time.monotonic() + _START_TIMEOUT
+        asked: set[str] = set()
+        shell_ok = False
         while True:
             if not self.alive:
                 raise KernelStartError(
                     f"The kernel process exited with code {self.returncode} while starting. "
                     "Run `ci-mcp doctor` to see why."
                 )
-            msg_id = client.kernel_info()
+            if time.monotonic() > deadline:
+                raise KernelStartError(f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`.")
+            asked.add(client.kernel_info())
             try:
-                reply = await client.get_shell_msg(timeout=1.0)
+                msg = await client.get_iopub_msg(timeout=0.2)
+                if msg.get("parent_header", {}).get("msg_id") in asked:
+                    break
             except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise KernelStartError(
-                        f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`."
-                    ) from None
-                continue
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                break
-        # iopub is a SUB socket: drain until it delivers, so that no output of the first run is lost.
-        while True:
+                pass
+            while not shell_ok:
+                try:
+                    reply = await client.get_shell_msg(timeout=0)
+                except queue.Empty:
+                    break
+                shell_ok = reply.get("parent_header", {}).get("msg_id") in asked
+        # Let the remaining answers to our kernel_info requests arrive and drop them.
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 0.05:
             try:
                 await client.get_iopub_msg(timeout=0.05)
+                quiet_since = time.monotonic()
+            except queue.Empty:
+                pass
+        while True:
+            try:
+                await client.get_shell_msg(timeout=0)
             except queue.Empty:
                 break
 
@@ -216,6 +231,7 @@ class Kernel:
         idle = False
         replied = False
         interrupted_at: float | None = None
+        replied_at: float | None = None
         while not (idle and replied):
             now = time.monotonic()
             if interrupted_at is None and now >= deadline:
@@ -225,6 +241,8 @@ class Kernel:
                 return "timeout"
             if not self.alive:
                 return "died"
+            if replied and not idle and replied_at is not None and now - replied_at > 1.0:
+                break  # the reply came but its idle status was lost: the run is over all the same
             wait = _POLL if interrupted_at is not None else max(0.001, min(_POLL, deadline - now))
             if idle:  # execute_reply normally precedes idle; this is the rare other order
                 try:
@@ -237,6 +255,10 @@ class Kernel:
             try:
                 msg = await client.get_iopub_msg(timeout=wait)
             except queue.Empty:
+                if not replied and await self._replied(msg_id):
+                    replied, replied_at = True, time.monotonic()
+                    if interrupted_at is None and outcome == "ok" and self._last_reply_status == "error":
+                        outcome = "error"
                 continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -244,12 +266,7 @@ class Kernel:
             content: dict[str, Any] = msg.get("content", {})
             if mtype == "status" and content.get("execution_state") == "idle":
                 idle = True
-                while not replied:
-                    try:
-                        reply = await client.get_shell_msg(timeout=0)
-                    except queue.Empty:
-                        break
-                    replied = reply.get("parent_header", {}).get("msg_id") == msg_id
+                replied = replied or await self._replied(msg_id)
                 continue
             event = _event(mtype, content)
             if event is not None:
@@ -259,6 +276,18 @@ class Kernel:
         if interrupted_at is not None:
             return "interrupted"
         return outcome
+
+    async def _replied(self, msg_id: str) -> bool:
+        """Drain waiting shell replies; True when the execute_reply for `msg_id` is among them."""
+        client = self._require_client()
+        while True:
+            try:
+                reply = await client.get_shell_msg(timeout=0)
+            except queue.Empty:
+                return False
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                self._last_reply_status = str(reply.get("content", {}).get("status", ""))
+                return True
 
     async def interrupt(self) -> None:
         """Ask the kernel to raise KeyboardInterrupt (control channel; works inside a PID namespace)."""

@@ -1,0 +1,106 @@
+"""Shared fixtures: settings on a temporary data directory, and an MCP client connected in memory."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp_types import CallToolResult, ImageContent, ResourceLink, TextContent
+
+from ci_mcp.backends.factory import create_backend
+from ci_mcp.server import create_server
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
+
+REPO = Path(__file__).resolve().parent.parent
+NIFTY_CSV = REPO / "examples" / "data" / "nifty_500_quarterly_results.csv"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def allowed(tmp_path: Path) -> Path:
+    root = tmp_path / "allowed"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, allowed: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "allowed_dirs": [allowed],
+            "kernel_pool_size": 1,
+            "kernel_preload": False,
+            "run_timeout_seconds": 60,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+async def open_client(settings: Settings, **client_kwargs: Any) -> tuple[Client, FileStore]:
+    store = FileStore(settings.data_dir)
+    server = create_server(create_backend(settings, store), settings)
+    return Client(server, **client_kwargs), store
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    c, store = await open_client(settings)
+    async with c:
+        yield c
+    store.close()
+
+
+# -- reading results ---------------------------------------------------------------------------------------------
+
+
+def texts(result: CallToolResult) -> list[str]:
+    return [b.text for b in result.content if isinstance(b, TextContent)]
+
+
+def all_text(result: CallToolResult) -> str:
+    return "\n".join(texts(result))
+
+
+def images(result: CallToolResult) -> list[bytes]:
+    return [base64.b64decode(b.data) for b in result.content if isinstance(b, ImageContent)]
+
+
+def links(result: CallToolResult) -> list[ResourceLink]:
+    return [b for b in result.content if isinstance(b, ResourceLink)]
+
+
+def session_of(result: CallToolResult) -> str:
+    first = texts(result)[0]
+    assert first.startswith("session_id: "), first
+    return first.split()[1]
+
+
+def uploaded_id(result: CallToolResult) -> str:
+    assert not result.is_error, all_text(result)
+    return all_text(result).split(" as ")[1].split(" ")[0]
+
+
+def generated_ids(result: CallToolResult) -> dict[str, str]:
+    """name -> file id, from the 'Generated files' line."""
+    for line in all_text(result).splitlines():
+        if line.startswith("Generated files (fetch_generated_file): "):
+            pairs = line.split(": ", 1)[1].split(", ")
+            return dict(p.split(" = ") for p in pairs)
+    return {}

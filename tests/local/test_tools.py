@@ -1,0 +1,317 @@
+"""The MCP surface of the local backend, through the in-memory MCP client with real kernels."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp_types import BlobResourceContents, EmbeddedResource, ListRootsResult, Root, TextResourceContents
+
+from ci_mcp.settings import Settings
+from tests.conftest import (
+    NIFTY_CSV,
+    all_text,
+    generated_ids,
+    images,
+    links,
+    open_client,
+    session_of,
+    texts,
+    uploaded_id,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def run(client: Client, code: str, **kw: object) -> object:
+    return await client.call_tool("run_code_analysis", {"code": code, **kw})
+
+
+async def test_tool_list_has_the_public_tools_without_output_schemas(client: Client) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert {"upload_file", "run_code_analysis", "fetch_generated_file"} <= set(tools)
+    for tool in tools.values():
+        assert tool.output_schema is None, tool.name  # image blocks must survive in every client
+        assert tool.description and len(tool.description) > 60
+    run_props = tools["run_code_analysis"].input_schema["properties"]
+    assert {"code", "request", "file_ids", "session_id", "timeout_seconds"} <= set(run_props)
+    assert "roots" not in tools["upload_file"].input_schema["properties"]
+    assert "/mnt/data" in tools["run_code_analysis"].description
+
+
+async def test_upload_by_path_returns_id_size_and_media_type(client: Client, allowed: Path) -> None:
+    (allowed / "data.csv").write_text("a,b\n1,2\n")
+    result = await client.call_tool("upload_file", {"path": str(allowed / "data.csv")})
+    text = all_text(result)
+    assert not result.is_error
+    assert uploaded_id(result).startswith("file-")
+    assert "8 bytes" in text and "text/csv" in text and "/mnt/data/data.csv" in text
+
+
+async def test_upload_inline_base64_is_readable_by_the_code(client: Client) -> None:
+    payload = base64.b64encode(b"x,y\n3,4\n5,6\n").decode()
+    up = await client.call_tool("upload_file", {"content_base64": payload, "filename": "inline.csv"})
+    fid = uploaded_id(up)
+    result = await run(client, "import pandas as pd; print(pd.read_csv('inline.csv').y.sum())", file_ids=[fid])
+    assert "10" in all_text(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"path": "/etc/passwd"}, "outside the directories"),
+        ({"path": "MISSING"}, "No file at"),
+        ({"path": "DIR"}, "is a directory"),
+        ({"path": "EMPTY"}, "empty (0 bytes)"),
+        ({}, "exactly one of"),
+        ({"content_base64": "@@notbase64@@", "filename": "a.csv"}, "not valid base64"),
+        ({"content_base64": "YQ=="}, "`filename` is required"),
+    ],
+)
+async def test_bad_uploads_get_a_clear_error_and_the_server_keeps_serving(
+    client: Client, allowed: Path, arguments: dict[str, str], expected: str
+) -> None:
+    (allowed / "sub").mkdir()
+    (allowed / "empty.csv").touch()
+    names = {"MISSING": str(allowed / "nope.csv"), "DIR": str(allowed / "sub"), "EMPTY": str(allowed / "empty.csv")}
+    args = {k: names.get(v, v) for k, v in arguments.items()}
+    result = await client.call_tool("upload_file", args)
+    assert result.is_error
+    assert expected in all_text(result)
+    assert "2" in all_text(await run(client, "print(1+1)"))
+
+
+async def test_upload_refuses_a_symlink_that_escapes_the_allowed_roots(client: Client, allowed: Path) -> None:
+    (allowed / "innocent.csv").symlink_to("/etc/hostname")
+    result = await client.call_tool("upload_file", {"path": str(allowed / "innocent.csv")})
+    assert result.is_error and "outside the directories" in all_text(result)
+
+
+async def test_upload_refuses_files_over_the_size_limit(make_settings, allowed: Path) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = make_settings(max_upload_bytes=1000, max_inline_upload_bytes=10)
+    (allowed / "big.csv").write_bytes(b"x" * 1001)
+    c, store = await open_client(settings)
+    async with c:
+        result = await c.call_tool("upload_file", {"path": str(allowed / "big.csv")})
+        assert result.is_error and "over the limit" in all_text(result)
+        inline = base64.b64encode(b"y" * 100).decode()
+        result = await c.call_tool("upload_file", {"content_base64": inline, "filename": "b.csv"})
+        assert result.is_error and "Inline content is over" in all_text(result)
+        assert store.list() == []
+    store.close()
+
+
+async def test_upload_uses_the_clients_roots_when_it_offers_them(settings: Settings, tmp_path: Path) -> None:
+    client_root = tmp_path / "client-root"
+    client_root.mkdir()
+    (client_root / "mine.csv").write_text("a\n1\n")
+
+    async def list_roots(context: object) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri=client_root.as_uri(), name="project")])
+
+    c, store = await open_client(settings, list_roots_callback=list_roots)
+    async with c:
+        ok = await c.call_tool("upload_file", {"path": str(client_root / "mine.csv")})
+        assert not ok.is_error, all_text(ok)
+        # The configured directory is not a root for this client: its roots replace it.
+        assert settings.allowed_dirs
+        (settings.allowed_dirs[0] / "other.csv").write_text("b\n2\n")
+        refused = await c.call_tool("upload_file", {"path": str(settings.allowed_dirs[0] / "other.csv")})
+        assert refused.is_error and str(client_root) in all_text(refused)
+    store.close()
+
+
+async def test_state_is_kept_across_calls_of_one_session(client: Client) -> None:
+    first = await run(client, "answer = 6 * 7")
+    sid = session_of(first)
+    second = await run(client, "print(answer)", session_id=sid)
+    assert session_of(second) == sid
+    assert "42" in all_text(second)
+
+
+async def test_two_sessions_do_not_share_variables_or_files(client: Client) -> None:
+    a = await run(client, "secret = 'alpha'\nopen('only_a.txt', 'w').write('a')")
+    b = await run(client, "import os\nprint('secret' in globals(), os.path.exists('only_a.txt'))")
+    assert session_of(a) != session_of(b)
+    assert "False False" in all_text(b)
+
+
+async def test_a_matplotlib_figure_becomes_an_image_block_without_saving(client: Client) -> None:
+    result = await run(client, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('t')")
+    pictures = images(result)
+    assert len(pictures) == 1 and pictures[0].startswith(b"\x89PNG")
+    assert "figure-1.png" in generated_ids(result)
+
+
+async def test_a_png_written_by_the_code_is_an_image_block_and_fetchable(client: Client) -> None:
+    code = (
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "fig = plt.figure(); plt.bar(['a', 'b'], [1, 2]); fig.savefig('chart.png'); plt.close(fig)"
+    )
+    result = await run(client, code)
+    pictures = images(result)
+    assert len(pictures) == 1 and pictures[0].startswith(b"\x89PNG")
+    fid = generated_ids(result)["chart.png"]
+    fetched = await client.call_tool("fetch_generated_file", {"file_id": fid})
+    assert images(fetched) == pictures
+
+
+async def test_a_written_file_becomes_a_resource_link_fetchable_as_text_and_resource(client: Client) -> None:
+    result = await run(client, "open('out.csv', 'w').write('k,v\\n1,2\\n')")
+    (link,) = links(result)
+    assert link.name == "out.csv" and link.mime_type == "text/csv"
+    fid = generated_ids(result)["out.csv"]
+    fetched = await client.call_tool("fetch_generated_file", {"file_id": fid})
+    assert texts(fetched)[-1] == "k,v\n1,2\n"
+    read = await client.read_resource(str(link.uri))
+    (contents,) = read.contents
+    assert isinstance(contents, TextResourceContents) and contents.text == "k,v\n1,2\n"
+    assert contents.mime_type == "text/csv"
+
+
+async def test_binary_files_come_back_as_embedded_resources(client: Client) -> None:
+    result = await run(client, "open('blob.bin', 'wb').write(bytes(range(256)))")
+    fid = generated_ids(result)["blob.bin"]
+    fetched = await client.call_tool("fetch_generated_file", {"file_id": fid})
+    (embedded,) = [b for b in fetched.content if isinstance(b, EmbeddedResource)]
+    assert isinstance(embedded.resource, BlobResourceContents)
+    assert base64.b64decode(embedded.resource.blob) == bytes(range(256))
+
+
+async def test_run_returns_traceback_as_data_when_code_raises(client: Client) -> None:
+    result = await run(client, "def f():\n    return 1/0\nf()")
+    assert not result.is_error
+    text = all_text(result)
+    assert "ZeroDivisionError: division by zero" in text and "f()" in text
+
+
+async def test_a_syntax_error_is_reported_with_its_line(client: Client) -> None:
+    result = await run(client, "x = (1,\nprint('x')")
+    assert not result.is_error
+    assert "SyntaxError" in all_text(result)
+
+
+async def test_time_limit_interrupts_an_infinite_loop_and_the_session_continues(client: Client) -> None:
+    first = await run(client, "kept = 'yes'")
+    sid = session_of(first)
+    stuck = await run(client, "while True:\n    pass", session_id=sid, timeout_seconds=1)
+    assert stuck.is_error
+    assert "time limit of 1 s" in all_text(stuck)
+    after = await run(client, "print(kept)", session_id=sid)
+    assert not after.is_error and "yes" in all_text(after)
+
+
+async def test_a_loop_that_ignores_interrupts_gets_its_kernel_restarted(client: Client) -> None:
+    code = "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass"
+    first = await run(client, "x = 1")
+    sid = session_of(first)
+    stuck = await run(client, code, session_id=sid, timeout_seconds=1)
+    assert stuck.is_error and "kernel was restarted" in all_text(stuck)
+    after = await run(client, "print('x' in globals())", session_id=sid)
+    assert "False" in all_text(after)
+
+
+async def test_kernel_death_is_reported_and_the_session_recovers(client: Client) -> None:
+    first = await run(client, "open('kept.txt', 'w').write('k')")
+    sid = session_of(first)
+    died = await run(client, "import os; os._exit(1)", session_id=sid)
+    assert died.is_error and "kernel process died" in all_text(died)
+    after = await run(client, "print(open('kept.txt').read())", session_id=sid)
+    assert not after.is_error and "k" in texts(after)[1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"code": "1", "session_id": "sess-000000000000000000000000"}, "No session with id"),
+        ({"code": "1", "session_id": "file-000000000000000000000000"}, "looks like a file id"),
+        ({"code": "1", "file_ids": ["file-000000000000000000000000"]}, "No file with id"),
+        ({"request": "plot revenue"}, "pass the analysis as `code`"),
+        ({"code": "1", "timeout_seconds": 100000}, "timeout_seconds may be at most"),
+    ],
+)
+async def test_bad_run_arguments_get_a_clear_error(client: Client, arguments: dict[str, object], expected: str) -> None:
+    result = await client.call_tool("run_code_analysis", arguments)
+    assert result.is_error
+    assert expected in all_text(result)
+
+
+async def test_fetch_of_an_unknown_id_says_where_ids_come_from(client: Client) -> None:
+    result = await client.call_tool("fetch_generated_file", {"file_id": "file-doesnotexist"})
+    assert result.is_error and "upload_file or run_code_analysis" in all_text(result)
+
+
+async def test_long_output_is_capped_and_the_full_text_is_a_generated_file(make_settings) -> None:  # type: ignore[no-untyped-def]
+    c, store = await open_client(make_settings(text_output_limit=1000))
+    async with c:
+        result = await run(c, "for i in range(5000):\n    print(f'line {i}')")
+        shown = texts(result)[1]
+        assert len(shown) == 1000
+        fid = generated_ids(result)["output-run1.txt"]
+        full = store.read(fid).decode()
+        assert full.count("\n") == 5000 and full.endswith("line 4999\n")
+        assert "The full output is file" in all_text(result)
+    store.close()
+
+
+async def test_a_large_image_is_shrunk_inline_and_the_original_stays_fetchable(make_settings) -> None:  # type: ignore[no-untyped-def]
+    c, store = await open_client(make_settings(inline_image_bytes=80_000))
+    async with c:
+        code = (
+            "import numpy as np\nfrom PIL import Image\n"
+            "Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)).save('n.png')"
+        )
+        result = await run(c, code)
+        (inline,) = images(result)
+        assert len(inline) <= 80_000
+        fid = generated_ids(result)["n.png"]
+        assert store.get(fid).size > 80_000
+        assert "shrunk for display" in all_text(result)
+    store.close()
+
+
+async def test_save_to_writes_inside_the_roots_and_refuses_outside_or_overwrite(client: Client, allowed: Path) -> None:
+    result = await run(client, "open('r.txt', 'w').write('report')")
+    fid = generated_ids(result)["r.txt"]
+    saved = await client.call_tool("fetch_generated_file", {"file_id": fid, "save_to": str(allowed)})
+    assert not saved.is_error and (allowed / "r.txt").read_text() == "report"
+    again = await client.call_tool("fetch_generated_file", {"file_id": fid, "save_to": str(allowed / "r.txt")})
+    assert again.is_error and "overwrite=true" in all_text(again)
+    outside = await client.call_tool("fetch_generated_file", {"file_id": fid, "save_to": "/tmp/ci-mcp-outside.txt"})
+    assert outside.is_error and "outside the directories" in all_text(outside)
+    assert not os.path.exists("/tmp/ci-mcp-outside.txt")
+
+
+async def test_progress_is_reported_while_a_run_goes_on(client: Client) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    result = await client.call_tool(
+        "run_code_analysis", {"code": "import time; time.sleep(1.6)"}, progress_callback=on_progress
+    )
+    assert not result.is_error
+    assert seen and seen[0][1] == 60 and "running" in (seen[0][2] or "")
+
+
+async def test_the_walk_through_csv_gives_a_transportation_bar_chart(client: Client, allowed: Path) -> None:
+    (allowed / NIFTY_CSV.name).write_bytes(NIFTY_CSV.read_bytes())
+    fid = uploaded_id(await client.call_tool("upload_file", {"path": str(allowed / NIFTY_CSV.name)}))
+    code = (
+        "import pandas as pd\nimport matplotlib.pyplot as plt\n"
+        f"df = pd.read_csv('/mnt/data/{NIFTY_CSV.name}')\n"
+        "t = df[df['sector'] == 'TRANSPORTATION']\n"
+        "ax = t.plot.bar(x='name', y='operating_profit', legend=False)\n"
+        "ax.set_ylabel('Operating profit'); plt.tight_layout()\n"
+        "print(len(t), round(t['operating_profit'].sum(), 1))"
+    )
+    result = await run(client, code, file_ids=[fid])
+    assert "9 7351.2" in all_text(result)
+    (png,) = images(result)
+    assert png.startswith(b"\x89PNG")
+    fetched = await client.call_tool("fetch_generated_file", {"file_id": generated_ids(result)["figure-1.png"]})
+    assert images(fetched) == [png]
