@@ -99,7 +99,7 @@ class FileStore:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(data_dir / "meta.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
         self._db.executescript(_SCHEMA)
         self._recover()
 

@@ -153,8 +153,9 @@ class LocalBackend:
         )
         return (
             f"Runs Python in a Jupyter kernel on this machine (one per session; variables persist). {where}. "
-            f"{nl} Installed: numpy, pandas, matplotlib (figures are returned automatically, no need to save them), "
-            "openpyxl. No network access."
+            f"{nl} Installed: numpy, pandas, matplotlib, openpyxl. Figures still open when the code ends come back as "
+            "images without saving them; files written to the working directory come back as files (after "
+            "savefig, plt.close() the figure to avoid getting it twice). No network access."
         )
 
     # -- kernels ---------------------------------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""Sessions over time: a server restart, idle shutdown, closing, capacity."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ci_mcp.backends.local.backend import LocalBackend
+from ci_mcp.models import RunRequest, TextOutput, no_progress
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
+from tests.conftest import all_text, generated_ids, open_client, session_of
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_server_restart_keeps_files_and_says_kernel_state_was_lost(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    first, store = await open_client(settings)
+    async with first:
+        made = await first.call_tool("run_code_analysis", {"code": "x = 1\nopen('keep.txt', 'w').write('kept')"})
+        sid = session_of(made)
+        fid = generated_ids(made)["keep.txt"]
+    store.close()
+
+    second, store = await open_client(settings)
+    async with second:
+        fetched = await second.call_tool("fetch_generated_file", {"file_id": fid})
+        assert "kept" in all_text(fetched)
+        again = await second.call_tool(
+            "run_code_analysis", {"code": "print(open('keep.txt').read(), 'x' in globals())", "session_id": sid}
+        )
+        text = all_text(again)
+        assert session_of(again) == sid
+        assert "kept False" in text
+        assert "variables and imports from earlier calls are gone" in text
+    store.close()
+
+
+async def _wait_until(predicate: Callable[[], bool], limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await anyio.sleep(0.05)
+    return predicate()
+
+
+async def test_an_idle_session_is_shut_down_and_keeps_its_files(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(idle_session_seconds=0.3, kernel_pool_size=0)
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    await backend.start()
+    try:
+        result = await backend.run(RunRequest(None, "open('a.txt', 'w').write('a')", None), no_progress)
+        sid = result.session_id
+        assert await _wait_until(lambda: sid not in backend._live, 10)
+        again = await backend.run(RunRequest(sid, "print(open('a.txt').read())", None), no_progress)
+        assert any(isinstance(o, TextOutput) and o.text == "a\n" for o in again.outputs)
+        assert any("was not running" in n for n in again.notices)
+    finally:
+        await backend.aclose()
+        store.close()
+
+
+async def test_the_idlest_session_is_stopped_when_the_session_limit_is_reached(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(max_sessions=2, kernel_pool_size=0)
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    await backend.start()
+    try:
+        ids = [(await backend.run(RunRequest(None, f"v = {i}", None), no_progress)).session_id for i in range(3)]
+        assert len(backend._live) == 2 and ids[0] not in backend._live
+        revived = await backend.run(RunRequest(ids[0], "print('v' in globals())", None), no_progress)
+        assert any(isinstance(o, TextOutput) and "False" in o.text for o in revived.outputs)
+    finally:
+        await backend.aclose()
+        store.close()
+
+
+async def test_close_session_frees_the_kernel_and_keeps_files(make_settings: Callable[..., Settings]) -> None:
+    client, store = await open_client(make_settings())
+    async with client:
+        made = await client.call_tool("run_code_analysis", {"code": "open('f.txt', 'w').write('f')"})
+        sid = session_of(made)
+        closed = await client.call_tool("close_session", {"session_id": sid})
+        assert not closed.is_error
+        listed = await client.call_tool("list_files", {"session_id": sid})
+        assert "f.txt" in all_text(listed)
+    store.close()
+
+
+def test_a_blob_without_metadata_is_removed_and_rows_without_blobs_are_dropped(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    kept = store.put_bytes("kept.csv", b"a,b\n", origin="upload")
+    (store.files_dir / "file-orphan").write_bytes(b"half")  # a crash after the rename, before the row
+    (store.tmp_dir / "partial").write_bytes(b"half")  # a crash mid-write
+    lost = store.put_bytes("lost.csv", b"c\n", origin="upload")
+    (store.files_dir / lost.file_id).unlink()
+    store.close()
+
+    reopened = FileStore(tmp_path)
+    assert [f.file_id for f in reopened.list()] == [kept.file_id]
+    assert reopened.read(kept.file_id) == b"a,b\n"
+    assert not (reopened.files_dir / "file-orphan").exists()
+    assert list(reopened.tmp_dir.iterdir()) == []
+    reopened.close()
