@@ -96,7 +96,9 @@ def table(out: dict[str, list[float]]) -> str:
     for name, target in TARGETS.items():
         values = out[name]
         p50, p95 = statistics.median(values), pct(values, 0.95)
-        rows.append(f"| {name} | {len(values)} | {p50:.1f} | {p95:.1f} | <= {target} | {'yes' if p50 <= target else 'no'} |")
+        rows.append(
+            f"| {name} | {len(values)} | {p50:.1f} | {p95:.1f} | <= {target} | {'yes' if p50 <= target else 'no'} |"
+        )
     return "\n".join(rows)
 
 

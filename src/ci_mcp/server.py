@@ -4,7 +4,6 @@ This is the only module that imports `mcp`. Results that carry pictures never se
 tools declare no output schema, because some clients (Claude Code among them) drop image blocks otherwise.
 """
 
-
 import base64
 import binascii
 import logging

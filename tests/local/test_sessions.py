@@ -18,7 +18,9 @@ from tests.conftest import all_text, generated_ids, open_client, session_of
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_server_restart_keeps_files_and_says_kernel_state_was_lost(make_settings: Callable[..., Settings]) -> None:
+async def test_a_server_restart_keeps_files_and_says_kernel_state_was_lost(
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings()
     first, store = await open_client(settings)
     async with first:

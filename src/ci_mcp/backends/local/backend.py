@@ -8,6 +8,7 @@ in-memory state was lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -62,6 +63,16 @@ except Exception:
 del _il, _m
 """
 
+REAP_CHILDREN = """
+import os as _os
+try:
+    while _os.waitpid(-1, _os.WNOHANG)[0]:
+        pass
+except ChildProcessError:
+    pass
+del _os
+"""
+
 MAX_GENERATED_PER_RUN = 200
 
 
@@ -93,12 +104,6 @@ class LocalBackend:
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-"))
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
-        self._limits = sandbox.limits(
-            settings.memory_limit_mb,
-            settings.cpu_time_limit_seconds,
-            settings.max_processes,
-            settings.max_file_size_mb,
-        )
         self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
         if self.plan.mode == "none":
             log.warning("ci-mcp local backend: %s", self.plan.reason)
@@ -168,7 +173,13 @@ class LocalBackend:
             runtime_dir=self._runtime_dir,
             mpl_cache=self._mpl_cache,
             py_roots=self._py_roots,
-            kernel_limits=self._limits,
+            kernel_limits=sandbox.limits(
+                self.settings.memory_limit_mb,
+                self.settings.cpu_time_limit_seconds,
+                self.settings.max_processes,
+                self.settings.max_file_size_mb,
+            ),
+            cgroup_limits=(self.settings.memory_limit_mb * 1024 * 1024, self.settings.max_processes),
         )
         return Kernel(launch)
 
@@ -369,11 +380,22 @@ class LocalBackend:
         elif outcome == "died":
             status = "kernel_died"
             code_ = live.kernel.returncode
+            cause = (
+                f"it ran out of memory (the limit is {self.settings.memory_limit_mb} MB); work on a sample or in chunks"
+                if live.kernel.out_of_memory
+                else "common causes are running out of memory, os._exit() or a crash in native code"
+            )
             await self._restart(live.kernel)
             notices.append(
-                f"The kernel process died during the run (exit code {code_}); common causes are running out of "
-                "memory, os._exit() or a crash in native code. A new kernel was started: variables and imports "
-                "are gone; files in the working directory are kept."
+                f"The kernel process died during the run (exit code {code_}); {cause}. A new kernel was started: "
+                "variables and imports are gone; files in the working directory are kept."
+            )
+        strays = await anyio.to_thread.run_sync(live.kernel.kill_strays)
+        if strays:
+            await live.kernel.execute(REAP_CHILDREN, deadline=time.monotonic() + 5, sink=_ignore)
+            notices.append(
+                f"{strays} process(es) the code started were still running after the run and were stopped: "
+                "processes do not outlive a run here (create and close process pools within one call)."
             )
         await anyio.to_thread.run_sync(self._collect_files, live, before, collector)
         collector.finish(live.runs)
@@ -389,6 +411,22 @@ class LocalBackend:
     def _collect_files(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> None:
         after = workspace.snapshot(live.workspace)
         paths = workspace.changed(before, after)
+        limit = self.settings.max_session_dir_mb * 1024 * 1024
+        total = sum(e.size for e in after.values())
+        if total > limit:
+            removed = []
+            for rel in sorted(paths, key=lambda p: after[p].size, reverse=True):
+                if total <= limit:
+                    break
+                with contextlib.suppress(OSError):
+                    (live.workspace / rel).unlink()
+                    total -= after[rel].size
+                    removed.append(rel)
+            paths = [p for p in paths if p not in removed]
+            collector.notices.append(
+                f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB, so these "
+                f"new files were deleted: {', '.join(removed) or '(none)'}. Write smaller outputs."
+            )
         if len(paths) > MAX_GENERATED_PER_RUN:
             collector.notices.append(
                 f"The run created or changed {len(paths)} files; only the first {MAX_GENERATED_PER_RUN} are "

@@ -30,6 +30,8 @@ from anyio.abc import Process
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
+from ci_mcp.backends.local import cgroups, procs
+
 log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -55,6 +57,8 @@ class KernelLaunch:
     limits: dict[str, int] = field(default_factory=dict)
     mpl_seed: Path | None = None
     """A prepared matplotlib cache, copied into each kernel's private MPLCONFIGDIR (CONN_DIR/mpl)."""
+    cgroup_limits: tuple[int, int] | None = None
+    """(memory bytes, processes) for per-kernel cgroups, where the host allows them."""
     wrapper: tuple[str, ...] = ()
     """Sandbox command prefix; the token CONN_DIR is replaced by the kernel's private connection directory."""
 
@@ -104,6 +108,9 @@ class Kernel:
         self._client: AsyncKernelClient | None = None
         self._conn_dir: Path | None = None
         self._last_reply_status = ""
+        self._kernel_pid: int | None = None
+        self._conn_file_marker = ""
+        self._cgroups: cgroups.KernelCgroups | None = None
         self.started_at = 0.0
 
     @property
@@ -124,7 +131,11 @@ class Kernel:
             ip=str(self._conn_dir / "ipc"),
             key=secrets.token_hex(16).encode(),
         )
+        self._conn_file_marker = conn_file
+        if launch.cgroup_limits is not None:
+            self._cgroups = cgroups.create(*launch.cgroup_limits)
         argv = [
+            *(self._cgroups.wrapper() if self._cgroups is not None else ()),
             *(str(self._conn_dir) if arg == CONN_DIR else arg for arg in launch.wrapper),
             launch.python,
             launch.script,
@@ -137,17 +148,20 @@ class Kernel:
         if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
             shutil.copytree(launch.mpl_seed, self._conn_dir / "mpl")
         env = {k: v.replace(CONN_DIR, str(self._conn_dir)) for k, v in launch.env.items()}
+        log = open(self._conn_dir / "kernel.log", "wb")  # noqa: SIM115 - handed to the child, closed below
         self._process = await anyio.open_process(
             argv,
             cwd=str(launch.cwd),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log,
             start_new_session=True,
         )
+        log.close()
         client = AsyncKernelClient()
         client.load_connection_info(dict(info))
+        self._kernel_pid = None
         client.start_channels(hb=False)
         self._client = client
         try:
@@ -155,6 +169,7 @@ class Kernel:
         except BaseException:
             await self.stop()
             raise
+        self._kernel_pid = procs.find_kernel(self._process.pid, self._conn_file_marker)
         self.started_at = time.monotonic()
 
     async def _wait_ready(self) -> None:
@@ -166,8 +181,8 @@ class Kernel:
         while True:
             if not self.alive:
                 raise KernelStartError(
-                    f"The kernel process exited with code {self.returncode} while starting. "
-                    "Run `ci-mcp doctor` to see why."
+                    f"The kernel process exited with code {self.returncode} while starting"
+                    f"{self._log_tail()}. Run `ci-mcp doctor` to see why."
                 )
             if time.monotonic() > deadline:
                 raise KernelStartError(f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`.")
@@ -197,6 +212,15 @@ class Kernel:
                 await client.get_shell_msg(timeout=0)
             except queue.Empty:
                 break
+
+    def _log_tail(self) -> str:
+        if self._conn_dir is None:
+            return ""
+        try:
+            lines = (self._conn_dir / "kernel.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f" ({lines[-1][:300]})" if lines else ""
 
     def _require_client(self) -> AsyncKernelClient:
         if self._client is None:
@@ -277,6 +301,14 @@ class Kernel:
             return "interrupted"
         return outcome
 
+    def kill_strays(self) -> int:
+        """Kill every process of this kernel's sandbox except the kernel; returns how many there were."""
+        if self._process is None or not self.alive:
+            return 0
+        if self._kernel_pid is None:
+            return 0
+        return procs.kill_strays(self._process.pid, self._kernel_pid)
+
     async def _replied(self, msg_id: str) -> bool:
         """Drain waiting shell replies; True when the execute_reply for `msg_id` is among them."""
         client = self._require_client()
@@ -318,6 +350,14 @@ class Kernel:
         if self._conn_dir is not None:
             shutil.rmtree(self._conn_dir, ignore_errors=True)
             self._conn_dir = None
+        if self._cgroups is not None:
+            self._cgroups.remove()
+            self._cgroups = None
+
+    @property
+    def out_of_memory(self) -> bool:
+        """True when the session's cgroup memory limit was hit (the kernel was likely OOM-killed)."""
+        return self._cgroups is not None and self._cgroups.oom_killed()
 
 
 async def _discard(event: KernelEvent) -> None:

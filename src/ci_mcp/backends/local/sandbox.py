@@ -101,12 +101,34 @@ def kernel_env(home: str) -> dict[str, str]:
 
 
 def limits(memory_mb: int, cpu_seconds: int, processes: int, file_mb: int) -> dict[str, int]:
+    """rlimits for a kernel. RLIMIT_NPROC counts every process of the user, so it is set to what the user runs
+    now plus `processes`; the per-session cgroup (where available) is the exact limit. The address-space limit
+    has 1 GiB of headroom over `memory_mb` (a kernel reserves far more virtual memory than it uses); the
+    cgroup holds resident memory to `memory_mb` exactly."""
     return {
-        "memory_bytes": memory_mb * MB,
+        "memory_bytes": (memory_mb + 1024) * MB,
         "cpu_seconds": cpu_seconds,
-        "processes": processes,
+        "processes": _user_processes() + processes,
         "file_bytes": file_mb * MB,
     }
+
+
+def _user_processes() -> int:
+    import os
+
+    uid = str(os.getuid())
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    count += line.split()[1] == uid
+                    break
+        except OSError:
+            continue
+    return count
 
 
 def python_roots(python: str) -> list[Path]:
@@ -136,6 +158,7 @@ def build_launch(
     mpl_cache: Path,
     py_roots: list[Path],
     kernel_limits: dict[str, int],
+    cgroup_limits: tuple[int, int] | None = None,
 ) -> KernelLaunch:
     launcher_dir = Path(__file__).resolve().parent
     if plan.mode == "none":
@@ -147,6 +170,7 @@ def build_launch(
             runtime_dir=runtime_dir,
             limits=kernel_limits,
             script=str(launcher_dir / "kernel_launcher.py"),
+            cgroup_limits=cgroup_limits,
         )
     bwrap = shutil.which("bwrap") or "bwrap"
     argv: list[str] = [
@@ -205,6 +229,7 @@ def build_launch(
         env=env,
         runtime_dir=runtime_dir,
         limits=kernel_limits,
+        cgroup_limits=cgroup_limits,
         wrapper=tuple(argv),
         script=f"{_LAUNCHER_MOUNT}/kernel_launcher.py",
     )

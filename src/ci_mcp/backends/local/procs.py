@@ -1,0 +1,103 @@
+"""Finding and ending the processes a kernel left behind, from the host side, through /proc.
+
+After each run every process in the session's sandbox other than the kernel itself is killed: a run's background
+processes do not outlive it, and a fork bomb's survivors are gone before the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+_PROC = Path("/proc")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = list((_PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        found.extend(int(p) for p in text.split())
+    return found
+
+
+def descendants(pid: int, limit: int = 100_000) -> list[int]:
+    out: list[int] = []
+    stack = [pid]
+    while stack and len(out) < limit:
+        for child in children(stack.pop()):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (_PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def find_kernel(root: int, marker: str) -> int | None:
+    """The host pid of the process (root or a descendant) whose command line contains `marker`."""
+    for pid in [root, *descendants(root, limit=64)]:
+        if marker in cmdline(pid) and "bwrap" not in cmdline(pid).split(" ", 1)[0]:
+            return pid
+    return None
+
+
+def kill_strays(root: int, kernel: int, limit_seconds: float = 2.0) -> int:
+    """SIGKILL every live descendant of `root` except `kernel` and its ancestors, until none is left twice in a row
+    (a fork bomb races us) or the time is up; returns how many were killed. Zombies are left to their parent."""
+    killed = 0
+    quiet_rounds = 0
+    deadline = time.monotonic() + limit_seconds
+    while quiet_rounds < 2 and time.monotonic() < deadline:
+        strays = [p for p in descendants(root) if p != kernel and not _is_ancestor_of(p, kernel) and not _zombie(p)]
+        if not strays:
+            quiet_rounds += 1
+            continue
+        quiet_rounds = 0
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        time.sleep(0.005)
+    return killed
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _is_ancestor_of(pid: int, child: int) -> bool:
+    current = child
+    for _ in range(16):
+        parent = _ppid(current)
+        if parent is None or parent <= 1:
+            return False
+        if parent == pid:
+            return True
+        current = parent
+    return False
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])

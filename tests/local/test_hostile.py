@@ -1,0 +1,226 @@
+"""Hostile code against the sandboxed kernel, through the MCP client: each case is contained, the result says what
+happened, and the next call works. These need bubblewrap; they are skipped (with the reason) only where it cannot
+run, and `.ci/run` installs it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from ci_mcp.backends.local import cgroups, sandbox
+from ci_mcp.settings import Settings
+from tests.conftest import all_text, open_client, session_of, texts
+
+BWRAP_OK, BWRAP_WHY = sandbox.bwrap_works()
+pytestmark = [pytest.mark.anyio, pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unavailable: {BWRAP_WHY}")]
+
+
+@pytest.fixture
+async def sandboxed(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Client, Settings]]:
+    settings = make_settings(
+        sandbox="bwrap", memory_limit_mb=512, max_file_size_mb=20, max_session_dir_mb=60, max_processes=64
+    )
+    client, store = await open_client(settings)
+    async with client:
+        yield client, settings
+    store.close()
+
+
+async def run(client: Client, code: str, **kw: object):  # type: ignore[no-untyped-def]
+    return await client.call_tool("run_code_analysis", {"code": code, **kw})
+
+
+async def still_works(client: Client, sid: str) -> None:
+    after = await run(client, "print('still', 6 * 7)", session_id=sid)
+    assert not after.is_error and "still 42" in all_text(after), all_text(after)
+
+
+async def test_allocating_10_gib_raises_memory_error_and_the_session_continues(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    result = await run(client, "keep = 1\nx = bytearray(10 * 1024 ** 3)")
+    assert "MemoryError" in all_text(result)
+    await still_works(client, session_of(result))
+
+
+async def test_memory_eaten_in_small_steps_kills_only_that_kernel(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    other = await run(client, "survivor = 'here'")
+    code = "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))"
+    result = await run(client, code)
+    text = all_text(result)
+    assert "MemoryError" in text or "kernel process died" in text
+    await still_works(client, session_of(result))
+    untouched = await run(client, "print(survivor)", session_id=session_of(other))
+    assert "here" in all_text(untouched)
+
+
+async def test_a_fork_bomb_is_contained_and_its_processes_are_gone(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        break"
+    result = await run(client, code, timeout_seconds=20)
+    sid = session_of(result)
+    after = await run(
+        client, "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))", session_id=sid
+    )
+    pids = eval(texts(after)[1])  # noqa: S307 - our own printed list
+    assert len(pids) <= 3, pids  # init, the kernel, and the listing itself at most
+
+
+async def test_os_exit_is_reported_and_the_session_is_reset(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    result = await run(client, "import os; os._exit(3)")
+    assert result.is_error and "exit code 3" in all_text(result)
+    await still_works(client, session_of(result))
+
+
+async def test_a_segfault_is_reported_and_the_session_is_reset(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    result = await run(client, "import ctypes\nctypes.string_at(0)")
+    assert result.is_error and "kernel process died" in all_text(result)
+    await still_works(client, session_of(result))
+
+
+async def test_printing_100_mb_is_capped_and_spilled(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    result = await run(
+        client, "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * (1024 * 1024))", timeout_seconds=120
+    )
+    text = all_text(result)
+    assert len(texts(result)[1]) == 20_000
+    assert "The full output is file" in text
+    await still_works(client, session_of(result))
+
+
+async def test_writing_a_huge_file_stops_at_the_file_size_limit(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    code = "with open('big.bin', 'wb') as f:\n    for _ in range(10 * 1024):\n        f.write(b'0' * (1024 * 1024))"
+    result = await run(client, code)
+    assert "File too large" in all_text(result)
+    await still_works(client, session_of(result))
+
+
+async def test_many_files_past_the_session_directory_limit_are_deleted(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    code = "for i in range(4):\n    open(f'part{i}.bin', 'wb').write(b'0' * (19 * 1024 * 1024))"
+    result = await run(client, code)
+    assert "grew past its limit of 60 MB" in all_text(result)
+    listing = await run(
+        client, "import os; print(sum(os.path.getsize(f) for f in os.listdir('.')))", session_id=session_of(result)
+    )
+    assert int(texts(listing)[1]) <= 60 * 1024 * 1024
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "HOME_SSH", "HOME_AZURE", "DATA_DIR", "OTHER_SESSION"])
+async def test_host_secrets_data_and_other_sessions_are_invisible(sandboxed, tmp_path: Path, target: str) -> None:  # type: ignore[no-untyped-def]
+    client, settings = sandboxed
+    await run(client, "open('mine.txt', 'w').write('private')")
+    other_dir = next(p for p in (settings.data_dir / "workspaces").iterdir() if (p / "mine.txt").exists())
+    path = {
+        "HOME_SSH": str(Path.home() / ".ssh"),
+        "DATA_DIR": str(settings.data_dir),
+        "OTHER_SESSION": str(other_dir / "mine.txt"),
+    }.get(target, target)
+    result = await run(client, f"import os\nprint('visible' if os.path.exists({path!r}) else 'invisible')")
+    assert "invisible" in all_text(result)
+    await still_works(client, session_of(result))
+
+
+async def test_nothing_of_the_users_home_is_mounted_but_the_python_it_runs(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    home = Path.home()
+    needed = {p.relative_to(home).parts[0] for p in sandbox.python_roots(sys.executable) if p.is_relative_to(home)}
+    entries = sorted(e.name for e in home.iterdir() if e.name not in needed)
+    result = await run(
+        client, f"import os\nprint([e for e in {entries!r} if os.path.lexists(os.path.join({str(home)!r}, e))])"
+    )
+    assert "[]" in all_text(result), all_text(result)
+
+
+async def test_the_environment_carries_no_secrets_or_settings(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "s3cr3t-value")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-s3cr3t")
+    monkeypatch.setenv("CI_MCP_LLM_API_KEY", "k3y")
+    client, store = await open_client(make_settings(sandbox="bwrap"))
+    async with client:
+        result = await run(client, "import os\nprint(sorted(os.environ))\nprint(open('/proc/self/environ').read())")
+    store.close()
+    text = all_text(result)
+    for leaked in ("AZURE_CLIENT_SECRET", "s3cr3t", "OPENAI_API_KEY", "CI_MCP_LLM_API_KEY", "k3y"):
+        assert leaked not in text
+
+
+async def test_a_socket_to_loopback_fails_and_no_connection_arrives(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            accepted.append(listener.accept())
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    code = (
+        "import socket, os\nprint(sorted(os.listdir('/sys/class/net')) if os.path.exists('/sys/class/net') else [])\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('connected')\n"
+        "except OSError as e:\n    print('refused', type(e).__name__)"
+    )
+    result = await run(client, code)
+    thread.join()
+    listener.close()
+    assert "refused" in all_text(result) and not accepted
+
+
+async def test_a_socket_to_a_public_address_fails_without_a_route(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    # Only reached after the namespace is shown to have no interface but a down loopback: nothing can leave.
+    code = (
+        "import socket\n"
+        "names = [n for _, n in socket.if_nameindex()]\nassert names == ['lo'], names\n"
+        "try:\n    socket.create_connection(('192.0.2.1', 80), timeout=2)\n    print('connected')\n"
+        "except OSError as e:\n    print('failed', e.errno)"
+    )
+    result = await run(client, code)
+    assert "failed" in all_text(result), all_text(result)
+
+
+async def test_a_background_process_does_not_outlive_the_run(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    code = (
+        "import subprocess, os\n"
+        "subprocess.Popen(['sleep', '600'])\n"
+        "if os.fork() == 0:\n    os.setsid()\n"
+        "    if os.fork() == 0:\n        import time; time.sleep(600)\n    os._exit(0)\n"
+        "os.wait()"
+    )
+    result = await run(client, code)
+    assert "were stopped" in all_text(result)
+    check = await run(
+        client,
+        "import os\nprint([open(f'/proc/{p}/cmdline').read() for p in os.listdir('/proc') if p.isdigit()])",
+        session_id=session_of(result),
+    )
+    assert "sleep" not in all_text(check)
+
+
+async def test_cgroup_limits_are_used_where_the_host_allows_them() -> None:
+    if not cgroups.available():
+        pytest.skip("cgroup v1 memory/pids hierarchies are not writable here")
+    group = cgroups.create(64 * 1024 * 1024, 10)
+    assert group is not None
+    try:
+        assert (group.dirs[1] / "pids.max").read_text().strip() == "10"
+    finally:
+        group.remove()
+    assert not any(d.exists() for d in group.dirs)
