@@ -113,3 +113,29 @@ def test_a_blob_without_metadata_is_removed_and_rows_without_blobs_are_dropped(t
     assert not (reopened.files_dir / "file-orphan").exists()
     assert list(reopened.tmp_dir.iterdir()) == []
     reopened.close()
+
+
+async def test_calls_on_one_session_are_serialised_and_sessions_run_in_parallel(
+    make_settings: Callable[..., Settings],
+) -> None:
+    client, store = await open_client(make_settings(kernel_pool_size=2))
+    async with client:
+        sid_a = session_of(await client.call_tool("run_code_analysis", {"code": "n = 0"}))
+        sid_b = session_of(await client.call_tool("run_code_analysis", {"code": "n = 0"}))
+        results: dict[str, str] = {}
+
+        async def call(key: str, sid: str, code: str) -> None:
+            results[key] = all_text(await client.call_tool("run_code_analysis", {"code": code, "session_id": sid}))
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "a1", sid_a, "import time\ntime.sleep(1.5)\nn += 1\nprint('a1', n)")
+            await anyio.sleep(0.2)
+            tg.start_soon(call, "a2", sid_a, "n += 10\nprint('a2', n)")
+            tg.start_soon(call, "b", sid_b, "import time\ntime.sleep(1.5)\nprint('b done')")
+        elapsed = time.monotonic() - started
+    store.close()
+    assert "a1 1" in results["a1"] and "a2 11" in results["a2"]  # a2 waited for a1 and saw its state
+    assert "a2 11" not in results["a1"] and "a1 1" not in results["a2"]  # outputs not mixed up
+    assert "b done" in results["b"]
+    assert elapsed < 2.9, elapsed  # a1 and b overlapped (serial would take at least 3 s)

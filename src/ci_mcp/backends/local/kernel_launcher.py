@@ -28,7 +28,19 @@ def apply_limits(limits: dict[str, int]) -> None:
             resource.setrlimit(rlimit, (soft, hard))
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the server dies, so no kernel outlives a killed server (bwrap does this too)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
+    die_with_parent()
     limits = json.loads(sys.argv[1])
     apply_limits(limits)
     os.umask(0o077)
