@@ -49,7 +49,8 @@ def resolve_readable(raw: str, roots: Sequence[Path]) -> Path:
     except FileNotFoundError:
         raise NotFoundError(f"No file at '{raw}'. Check the path, or send the bytes as content_base64.") from None
     except (OSError, RuntimeError) as exc:
-        raise InvalidInputError(f"Cannot resolve '{raw}': {exc.strerror or exc}.") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidInputError(f"Cannot resolve '{raw}': {reason}.") from None
     if not _inside(real, roots):
         raise PathNotAllowedError(
             f"'{raw}' is outside the directories this server may read ({_roots_text(roots)}). Move the file "

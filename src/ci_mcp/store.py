@@ -7,6 +7,7 @@ leaves at worst an orphan blob, which `open()` removes; never a row without its 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import mimetypes
@@ -267,7 +268,7 @@ class FileStore:
     def read(self, file_id: str) -> bytes:
         return self.path(file_id).read_bytes()
 
-    def list(self, session_id: str | None = None) -> list[FileInfo]:
+    def list(self, session_id: str | None = None) -> builtins.list[FileInfo]:
         if session_id is None:
             rows = self._db.execute("SELECT * FROM files ORDER BY created_at").fetchall()
         else:
@@ -310,7 +311,7 @@ class FileStore:
         if closed is not None:
             self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
 
-    def sessions(self, backend: str | None = None) -> list[SessionRecord]:
+    def sessions(self, backend: str | None = None) -> builtins.list[SessionRecord]:
         rows = self._db.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
         return [
             SessionRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5]))

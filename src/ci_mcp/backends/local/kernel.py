@@ -160,7 +160,7 @@ class Kernel:
         )
         log.close()
         client = AsyncKernelClient()
-        client.load_connection_info(dict(info))
+        client.load_connection_info(info)
         self._kernel_pid = None
         client.start_channels(hb=False)
         self._client = client
@@ -366,8 +366,7 @@ async def _discard(event: KernelEvent) -> None:
 
 def _event(mtype: object, content: dict[str, Any]) -> KernelEvent | None:
     if mtype == "stream":
-        name = "stderr" if content.get("name") == "stderr" else "stdout"
-        return StreamEvent(name, str(content.get("text", "")))
+        return StreamEvent("stderr" if content.get("name") == "stderr" else "stdout", str(content.get("text", "")))
     if mtype in ("display_data", "execute_result", "update_display_data"):
         data = content.get("data", {})
         if not isinstance(data, dict):

@@ -11,7 +11,7 @@ import binascii
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from ci_mcp.backends.local.kernel import ClearEvent, DisplayEvent, ErrorEvent, KernelEvent, StreamEvent
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOutput
@@ -55,7 +55,9 @@ class OutputCollector:
         piece = text[:room]
         self._text_kept += len(piece)
         last = self.items[-1] if self.items else None
-        out_kind = "stderr" if kind == "stderr" else ("result" if kind == "result" else "stdout")
+        out_kind: Literal["stdout", "stderr", "result"] = (
+            "stderr" if kind == "stderr" else ("result" if kind == "result" else "stdout")
+        )
         if isinstance(last, TextOutput) and last.kind == out_kind:
             self.items[-1] = TextOutput(last.text + piece, out_kind)
         else:
