@@ -17,6 +17,10 @@ async def doctor(settings: Settings) -> int:
     checks.append(_data_dir(settings.data_dir))
     if settings.backend == "local":
         checks += await _local(settings)
+    elif settings.backend == "azure-classic":
+        from ci_mcp.backends.azure.classic import diagnose as diagnose_classic
+
+        checks += await diagnose_classic(settings)
     else:
         from ci_mcp.backends.azure.doctor import diagnose
 

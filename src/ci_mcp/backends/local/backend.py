@@ -17,13 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import Kernel, KernelStartError
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.backends.local.pool import KernelPool, WarmKernel
@@ -37,6 +38,7 @@ from ci_mcp.models import (
     RunResult,
     RunStatus,
     SessionInfo,
+    TextOutput,
 )
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
@@ -84,6 +86,7 @@ class LiveSession:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     last_used: float = field(default_factory=time.monotonic)
     runs: int = 0
+    history: list[str] = field(default_factory=list)
     pending_notices: list[str] = field(default_factory=list)
 
 
@@ -96,7 +99,10 @@ class LocalBackend:
         self.store = store
         self.plan = sandbox.plan_sandbox(settings.sandbox)
         self.data_mount = sandbox.DATA_MOUNT if self.plan.mode == "bwrap" else ""
-        self.accepts_request = bool(settings.llm_base_url and settings.llm_model)
+        self.codewriter: CodeWriter | None = None
+        if settings.llm_base_url and settings.llm_model:
+            self.codewriter = CodeWriter(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
+        self.accepts_request = self.codewriter is not None
         self._python = settings.kernel_python or sys.executable
         self._live: dict[str, LiveSession] = {}
         self._create_lock = anyio.Lock()
@@ -125,6 +131,8 @@ class LocalBackend:
             for live in list(self._live.values()):
                 await live.kernel.stop()
             self._live.clear()
+            if self.codewriter is not None:
+                await self.codewriter.aclose()
         if self._tg is not None:
             tg, self._tg = self._tg, None
             tg.cancel_scope.cancel()
@@ -305,21 +313,34 @@ class LocalBackend:
     # -- runs ------------------------------------------------------------------------------------------------
 
     async def run(self, request: RunRequest, progress: ProgressCallback) -> RunResult:
-        if not request.code:
-            if request.request:
-                raise InvalidInputError(
-                    "The local backend runs Python code: pass the analysis as `code` (write it yourself from the "
-                    "request). Operators can enable natural-language requests by setting CI_MCP_LLM_BASE_URL and "
-                    "CI_MCP_LLM_MODEL, or use CI_MCP_BACKEND=azure."
-                )
+        if not request.code and not request.request:
             raise InvalidInputError("Pass `code` (Python to run).")
+        if not request.code and self.codewriter is None:
+            raise InvalidInputError(
+                "The local backend runs Python code: pass the analysis as `code` (write it yourself from the "
+                "request). Operators can enable natural-language requests by setting CI_MCP_LLM_BASE_URL and "
+                "CI_MCP_LLM_MODEL, or use CI_MCP_BACKEND=azure."
+            )
         inputs = [self.store.get(fid) for fid in request.file_ids]
         timeout = self._timeout(request.timeout_seconds)
         live = await self._session(request.session_id)
         async with live.lock:
             started = time.monotonic()
             try:
-                return await self._run_locked(live, request.code, inputs, timeout, progress, started)
+                code = request.code
+                written = None
+                if not code and self.codewriter is not None and request.request:
+                    await progress(0, None, "writing code")
+                    files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace)))
+                    code = written = await self.codewriter.write(
+                        request.request, files, live.history[-3:], self.data_mount
+                    )
+                assert code is not None
+                result = await self._run_locked(live, code, inputs, timeout, progress, started)
+                live.history.append(code)
+                if written is not None:
+                    result = replace(result, outputs=(TextOutput(written, "code"), *result.outputs))
+                return result
             finally:
                 live.last_used = time.monotonic()
                 self.store.update_session(live.session_id)
