@@ -1,0 +1,380 @@
+"""The `azure` backend: Azure AI Foundry new agents (azure-ai-projects 2.x + its OpenAI client).
+
+Mapping: a session is a *conversation* (whose code-interpreter container keeps Python state and files between
+runs); a run is one *response*, streamed; the agent is one *agent version* per definition, reused.
+
+Per-request files: **structured inputs**. The agent definition declares inputs `file_1..file_K` and names them in
+the code-interpreter tool (`file_ids=["{{file_1}}", ...]`); each response passes the Files-API ids in
+`structured_inputs` (the pattern of the SDK sample `sample_agent_code_interpreter_structured_inputs.py`). Why this
+one of the options in reference/azure-api.md:
+- a new agent version per file set would cost a POST per run and pile up versions;
+- adding files to the container (`POST containers/{c}/files`) needs the container first, which only the first
+  response creates, so it costs extra requests and a second response;
+- `input_file` content items fail with the code interpreter (Azure/azure-sdk-for-python#45881).
+With structured inputs the files ride on the response request itself (zero extra requests), and one version per
+file count is reused forever (`agent_versions.py`). Every file attached earlier in a session is passed again on
+each run, so the session's files are back if the container had to be recreated.
+
+Code: when `RunRequest.code` is given the agent is instructed to run exactly that code (the agent still decides; the
+result shows the code it ran when it differs).
+
+Request budget: a warm run (session and files known) is 1 POST /responses (streamed) + 1 container file listing +
+1 GET per generated file. A first run adds the conversation POST, uploads not done yet, and (once per process) the
+agent-version lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from azure.core.credentials import TokenCredential
+
+from ci_mcp.backends.azure.agent_versions import MAX_FILES, AgentVersions, slot_name
+from ci_mcp.backends.azure.clients import AzureClients, build_clients
+from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry
+from ci_mcp.backends.azure.outputs import Collected, fetch_files, render_steps
+from ci_mcp.backends.azure.remote_files import RemoteFiles
+from ci_mcp.backends.azure.stream import StageReporter, StreamOutcome, stream_response
+from ci_mcp.backends.azure.wire import compose_message
+from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunTimeoutError
+from ci_mcp.models import ErrorOutput, FileInfo, ProgressCallback, RunRequest, RunResult, SessionInfo, TextOutput
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore, SessionRecord
+
+log = logging.getLogger(__name__)
+
+BACKEND = "azure"
+EXPIRED_NOTICE = (
+    "The session's Azure code-interpreter container had expired (idle too long), so a new one was started: Python "
+    "variables and in-memory state from earlier steps are lost, and the agent does not remember earlier steps. The "
+    "session's attached files were attached again; earlier generated files are still fetchable by id (pass them in "
+    "file_ids to use them)."
+)
+
+
+@dataclass
+class SessionState:
+    """What a session keeps in the store between runs (and restarts)."""
+
+    conversation_id: str | None = None
+    container_id: str | None = None
+    files: list[str] = field(default_factory=list)
+    """Local ids of every file attached in this session, in order."""
+    seen: dict[str, int] = field(default_factory=dict)
+    """Container file id -> size of generated files already fetched."""
+
+    @classmethod
+    def load(cls, raw: dict[str, object]) -> SessionState:
+        files = raw.get("files")
+        seen = raw.get("seen")
+        return cls(
+            conversation_id=_opt_str(raw.get("conversation_id")),
+            container_id=_opt_str(raw.get("container_id")),
+            files=[str(f) for f in files] if isinstance(files, list) else [],
+            seen={str(k): int(v) for k, v in seen.items()} if isinstance(seen, dict) else {},
+        )
+
+    def dump(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class AzureAgentsBackend:
+    name = BACKEND
+    accepts_code = True
+    accepts_request = True
+    data_mount = "/mnt/data"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: FileStore,
+        *,
+        credential: TokenCredential | None = None,
+        ca_file: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        """`credential`: a sync TokenCredential (default: DefaultAzureCredential). `ca_file`: extra PEM trust (the
+        emulator's CA in tests). `retry_policy`: defaults from the azure_max_retries / azure_max_retry_wait settings."""
+        if not settings.azure_endpoint:
+            raise ConfigError(
+                "CI_MCP_BACKEND=azure needs AZURE_AI_PROJECT_ENDPOINT "
+                "(https://<account>.services.ai.azure.com/api/projects/<project>)."
+            )
+        self._settings = settings
+        self._store = store
+        self._endpoint = settings.azure_endpoint.rstrip("/")
+        self._credential = credential
+        self._ca_file = ca_file
+        self._policy = retry_policy or RetryPolicy(
+            attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds
+        )
+        self._clients: AzureClients | None = None
+        self._versions = AgentVersions(
+            settings.azure_agent_name, settings.azure_model, settings.azure_instructions, self._policy
+        )
+        self._remote = RemoteFiles(store.data_dir, self._endpoint)
+        self._locks: dict[str, anyio.Lock] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    def _c(self) -> AzureClients:
+        if self._clients is None:
+            self._clients = build_clients(self._endpoint, self._credential, ca_file=self._ca_file)
+        return self._clients
+
+    async def start(self) -> None:
+        self._c()
+
+    async def aclose(self) -> None:
+        if self._clients is not None:
+            clients, self._clients = self._clients, None
+            with anyio.CancelScope(shield=True):
+                await clients.aclose()
+
+    def describe(self) -> str:
+        return (
+            "Runs on Azure AI Foundry Agent Service (Code Interpreter): an agent writes and runs Python in an Azure "
+            "container. `request` (plain language) is what the agent works on; `code` is sent with an instruction "
+            "to run exactly that code, and the agent reports the result. Files passed in file_ids appear under "
+            "/mnt/data; a session keeps its Python state and files while its container lives (about 20 minutes "
+            f"idle), and up to {MAX_FILES} files per session."
+        )
+
+    # -- files -------------------------------------------------------------------------------------------------------
+
+    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
+        """Keep the file in the store, then send it to Azure (Files API, purpose=assistants). If Azure refuses, the
+        error is raised; the stored copy stays and is sent again when a run first uses it."""
+        if isinstance(source, bytes):
+            info = await anyio.to_thread.run_sync(lambda: self._store.put_bytes(name, source, origin="upload"))
+        else:
+            info = await anyio.to_thread.run_sync(
+                lambda: self._store.put_path(name, source, origin="upload", max_bytes=self._settings.max_upload_bytes)
+            )
+        await self._remote_id(info, deadline=None)
+        return info
+
+    async def _remote_id(self, info: FileInfo, deadline: float | None) -> str:
+        known = self._remote.get(info.file_id, info.sha256)
+        if known:
+            return known
+        path = self._store.path(info.file_id)
+        client = self._c().openai
+
+        async def send() -> Any:
+            with path.open("rb") as fh:
+                return await client.files.create(file=(info.name, fh, info.media_type), purpose="assistants")
+
+        created = await call_with_retry(
+            send, what=f"uploading '{info.name}' to Azure", policy=self._policy, idempotent=False, deadline=deadline
+        )
+        self._remote.put(info.file_id, info.sha256, str(created.id))
+        return str(created.id)
+
+    async def file_info(self, file_id: str) -> FileInfo:
+        return self._store.get(file_id)
+
+    async def file_path(self, file_id: str) -> Path:
+        return self._store.path(file_id)
+
+    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
+        return self._store.list(session_id)
+
+    # -- sessions ----------------------------------------------------------------------------------------------------
+
+    def _session(self, session_id: str) -> SessionRecord:
+        rec = self._store.session(session_id)
+        if rec.backend != BACKEND:
+            raise NotFoundError(
+                f"Session '{session_id}' belongs to the {rec.backend} backend, not azure. Omit session_id to start a "
+                "new session."
+            )
+        if rec.closed:
+            raise NotFoundError(f"Session '{session_id}' was closed. Omit session_id to start a new session.")
+        return rec
+
+    async def sessions(self) -> list[SessionInfo]:
+        return [self._store.session_info(r, live=True) for r in self._store.sessions(BACKEND) if not r.closed]
+
+    async def close_session(self, session_id: str) -> None:
+        rec = self._session(session_id)
+        state = SessionState.load(rec.state)
+        if state.conversation_id:
+            conversation_id = state.conversation_id
+            try:
+                await call_with_retry(
+                    lambda: self._c().openai.conversations.delete(conversation_id),
+                    what="deleting the conversation",
+                    policy=self._policy,
+                )
+            except Exception as exc:  # closing stays local even when Azure cannot be told
+                log.info("could not delete conversation %s: %s", conversation_id, exc)
+        self._store.update_session(session_id, closed=True)
+        self._locks.pop(session_id, None)
+
+    async def _new_conversation(self, deadline: float) -> str:
+        created = await call_with_retry(
+            lambda: self._c().openai.conversations.create(metadata={"created_by": "ci-mcp"}),
+            what="creating the conversation",
+            policy=self._policy,
+            idempotent=False,
+            deadline=deadline,
+        )
+        return str(created.id)
+
+    # -- runs --------------------------------------------------------------------------------------------------------
+
+    async def run(self, request: RunRequest, progress: ProgressCallback) -> RunResult:
+        if not (request.code or request.request):
+            raise InvalidInputError("Pass `request` (what to analyse, in plain words) or `code` (Python to run).")
+        started = time.monotonic()
+        timeout = self._timeout(request)
+        new_files = [self._store.get(fid) for fid in request.file_ids]
+        if request.session_id is None:
+            session_id = self._store.create_session(BACKEND).session_id
+        else:
+            session_id = self._session(request.session_id).session_id
+        lock = self._locks.setdefault(session_id, anyio.Lock())
+        async with lock:
+            state = SessionState.load(self._session(session_id).state)
+            deadline = anyio.current_time() + timeout
+            report = StageReporter(progress)
+            await report("preparing")
+            result = await self._run_locked(session_id, state, request, new_files, report, deadline, timeout)
+        return RunResult(
+            session_id=result.session_id,
+            status=result.status,
+            outputs=result.outputs,
+            generated_files=result.generated_files,
+            notices=result.notices,
+            duration_seconds=time.monotonic() - started,
+        )
+
+    def _timeout(self, request: RunRequest) -> float:
+        asked = request.timeout_seconds or self._settings.run_timeout_seconds
+        if asked <= 0:
+            raise InvalidInputError("timeout_seconds must be more than 0.")
+        if asked > self._settings.max_run_timeout_seconds:
+            raise InvalidInputError(
+                f"timeout_seconds may be at most {self._settings.max_run_timeout_seconds:g} on this server."
+            )
+        return asked
+
+    async def _run_locked(
+        self,
+        session_id: str,
+        state: SessionState,
+        request: RunRequest,
+        new_files: list[FileInfo],
+        report: StageReporter,
+        deadline: float,
+        timeout: float,
+    ) -> RunResult:
+        attached_ids = state.files + [f.file_id for f in new_files if f.file_id not in state.files]
+        if len(attached_ids) > MAX_FILES:
+            raise InvalidInputError(
+                f"A session can use at most {MAX_FILES} files on Azure; this one would have {len(attached_ids)}. "
+                "Start a new session (omit session_id) with the files this step needs."
+            )
+        attached = [self._store.get(fid) for fid in attached_ids]
+        clients = self._c()
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                remote_ids = [await self._remote_id(f, deadline) for f in attached]
+                version = await self._versions.ensure(clients.project, len(remote_ids), deadline)
+                if not state.conversation_id:
+                    state.conversation_id = await self._new_conversation(deadline)
+                    self._store.update_session(session_id, state=state.dump())
+        except TimeoutError as exc:
+            raise RunTimeoutError(
+                f"Preparing the Azure run took longer than {timeout:.0f} s (uploads, agent, conversation). Try "
+                "again, or raise timeout_seconds."
+            ) from exc
+        body: dict[str, Any] = {
+            "input": compose_message(request, new_files, attached),
+            "agent_reference": {"type": "agent_reference", "name": self._versions.agent_name, "version": version},
+        }
+        if remote_ids:
+            body["structured_inputs"] = {slot_name(i + 1): rid for i, rid in enumerate(remote_ids)}
+        notices: list[str] = []
+        try:
+            outcome = await self._respond(state, body, report, deadline)
+        except ContainerExpiredError:
+            notices.append(EXPIRED_NOTICE)
+            state.conversation_id = await self._new_conversation(deadline)
+            state.container_id = None
+            state.seen = {}
+            self._store.update_session(session_id, state=state.dump())
+            outcome = await self._respond(state, body, report, deadline)
+        state.files = attached_ids
+        if outcome.timed_out or outcome.digest is None:
+            self._store.update_session(session_id, state=state.dump())
+            partial = (TextOutput(outcome.partial_text, kind="answer"),) if outcome.partial_text else ()
+            return RunResult(
+                session_id=session_id,
+                status="timeout",
+                outputs=partial,
+                generated_files=(),
+                notices=(
+                    *notices,
+                    f"The run exceeded its time limit of {timeout:.0f} s and the Azure response was cancelled. Ask "
+                    "for a smaller step, or raise timeout_seconds.",
+                ),
+            )
+        collected = await self._collect(session_id, state, request, outcome, report)
+        if outcome.digest.container_ids:
+            state.container_id = outcome.digest.container_ids[-1]
+        state.seen.update(collected.seen)
+        self._store.update_session(session_id, state=state.dump())
+        raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
+        return RunResult(
+            session_id=session_id,
+            status="error" if raised else "ok",
+            outputs=tuple(collected.outputs),
+            generated_files=tuple(collected.generated),
+            notices=(*notices, *collected.notices),
+        )
+
+    async def _respond(
+        self, state: SessionState, body: dict[str, Any], report: StageReporter, deadline: float
+    ) -> StreamOutcome:
+        return await stream_response(
+            self._c().openai,
+            {**body, "conversation": state.conversation_id},
+            report=report,
+            deadline=deadline,
+            policy=self._policy,
+        )
+
+    async def _collect(
+        self,
+        session_id: str,
+        state: SessionState,
+        request: RunRequest,
+        outcome: StreamOutcome,
+        report: StageReporter,
+    ) -> Collected:
+        assert outcome.digest is not None
+        collected = await anyio.to_thread.run_sync(
+            lambda: render_steps(outcome.digest, request.code, self._store, session_id)  # type: ignore[arg-type]
+        )
+        await fetch_files(
+            self._c().openai,
+            outcome.digest,
+            store=self._store,
+            session_id=session_id,
+            seen=state.seen,
+            policy=self._policy,
+            report=report,
+            out=collected,
+        )
+        return collected

@@ -1,0 +1,420 @@
+"""The azure-classic backend over the emulator, with the real azure-ai-agents SDK on the wire."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from PIL import Image
+
+from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+from ci_mcp.errors import BackendUnavailableError, NotFoundError, RunFailedError
+from ci_mcp.models import ImageOutput, RunRequest, RunResult, TextOutput
+from tests.azure_classic.conftest import Progress, Sleeps, code
+from tests.azure_emulator.classic_routes import require_action_next_run
+from tests.azure_emulator.server import Emulator
+
+pytestmark = pytest.mark.anyio
+
+PNG_CODE = """
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from IPython.display import Image, display
+fig, ax = plt.subplots()
+ax.bar(["a", "b"], [3, 5])
+fig.savefig("/mnt/data/bars.png")
+display(Image(filename="/mnt/data/bars.png"))
+print("saved")
+"""
+
+
+def stdout_of(result: RunResult) -> str:
+    return "".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "stdout")
+
+
+def answer_of(result: RunResult) -> str:
+    return "\n".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "answer")
+
+
+def images_of(result: RunResult) -> list[ImageOutput]:
+    return [o for o in result.outputs if isinstance(o, ImageOutput)]
+
+
+async def test_upload_keeps_a_local_copy_and_sends_the_file_to_azure_for_agents(
+    backend: ClassicAgentsBackend, emulator: Emulator
+) -> None:
+    info = await backend.upload("data.csv", b"a,b\n1,2\n")
+
+    assert info.origin == "upload" and info.media_type == "text/csv"
+    assert (await backend.file_path(info.file_id)).read_bytes() == b"a,b\n1,2\n"
+    remote = [f for f in emulator.state.files.values() if f.data == b"a,b\n1,2\n"]
+    assert [(f.filename, f.purpose) for f in remote] == [("data.csv", "assistants")]
+
+
+async def test_run_returns_stdout_a_real_png_and_the_file_path_file_fetchable_by_id(
+    backend: ClassicAgentsBackend, progress: Progress
+) -> None:
+    result = await backend.run(code(PNG_CODE), progress)
+
+    assert result.status == "ok"
+    assert "saved" in stdout_of(result)
+    pictures = images_of(result)
+    assert pictures, result.outputs
+    with Image.open(io.BytesIO(pictures[0].data)) as img:
+        assert img.format == "PNG" and img.width > 100
+    by_name = {f.name: f for f in result.generated_files}
+    assert "bars.png" in by_name
+    bars = by_name["bars.png"]
+    assert (await backend.file_path(bars.file_id)).read_bytes().startswith(b"\x89PNG")
+    assert (await backend.file_info(bars.file_id)).session_id == result.session_id
+    assert f"ci-mcp://files/{bars.file_id}" in answer_of(result)
+    assert "sandbox:" not in answer_of(result)
+
+
+async def test_run_reports_progress_from_run_and_step_events_without_polling(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    mark = emulator.state.mark()
+    await backend.run(code("print(1)"), progress)
+
+    assert "Azure run queued" in progress.messages
+    assert "Code Interpreter is running the code" in progress.messages
+    assert progress.messages[-1] == "Azure run completed"
+    routes = [r.route for r in emulator.state.requests_since(mark)]
+    assert routes.count("POST /threads/{thread_id}/runs") == 1
+    assert "GET /threads/{thread_id}/runs/{run_id}" not in routes
+
+
+async def test_session_is_a_thread_whose_variables_and_files_persist_between_runs(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    upload = await backend.upload("numbers.csv", b"n\n1\n2\n3\n")
+    first = await backend.run(
+        code("import pandas as pd\nx = 41\ndf = pd.read_csv('/mnt/data/numbers.csv')", upload.file_id), progress
+    )
+    second = await backend.run(code("print(x + 1, int(df.n.sum()))", session_id=first.session_id), progress)
+
+    assert second.session_id == first.session_id
+    assert "42 6" in stdout_of(second)
+    threads = {run["thread_id"] for run in emulator.state.runs.values() if run["id"] in _run_ids(emulator, 2)}
+    assert len(threads) == 1
+    assert [s.session_id for s in await backend.sessions()] == [first.session_id]
+
+
+def _run_ids(emulator: Emulator, last: int) -> set[str]:
+    return {r["id"] for r in list(emulator.state.runs.values())[-last:]}
+
+
+async def test_files_are_attached_to_the_message_for_the_code_interpreter_and_uploaded_once(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    upload = await backend.upload("t.txt", b"hello")
+    mark = emulator.state.mark()
+    first = await backend.run(code("print(open('/mnt/data/t.txt').read())", upload.file_id), progress)
+    await backend.run(code("print(2)", upload.file_id, session_id=first.session_id), progress)
+
+    assert "hello" in stdout_of(first)
+    assert emulator.state.count("POST /files", since=mark) == 0
+    thread_id = emulator.state.runs[max(_run_ids(emulator, 1))]["thread_id"]
+    user_messages = [m for m in emulator.state.messages[thread_id] if m["role"] == "user"]
+    attachment = user_messages[0]["attachments"][0]
+    assert attachment["tools"] == [{"type": "code_interpreter"}]
+    assert emulator.state.files[attachment["file_id"]].filename == "t.txt"
+
+
+async def test_code_is_sent_as_an_instruction_to_run_it_exactly(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    await backend.run(code("print('exact')"), progress)
+
+    message, _ = emulator.state.model_calls[-1]
+    assert "Run exactly the following Python code" in message
+    assert "```python\nprint('exact')\n```" in message
+
+
+async def test_one_agent_is_found_by_name_and_reused_across_backends(
+    make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, progress: Progress
+) -> None:
+    name = "ci-mcp-reuse-test"
+    for _ in range(2):
+        b = make_backend(azure_agent_name=name)
+        await b.run(code("print(1)"), progress)
+        await b.run(code("print(2)"), progress)
+        await b.aclose()
+
+    agents = [a for a in emulator.state.assistants.values() if a["name"] == name]
+    assert len(agents) == 1
+    assert agents[0]["tools"] == [{"type": "code_interpreter"}]
+    assert agents[0]["model"] == "gpt-4o"
+
+
+async def test_429_with_retry_after_is_retried_after_the_wait_the_service_asked_for(
+    backend: ClassicAgentsBackend, emulator: Emulator, sleeps: Sleeps, progress: Progress
+) -> None:
+    emulator.state.faults.push("POST /threads/{thread_id}/runs", 429, retry_after=2.5)
+    mark = emulator.state.mark()
+
+    result = await backend.run(code("print('after retry')"), progress)
+
+    assert "after retry" in stdout_of(result)
+    assert sleeps.calls == [2.5]
+    assert emulator.state.count("POST /threads/{thread_id}/runs", since=mark) == 2
+
+
+async def test_a_retry_after_longer_than_we_wait_is_a_transient_error_carrying_it(
+    backend: ClassicAgentsBackend, emulator: Emulator, sleeps: Sleeps, progress: Progress
+) -> None:
+    emulator.state.faults.push("POST /threads", 429, retry_after=90)
+
+    with pytest.raises(BackendUnavailableError) as caught:
+        await backend.run(code("print(1)"), progress)
+
+    assert caught.value.retry_after == 90
+    assert "Try again in 90 s" in str(caught.value)
+    assert sleeps.calls == []
+
+
+async def test_a_failed_run_surfaces_its_last_error_as_a_tool_error(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    emulator.state.faults.fail_next_run("invalid_prompt", "The prompt was flagged.")
+
+    with pytest.raises(RunFailedError, match="invalid_prompt: The prompt was flagged."):
+        await backend.run(code("print(1)"), progress)
+
+
+async def test_a_rate_limited_run_is_a_transient_error_with_the_services_wait(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    emulator.state.faults.fail_next_run("rate_limit_exceeded", "Rate limit is exceeded. Try again in 7 seconds.")
+
+    with pytest.raises(BackendUnavailableError) as caught:
+        await backend.run(code("print(1)"), progress)
+
+    assert "Rate limit is exceeded. Try again in 7 seconds." in str(caught.value)
+    assert caught.value.retry_after == 7
+
+
+async def test_a_server_error_run_says_to_send_the_step_again(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    emulator.state.faults.fail_next_run("server_error", "Sorry, something went wrong.")
+
+    with pytest.raises(RunFailedError, match="Sorry, something went wrong.*send the same step once more"):
+        await backend.run(code("print(1)"), progress)
+
+
+async def test_a_run_stuck_in_requires_action_is_cancelled_with_a_clear_message(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    require_action_next_run(emulator.state, "get_weather")
+
+    with anyio.fail_after(30), pytest.raises(RunFailedError, match=r"client-side tool call \(get_weather\)"):
+        await backend.run(code("print(1)"), progress)
+
+    stuck = list(emulator.state.runs.values())[-1]
+    assert stuck["status"] == "cancelled"
+    session = (await backend.sessions())[-1].session_id
+    again = await backend.run(code("print('thread usable')", session_id=session), progress)
+    assert "thread usable" in stdout_of(again)
+
+
+async def test_cancelling_the_call_cancels_the_remote_run(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    started = time.monotonic()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backend.run, code("import time\ntime.sleep(60)"), progress)
+            assert await anyio.to_thread.run_sync(emulator.state.code_running.wait, 20)
+            tg.cancel_scope.cancel()
+
+    assert time.monotonic() - started < 20
+    last = list(emulator.state.runs.values())[-1]
+    assert last["status"] == "cancelled"
+
+
+async def test_a_run_past_its_deadline_is_cancelled_and_returns_status_timeout(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    with anyio.fail_after(30):
+        result = await backend.run(code("import time\ntime.sleep(60)", timeout=2), progress)
+
+    assert result.status == "timeout"
+    assert "did not finish within its 2 s limit and was cancelled" in result.notices[0]
+    assert list(emulator.state.runs.values())[-1]["status"] == "cancelled"
+
+
+async def test_upload_while_azure_is_unavailable_keeps_the_file_and_uploads_it_at_run_time(
+    backend: ClassicAgentsBackend, emulator: Emulator, sleeps: Sleeps, progress: Progress
+) -> None:
+    emulator.state.faults.push("POST /files", 503, retry_after=None, times=5)
+    info = await backend.upload("late.txt", b"late bytes")
+    assert sleeps.calls == [0.5, 1.0, 2.0, 4.0]
+
+    result = await backend.run(code("print(open('/mnt/data/late.txt').read())", info.file_id), progress)
+
+    assert "late bytes" in stdout_of(result)
+
+
+async def test_unknown_file_ids_fail_before_anything_is_created_on_azure(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    mark = emulator.state.mark()
+    with pytest.raises(NotFoundError, match="No file with id 'file-000000000000000000000000'"):
+        await backend.run(code("print(1)", "file-000000000000000000000000"), progress)
+    assert emulator.state.requests_since(mark) == []
+
+
+async def test_fetching_an_azure_file_id_explains_that_inputs_cannot_be_read_back(
+    backend: ClassicAgentsBackend, emulator: Emulator
+) -> None:
+    with pytest.raises(NotFoundError, match="does not give back files uploaded to agents") as caught:
+        await backend.file_info("assistant-abc123")
+    assert "list_files" in str(caught.value)
+
+
+async def test_an_azure_id_of_a_downloaded_file_resolves_to_the_local_copy(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    result = await backend.run(code(PNG_CODE), progress)
+    bars = next(f for f in result.generated_files if f.name == "bars.png")
+    remote_id = [f.id for f in emulator.state.files.values() if f.filename == "/mnt/data/bars.png"][-1]
+
+    assert (await backend.file_info(remote_id)).file_id == bars.file_id
+
+
+async def test_the_emulator_refuses_to_give_back_an_uploaded_input_as_azure_does(
+    backend: ClassicAgentsBackend, emulator: Emulator
+) -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    await backend.upload("secret.csv", b"x\n1\n")
+    remote_id = next(f.id for f in emulator.state.files.values() if f.filename == "secret.csv")
+    client = backend._require_client()
+
+    with pytest.raises(HttpResponseError, match="Not allowed to download files of purpose: assistants"):
+        b"".join(client.files.get_content(remote_id))
+
+
+async def test_closing_a_session_deletes_the_thread_and_keeps_its_files(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    result = await backend.run(code(PNG_CODE), progress)
+    thread_id = list(emulator.state.runs.values())[-1]["thread_id"]
+
+    await backend.close_session(result.session_id)
+
+    assert thread_id not in emulator.state.threads
+    assert (await backend.file_path(result.generated_files[0].file_id)).exists()
+    with pytest.raises(NotFoundError, match="was closed"):
+        await backend.run(code("print(1)", session_id=result.session_id), progress)
+
+
+async def test_a_request_without_code_or_words_is_refused(backend: ClassicAgentsBackend, progress: Progress) -> None:
+    from ci_mcp.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="Pass `request`"):
+        await backend.run(RunRequest(session_id=None, code=None, request="  "), progress)
+
+
+async def test_an_agent_deleted_on_azure_is_created_again_on_the_next_run(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    await backend.run(code("print(1)"), progress)
+    for agent_id in [a["id"] for a in emulator.state.assistants.values() if a["name"] == "ci-mcp-code-interpreter"]:
+        del emulator.state.assistants[agent_id]
+
+    result = await backend.run(code("print('recreated')"), progress)
+
+    assert "recreated" in stdout_of(result)
+    assert [a["name"] for a in emulator.state.assistants.values()].count("ci-mcp-code-interpreter") == 1
+
+
+async def test_a_restarted_server_does_not_upload_a_known_file_again(
+    make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, tmp_path: Path, progress: Progress
+) -> None:
+    first = make_backend(data_dir=tmp_path / "kept")
+    info = await first.upload("kept.txt", b"kept")
+    await first.aclose()
+    mark = emulator.state.mark()
+
+    second = make_backend(data_dir=tmp_path / "kept")
+    result = await second.run(code("print(open('/mnt/data/kept.txt').read())", info.file_id), progress)
+    await second.aclose()
+
+    assert "kept" in stdout_of(result)
+    assert emulator.state.count("POST /files", since=mark) == 0
+
+
+async def test_doctor_reaches_the_classic_api_with_the_credential(
+    make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, tmp_path: Path
+) -> None:
+    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.settings import Settings
+
+    settings = Settings(backend="azure-classic", azure_endpoint=emulator.endpoint, data_dir=tmp_path)
+    checks = await diagnose(
+        settings, credential=emulator.credential(), client_options={"connection_verify": emulator.ca_file}
+    )
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    assert by_name["credential"][0], by_name["credential"]
+    assert by_name["classic agents API"][0], by_name["classic agents API"]
+    assert "reachable; agent 'ci-mcp-code-interpreter'" in by_name["classic agents API"][1]
+
+
+async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: Emulator, tmp_path: Path) -> None:
+    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.settings import Settings
+    from tests.azure_emulator.credential import EmulatorCredential
+
+    settings = Settings(backend="azure-classic", azure_endpoint=emulator.endpoint, data_dir=tmp_path)
+    mark = emulator.state.mark()
+    failing = EmulatorCredential(fail_with=RuntimeError("no az login"))
+
+    checks = await diagnose(settings, credential=failing, client_options={"connection_verify": emulator.ca_file})
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    assert not by_name["credential"][0] and "az login" in by_name["credential"][1]
+    assert by_name["classic agents API"] == (False, "skipped: no credential")
+    assert emulator.state.requests_since(mark) == []
+
+
+class _BreakingStream:
+    """Stands in for the SDK's run stream: two events, then the connection drops."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def __enter__(self) -> _BreakingStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[tuple[str, object, None]]:
+        from azure.core.exceptions import ServiceResponseError
+
+        yield "thread.run.created", {"id": self.run_id, "status": "queued"}, None
+        yield "thread.run.in_progress", {"id": self.run_id, "status": "in_progress"}, None
+        raise ServiceResponseError("Connection reset by peer")
+
+
+async def test_a_stream_that_breaks_mid_run_is_a_transient_error_not_a_hang(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = backend._require_client()
+    monkeypatch.setattr(client.runs, "stream", lambda *a, **k: _BreakingStream("run_gone"))
+
+    with anyio.fail_after(30), pytest.raises(BackendUnavailableError, match="stream broke off") as caught:
+        await backend.run(code("print(1)"), progress)
+
+    assert "ServiceResponseError" in str(caught.value)
+    assert "the run was cancelled" in str(caught.value)
