@@ -8,6 +8,7 @@ are refused; existing files are not overwritten unless asked.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from collections.abc import Sequence
@@ -17,6 +18,16 @@ from ci_mcp.errors import InvalidInputError, NotFoundError, PathNotAllowedError
 
 SECRET_PARTS = (".ssh", ".aws", ".azure", ".gnupg", ".kube", ".docker", ".netrc", ".git-credentials")
 SECRET_PAIRS = ((".config", "gcloud"),)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def safe_name(name: str) -> str:
+    """A file name that is safe on any host disk: no directories, no control or shell-special characters."""
+    base = os.path.basename(name.replace("\\", "/")).strip()
+    base = _UNSAFE.sub("_", base).strip(" .")
+    return base[:200] or "file"
 
 
 def _is_secret(path: Path) -> bool:

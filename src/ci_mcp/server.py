@@ -246,7 +246,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             source = await backend.file_path(info.file_id)
             if save_to is not None:
                 target = paths.resolve_writable(
-                    save_to, _safe_filename(info.name), roots_for(roots), overwrite=overwrite
+                    save_to, paths.safe_name(info.name), roots_for(roots), overwrite=overwrite
                 )
                 await anyio.to_thread.run_sync(paths.write_atomically, target, source)
                 text = f"Saved {info.file_id} ({info.name}, {info.size:,} bytes) to {target}."
@@ -310,12 +310,6 @@ def _clean_name(name: str) -> str:
     if not base or base in (".", ".."):
         raise InvalidInputError("`filename` must be a plain file name such as 'data.csv'.")
     return base
-
-
-def _safe_filename(name: str) -> str:
-    from ci_mcp.backends.local.workspace import safe_name
-
-    return safe_name(name)
 
 
 def _error(exc: CiMcpError) -> CallToolResult:

@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ci_mcp import paths
 from ci_mcp.backends.factory import create_backend
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput, no_progress
 from ci_mcp.settings import Settings
@@ -36,7 +37,7 @@ async def run_once(
         elif isinstance(item, ImageOutput):
             print(f"[image {item.file.name} = {item.file.file_id}]")
     for info in result.generated_files:
-        target = out / Path(info.name).name
+        target = out / paths.safe_name(info.name)
         shutil.copyfile(store.path(info.file_id), target)
         print(f"wrote {target}", file=sys.stderr)
     for notice in result.notices:

@@ -202,14 +202,19 @@ class CodeRunner:
         # IPC sockets need a short absolute path prefix (the kernel's cwd differs from ours)
         ipc_dir = tempfile.mkdtemp(prefix="azemu-")
         km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=f"{ipc_dir}/k")
-        await km.start_kernel(cwd=str(self.root), env=env)
-        kc = km.client()
-        kc.start_channels()
+        kc = None
         try:
+            await km.start_kernel(cwd=str(self.root), env=env)
+            kc = km.client()
+            kc.start_channels()
             await kc.wait_for_ready(timeout=_START_TIMEOUT)
-        except Exception:
-            kc.stop_channels()
-            await km.shutdown_kernel(now=True)
+        except BaseException:  # cancelled spares too: a leaked client's zmq context can hang a later GC
+            if kc is not None:
+                kc.stop_channels()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(km.shutdown_kernel(now=True))
+            if km.context is not None and not km.context.closed:
+                km.context.destroy(linger=0)
             shutil.rmtree(ipc_dir, ignore_errors=True)
             raise
         self.started += 1

@@ -200,6 +200,10 @@ class LocalBackend:
         except KernelStartError as exc:
             await kernel.stop()
             raise BackendUnavailableError(f"The local kernel could not start: {exc}") from exc
+        except BaseException:  # cancelled (server shutting down): never leave a kernel or its sockets behind
+            with anyio.CancelScope(shield=True):
+                await kernel.stop()
+            raise
         return kernel
 
     async def _restart(self, kernel: Kernel) -> None:

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+from ci_mcp.paths import safe_name
+
 _MAX_FILES = 10_000
-
-
-def safe_name(name: str) -> str:
-    """A file name that is safe on any host disk: no directories, no control or shell-special characters."""
-    base = os.path.basename(name.replace("\\", "/")).strip()
-    base = _UNSAFE.sub("_", base).strip(" .")
-    return base[:200] or "file"
 
 
 @dataclass(frozen=True)
