@@ -24,7 +24,7 @@ from mcp_types import ImageContent, TextContent
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- local-stdio:begin -->", "<!-- local-stdio:end -->"
+MARK = "<!-- local-stdio-{mode}:{edge} -->"
 
 CHART = """
 import numpy as np, pandas as pd, matplotlib.pyplot as plt
@@ -52,10 +52,38 @@ def sid_of(result: object) -> str:
     return first.text.split()[1]
 
 
-async def measure(quick: bool) -> dict[str, list[float]]:
+def descendants(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                kids = [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            stack.extend(kids)
+    return found
+
+
+def pss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+async def measure(quick: bool, sandbox: str) -> tuple[dict[str, list[float]], float]:
     data = Path(tempfile.mkdtemp(prefix="ci-mcp-bench-"))
-    env = dict(os.environ, CI_MCP_DATA_DIR=str(data), CI_MCP_KERNEL_POOL_SIZE="1")
-    params = StdioServerParameters(command=sys.executable, args=["-m", "ci_mcp"], env=env)
+    env = dict(os.environ, CI_MCP_DATA_DIR=str(data), CI_MCP_KERNEL_POOL_SIZE="1", CI_MCP_SANDBOX=sandbox)
+    pidfile = data / "server.pid"
+    script = f'echo $$ > {pidfile}; exec "{sys.executable}" -m ci_mcp'
+    params = StdioServerParameters(command="/bin/sh", args=["-c", script], env=env)
     out: dict[str, list[float]] = {k: [] for k in TARGETS}
     for _ in range(3 if quick else 10):
         t0 = time.perf_counter()
@@ -88,10 +116,18 @@ async def measure(quick: bool) -> dict[str, list[float]]:
             chart = await client.call_tool("run_code_analysis", {"code": CHART, "session_id": sid})
             out["chart + image block, warm"].append((time.perf_counter() - t0) * 1000)
             assert any(isinstance(b, ImageContent) for b in chart.content)
-    return out
+        # Idle memory of a kernel: a fresh session (numpy, pandas and matplotlib preloaded) next to the pool's spare.
+        await client.call_tool("close_session", {"session_id": sid})
+        await client.call_tool("run_code_analysis", {"code": "1"})
+        await anyio.sleep(3)
+        server = int(pidfile.read_text())
+        kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
+        kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
+        memory = pss_mb(descendants(server)) / max(1, len(kernels))
+    return out, memory
 
 
-def table(out: dict[str, list[float]]) -> str:
+def table(out: dict[str, list[float]], memory: float) -> str:
     rows = ["| measure | n | p50 ms | p95 ms | target p50 ms | met |", "|---|---|---|---|---|---|"]
     for name, target in TARGETS.items():
         values = out[name]
@@ -106,22 +142,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto")
     args = parser.parse_args()
-    out = anyio.run(measure, args.quick)
-    text = table(out)
+    out, memory = anyio.run(measure, args.quick, args.sandbox)
+    text = table(out, memory)
     print(text)
     if args.no_write:
         return
+    begin, end = MARK.format(mode=args.sandbox, edge="begin"), MARK.format(mode=args.sandbox, edge="end")
     section = (
-        f"{BEGIN}\n## Local backend over stdio\n\n"
-        f"`python benchmarks/bench_stdio.py` on {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, sandbox {os.environ.get('CI_MCP_SANDBOX', 'auto')}, "
-        f"{time.strftime('%Y-%m-%d')}.\n\n{text}\n{END}"
+        f"{begin}\n## Local backend over stdio, CI_MCP_SANDBOX={args.sandbox}\n\n"
+        f"`python benchmarks/bench_stdio.py --sandbox {args.sandbox}` on {platform.machine()}, {os.cpu_count()} "
+        f"cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}.\n\n{text}\n{end}"
     )
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + section + rest.split(END, 1)[1]
+    if begin in current:
+        head, rest = current.split(begin, 1)
+        current = head + section + rest.split(end, 1)[1]
     else:
         current = current.rstrip() + "\n\n" + section + "\n"
     RESULTS.write_text(current)

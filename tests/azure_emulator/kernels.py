@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 
 MNT_DATA = "/mnt/data"
@@ -201,7 +202,11 @@ class CodeRunner:
         env.update({"MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
         # IPC sockets need a short absolute path prefix (the kernel's cwd differs from ours)
         ipc_dir = tempfile.mkdtemp(prefix="azemu-")
-        km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=f"{ipc_dir}/k")
+        # The process-wide zmq context: a per-kernel one that reaches the garbage collector with open sockets
+        # blocks forever in zmq_ctx_term (seen as a rare hang of the whole test run).
+        km = AsyncKernelManager(
+            kernel_name="python3", transport="ipc", ip=f"{ipc_dir}/k", context=zmq.asyncio.Context.instance()
+        )
         kc = None
         try:
             await km.start_kernel(cwd=str(self.root), env=env)
@@ -213,8 +218,6 @@ class CodeRunner:
                 kc.stop_channels()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(km.shutdown_kernel(now=True))
-            if km.context is not None and not km.context.closed:
-                km.context.destroy(linger=0)
             shutil.rmtree(ipc_dir, ignore_errors=True)
             raise
         self.started += 1

@@ -315,3 +315,44 @@ async def test_the_walk_through_csv_gives_a_transportation_bar_chart(client: Cli
     assert png.startswith(b"\x89PNG")
     fetched = await client.call_tool("fetch_generated_file", {"file_id": generated_ids(result)["figure-1.png"]})
     assert images(fetched) == [png]
+
+
+@pytest.mark.parametrize("case", ["fifo", "ssh_key", "dotenv", "dotdot", "device"])
+async def test_the_path_policy_refuses_special_secret_and_escaping_paths(
+    client: Client, allowed: Path, tmp_path: Path, case: str
+) -> None:
+    if case == "fifo":
+        target = allowed / "pipe.csv"
+        os.mkfifo(target)
+        expected = "not a regular file"
+    elif case == "ssh_key":
+        (allowed / ".ssh").mkdir()
+        target = allowed / ".ssh" / "id_rsa"
+        target.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+        expected = "holds secrets"
+    elif case == "dotenv":
+        target = allowed / ".env"
+        target.write_text("API_KEY=x")
+        expected = "holds secrets"
+    elif case == "dotdot":
+        (tmp_path / "outside.csv").write_text("a\n1\n")
+        target = allowed / ".." / "outside.csv"
+        expected = "outside the directories"
+    else:
+        target = Path("/dev/null")
+        expected = "outside the directories"
+    result = await client.call_tool("upload_file", {"path": str(target)})
+    assert result.is_error and expected in all_text(result), all_text(result)
+
+
+async def test_save_to_refuses_a_symlink_target_and_keeps_generated_names_safe(client: Client, allowed: Path) -> None:
+    result = await run(client, "import os\nos.makedirs('a/b', exist_ok=True)\nopen('a/b/x.txt', 'w').write('x')")
+    fid = generated_ids(result)["a/b/x.txt"]
+    saved = await client.call_tool("fetch_generated_file", {"file_id": fid, "save_to": str(allowed)})
+    assert not saved.is_error and (allowed / "x.txt").read_text() == "x"  # directories stripped on the host
+    (allowed / "link.txt").symlink_to(allowed / "victim.txt")
+    linked = await client.call_tool(
+        "fetch_generated_file", {"file_id": fid, "save_to": str(allowed / "link.txt"), "overwrite": True}
+    )
+    assert linked.is_error and "symbolic link" in all_text(linked)
+    assert not (allowed / "victim.txt").exists()

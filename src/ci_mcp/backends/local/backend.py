@@ -126,6 +126,11 @@ class LocalBackend:
         self._tg.start_soon(self._reap_idle)
 
     async def aclose(self) -> None:
+        # Stop the background tasks first (pool refill, idle reaper), so no kernel is started behind our back.
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
             await self.pool.aclose()
             for live in list(self._live.values()):
@@ -133,10 +138,6 @@ class LocalBackend:
             self._live.clear()
             if self.codewriter is not None:
                 await self.codewriter.aclose()
-        if self._tg is not None:
-            tg, self._tg = self._tg, None
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     def _prepare_mpl_cache(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import zmq.asyncio
 from anyio.abc import Process
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
@@ -159,7 +160,9 @@ class Kernel:
             start_new_session=True,
         )
         log.close()
-        client = AsyncKernelClient()
+        # One process-wide zmq context for every kernel client: a per-client context that reaches the garbage
+        # collector with sockets open blocks forever in zmq_ctx_term; the shared one is never collected.
+        client = AsyncKernelClient(context=zmq.asyncio.Context.instance())
         client.load_connection_info(info)
         self._kernel_pid = None
         client.start_channels(hb=False)

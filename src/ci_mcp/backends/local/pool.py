@@ -29,6 +29,7 @@ class KernelPool:
         self._ready: list[WarmKernel] = []
         self._filling = False
         self._tg: TaskGroup | None = None
+        self._closed = False
         self.last_error: str | None = None
 
     def attach(self, tg: TaskGroup) -> None:
@@ -47,9 +48,15 @@ class KernelPool:
 
     async def _fill(self) -> None:
         try:
-            while len(self._ready) < self.size:
+            while len(self._ready) < self.size and not self._closed:
                 try:
-                    self._ready.append(await self._make())
+                    warm = await self._make()
+                    if self._closed:  # closed while it started: nobody will take it
+                        with anyio.CancelScope(shield=True):
+                            await warm.kernel.stop()
+                        shutil.rmtree(warm.workspace, ignore_errors=True)
+                        return
+                    self._ready.append(warm)
                     self.last_error = None
                 except Exception as exc:  # keep serving: sessions start cold instead
                     self.last_error = str(exc)
@@ -59,6 +66,7 @@ class KernelPool:
             self._filling = False
 
     async def aclose(self) -> None:
+        self._closed = True
         ready, self._ready = self._ready, []
         self._tg = None
         with anyio.CancelScope(shield=True):
