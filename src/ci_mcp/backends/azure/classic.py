@@ -15,12 +15,13 @@ The SDK is synchronous (its async flavour needs aiohttp): every call runs in a w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -423,49 +424,55 @@ class ClassicAgentsBackend:
         )
         send, receive = anyio.create_memory_object_stream[tuple[str, object]](max_buffer_size=math.inf)
         stop = threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def deliver(callback: Callable[[], None]) -> bool:
+            """Hand `callback` to the event loop without waiting for it: a stopped or closed loop must never
+            block this thread (a blocked non-daemon thread would hang the process at exit)."""
+            try:
+                loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # the loop is closed
+                return False
+            return True
+
+        def send_quietly(item: tuple[str, object]) -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(item)
 
         def pump() -> None:
-            """Worker thread: read events off the HTTP stream and hand them to the event loop."""
+            """Daemon thread: read events off the HTTP stream and hand them to the event loop."""
             try:
                 with stream as events:
                     for event_type, data, _ in events:
-                        anyio.from_thread.run_sync(send.send_nowait, (str(event_type), data))
-                        if stop.is_set() or event_type == "done":
+                        if stop.is_set() or not deliver(partial(send_quietly, (str(event_type), data))):
                             return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
-                return  # the loop side stopped listening (finished, timed out or cancelled)
+                        if event_type == "done":
+                            return
             except Exception as exc:
-                try:
-                    anyio.from_thread.run_sync(send.send_nowait, (_STREAM_ERROR, exc))
-                except Exception:
-                    return
+                if not stop.is_set():
+                    deliver(partial(send_quietly, (_STREAM_ERROR, exc)))
             finally:
-                with contextlib.suppress(Exception):
-                    anyio.from_thread.run_sync(send.close)
+                deliver(send.close)
 
+        threading.Thread(target=pump, name="ci-mcp-classic-run-stream", daemon=True).start()
         timed_out = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(partial(anyio.to_thread.run_sync, pump, abandon_on_cancel=True))
-            try:
-                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope, receive:
-                    async for event_type, data in receive:
-                        if event_type == _STREAM_ERROR:  # recorded, not raised: _settle cancels the run
-                            error = (
-                                translate(data, "reading the run's event stream")
-                                if isinstance(data, Exception)
-                                else None
-                            )
-                            tracker.stream_error = str(error) if error else "the event stream failed"
-                            break
-                        message = tracker.feed(event_type, data)
-                        if message is not None:
-                            await progress(float(tracker.events), None, message)
-                        if tracker.finished:
-                            break
-                timed_out = scope.cancelled_caught
-            finally:
-                stop.set()
-                tg.cancel_scope.cancel()
+        try:
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope, receive:
+                async for event_type, data in receive:
+                    if event_type == _STREAM_ERROR:  # recorded, not raised: _settle cancels the run
+                        error = (
+                            translate(data, "reading the run's event stream") if isinstance(data, Exception) else None
+                        )
+                        tracker.stream_error = str(error) if error else "the event stream failed"
+                        break
+                    message = tracker.feed(event_type, data)
+                    if message is not None:
+                        await progress(float(tracker.events), None, message)
+                    if tracker.finished:
+                        break
+            timed_out = scope.cancelled_caught
+        finally:
+            stop.set()
         return timed_out
 
     async def _settle(
