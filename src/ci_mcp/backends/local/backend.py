@@ -416,14 +416,13 @@ class LocalBackend:
                 f"The kernel process died during the run (exit code {code_}); {cause}. A new kernel was started: "
                 "variables and imports are gone; files in the working directory are kept."
             )
-        strays = await anyio.to_thread.run_sync(live.kernel.kill_strays)
+        strays = await anyio.to_thread.run_sync(self._after_run, live, before, collector)
         if strays:
             await live.kernel.execute(REAP_CHILDREN, deadline=time.monotonic() + 5, sink=_ignore)
             notices.append(
                 f"{strays} process(es) the code started were still running after the run and were stopped: "
                 "processes do not outlive a run here (create and close process pools within one call)."
             )
-        await anyio.to_thread.run_sync(self._collect_files, live, before, collector)
         collector.finish(live.runs)
         return RunResult(
             session_id=live.session_id,
@@ -433,6 +432,12 @@ class LocalBackend:
             notices=tuple(notices + collector.notices),
             duration_seconds=time.monotonic() - started,
         )
+
+    def _after_run(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> int:
+        """Off the event loop: stop leftover processes, then register the files the run wrote."""
+        strays = live.kernel.kill_strays()
+        self._collect_files(live, before, collector)
+        return strays
 
     def _collect_files(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> None:
         after = workspace.snapshot(live.workspace)

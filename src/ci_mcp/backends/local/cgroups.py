@@ -57,6 +57,14 @@ class KernelCgroups:
                     return True
         return False
 
+    def task_count(self) -> int | None:
+        """Tasks (threads of every process) in the session's pids cgroup."""
+        for d in self.dirs:
+            if (d / "pids.current").exists():
+                with contextlib.suppress(OSError, ValueError):
+                    return int((d / "pids.current").read_text())
+        return None
+
     def remove(self) -> None:
         """Kill whatever is left inside, then remove the groups (bounded: about a second at most)."""
         deadline = time.monotonic() + 1.0

@@ -310,6 +310,12 @@ class Kernel:
             return 0
         if self._kernel_pid is None:
             return 0
+        if self._cgroups is not None:
+            # Fast path: the cgroup holds the kernel's threads plus the sandbox's two bwrap processes, or less.
+            tasks, threads = self._cgroups.task_count(), procs.thread_count(self._kernel_pid)
+            wrappers = 2 if self.launch.wrapper else 0
+            if tasks is not None and threads is not None and tasks <= threads + wrappers:
+                return 0
         return procs.kill_strays(self._process.pid, self._kernel_pid)
 
     async def _replied(self, msg_id: str) -> bool:

@@ -34,6 +34,8 @@ class OutputCollector:
     _spill: BinaryIO | None = None
     _spill_path: Path | None = None
     _figures: int = 0
+    _pending: list[str] = field(default_factory=list)
+    _pending_chars: int = 0
 
     async def __call__(self, event: KernelEvent) -> None:
         if isinstance(event, StreamEvent):
@@ -100,9 +102,15 @@ class OutputCollector:
             self._text(text if text.endswith("\n") else text + "\n", "result")
 
     def _write_spill(self, text: str) -> None:
+        """Everything printed, in order: in memory while it fits in the result, then in a spill file."""
         if self._spill is None:
+            self._pending.append(text)
+            self._pending_chars += len(text)
+            if self._pending_chars <= self.text_limit:
+                return
             self._spill_path = self.spill_dir / f"spill-{secrets.token_hex(6)}.txt"
             self._spill = open(self._spill_path, "wb")  # noqa: SIM115 - closed in finish()
+            text, self._pending = "".join(self._pending), []
         if self._spill.tell() < SPILL_CAP:
             self._spill.write(text.encode("utf-8", errors="replace")[: SPILL_CAP - self._spill.tell()])
 

@@ -64,6 +64,8 @@ def kill_strays(root: int, kernel: int, limit_seconds: float = 2.0) -> int:
     while quiet_rounds < 2 and time.monotonic() < deadline:
         strays = [p for p in descendants(root) if p != kernel and not _is_ancestor_of(p, kernel) and not _zombie(p)]
         if not strays:
+            if killed == 0:
+                return 0  # nothing was running: one look is enough
             quiet_rounds += 1
             continue
         quiet_rounds = 0
@@ -73,6 +75,14 @@ def kill_strays(root: int, kernel: int, limit_seconds: float = 2.0) -> int:
                 killed += 1
         time.sleep(0.005)
     return killed
+
+
+def thread_count(pid: int) -> int | None:
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[17])
 
 
 def _zombie(pid: int) -> bool:
