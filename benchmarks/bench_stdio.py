@@ -135,6 +135,7 @@ def table(out: dict[str, list[float]], memory: float) -> str:
         rows.append(
             f"| {name} | {len(values)} | {p50:.1f} | {p95:.1f} | <= {target} | {'yes' if p50 <= target else 'no'} |"
         )
+    rows.append(f"\nIdle kernel (a session or the pool's spare; PSS of its process tree): {memory:.0f} MB.")
     return "\n".join(rows)
 
 

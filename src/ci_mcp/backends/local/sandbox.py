@@ -133,6 +133,12 @@ def _user_processes() -> int:
 
 def python_roots(python: str) -> list[Path]:
     """Directories the kernel's Python needs: its prefix, base prefix and the real paths of the executable."""
+    if Path(python).resolve() == Path(sys.executable).resolve():  # our own interpreter: no need to ask it
+        import site
+
+        found = {Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in site.getsitepackages())}
+        found.add(Path(python).resolve().parent.parent)
+        return sorted(r.resolve() for r in found if not str(r.resolve()).startswith("/usr/"))
     probe = subprocess.run(
         [
             python,
