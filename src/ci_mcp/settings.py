@@ -101,6 +101,18 @@ class Settings(BaseSettings):
             return [p for p in value.split(os.pathsep) if p.strip()]
         return value
 
+    def run_timeout(self, asked: float | None) -> float:
+        """The time limit of one run: the default, or what the caller asked within the configured maximum."""
+        from ci_mcp.errors import InvalidInputError
+
+        if asked is None:
+            return self.run_timeout_seconds
+        if asked <= 0:
+            raise InvalidInputError("timeout_seconds must be more than 0.")
+        if asked > self.max_run_timeout_seconds:
+            raise InvalidInputError(f"timeout_seconds may be at most {self.max_run_timeout_seconds:g} on this server.")
+        return asked
+
     def check(self) -> None:
         """Cross-field checks; raises ConfigError naming the setting to change."""
         if self.backend in ("azure", "azure-classic") and not self.azure_endpoint:

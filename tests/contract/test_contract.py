@@ -77,9 +77,12 @@ async def test_an_exception_is_data_with_its_traceback(contract_client: Ctx) -> 
     [
         ({"code": "1", "session_id": "sess-000000000000000000000000"}, "No session with id"),
         ({"code": "1", "file_ids": ["file-000000000000000000000000"]}, "No file with id"),
+        ({"code": "1", "timeout_seconds": 100000}, "timeout_seconds may be at most"),
     ],
 )
-async def test_unknown_ids_are_clear_errors(contract_client: Ctx, arguments: dict[str, object], expected: str) -> None:
+async def test_unknown_ids_and_bad_limits_are_clear_errors(
+    contract_client: Ctx, arguments: dict[str, object], expected: str
+) -> None:
     client, _ = contract_client
     result = await client.call_tool("run_code_analysis", arguments)
     assert result.is_error and expected in all_text(result)

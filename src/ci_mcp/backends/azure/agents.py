@@ -237,7 +237,7 @@ class AzureAgentsBackend:
         if not (request.code or request.request):
             raise InvalidInputError("Pass `request` (what to analyse, in plain words) or `code` (Python to run).")
         started = time.monotonic()
-        timeout = self._timeout(request)
+        timeout = self._settings.run_timeout(request.timeout_seconds)
         new_files = [self._store.get(fid) for fid in request.file_ids]
         if request.session_id is None:
             session_id = self._store.create_session(BACKEND).session_id
@@ -258,16 +258,6 @@ class AzureAgentsBackend:
             notices=result.notices,
             duration_seconds=time.monotonic() - started,
         )
-
-    def _timeout(self, request: RunRequest) -> float:
-        asked = request.timeout_seconds or self._settings.run_timeout_seconds
-        if asked <= 0:
-            raise InvalidInputError("timeout_seconds must be more than 0.")
-        if asked > self._settings.max_run_timeout_seconds:
-            raise InvalidInputError(
-                f"timeout_seconds may be at most {self._settings.max_run_timeout_seconds:g} on this server."
-            )
-        return asked
 
     async def _run_locked(
         self,

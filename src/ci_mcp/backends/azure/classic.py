@@ -322,9 +322,7 @@ class ClassicAgentsBackend:
                 "Pass `request` (what to analyse, in words) and/or `code` (Python for the agent to run)."
             )
         started = anyio.current_time()
-        limit = min(
-            request.timeout_seconds or self._settings.run_timeout_seconds, self._settings.max_run_timeout_seconds
-        )
+        limit = self._settings.run_timeout(request.timeout_seconds)
         deadline = started + limit
         for file_id in request.file_ids:
             self._lookup(file_id)  # unknown ids fail before anything is created on Azure

@@ -327,7 +327,7 @@ class LocalBackend:
                 "CI_MCP_LLM_MODEL, or use CI_MCP_BACKEND=azure."
             )
         inputs = [self.store.get(fid) for fid in request.file_ids]
-        timeout = self._timeout(request.timeout_seconds)
+        timeout = self.settings.run_timeout(request.timeout_seconds)
         live = await self._session(request.session_id)
         async with live.lock:
             started = time.monotonic()
@@ -349,17 +349,6 @@ class LocalBackend:
             finally:
                 live.last_used = time.monotonic()
                 self.store.update_session(live.session_id)
-
-    def _timeout(self, asked: float | None) -> float:
-        if asked is None:
-            return self.settings.run_timeout_seconds
-        if asked <= 0:
-            raise InvalidInputError("timeout_seconds must be more than 0.")
-        if asked > self.settings.max_run_timeout_seconds:
-            raise InvalidInputError(
-                f"timeout_seconds may be at most {self.settings.max_run_timeout_seconds:g} on this server."
-            )
-        return asked
 
     async def _run_locked(
         self,
