@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     """Retries of one Azure request on 429/5xx/connection errors (Retry-After honoured), then a transient error."""
     azure_max_retry_wait_seconds: float = 30.0
     """Longest single wait for a Retry-After; a longer one is returned to the caller as a transient error."""
+    azure_ca_bundle: Path | None = None
+    """A PEM bundle to trust for Azure endpoints (a TLS-inspecting proxy's CA); default: the system store."""
     project_connection_string: str | None = Field(
         default=None, repr=False, validation_alias=AliasChoices("PROJECT_CONNECTION_STRING")
     )

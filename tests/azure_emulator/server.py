@@ -23,6 +23,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,7 +33,9 @@ from typing import Any
 import trustme
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
 
 from .credential import EmulatorCredential
 from .state import EmulatorState
@@ -64,6 +67,9 @@ class _Server(uvicorn.Server):
             if transport is not None:
                 transport.abort()
         await super().shutdown(sockets)
+
+
+MANAGED_IDENTITY_HEADER = "emulator-identity-header"
 
 
 class Emulator:
@@ -123,7 +129,37 @@ class Emulator:
         routes: list[BaseRoute] = []
         for module in _route_modules():
             routes.extend(module.routes(state))
-        return Starlette(routes=[Mount(f"/api/projects/{state.project}", routes=routes)], lifespan=lifespan)
+
+        async def managed_identity_token(request: Request) -> JSONResponse:
+            """App Service managed identity (IDENTITY_ENDPOINT + IDENTITY_HEADER), as DefaultAzureCredential asks it,
+            so a `ci-mcp` subprocess can authenticate with no test-only code in its credential chain."""
+            if request.headers.get("x-identity-header") != MANAGED_IDENTITY_HEADER:
+                return JSONResponse({"error": "unauthorized"}, status_code=401)
+            resource = request.query_params.get("resource", "")
+            state.extra["managed_identity_tokens"] = int(state.extra.get("managed_identity_tokens", 0)) + 1
+            return JSONResponse(
+                {
+                    "access_token": next(iter(state.accepted_tokens)),
+                    "expires_on": str(int(time.time()) + 3600),
+                    "resource": resource,
+                    "token_type": "Bearer",
+                }
+            )
+
+        return Starlette(
+            routes=[
+                Route("/msi/token", managed_identity_token, methods=["GET"]),
+                Mount(f"/api/projects/{state.project}", routes=routes),
+            ],
+            lifespan=lifespan,
+        )
+
+    def managed_identity_env(self) -> dict[str, str]:
+        """Environment for a subprocess whose DefaultAzureCredential should get its token from this emulator."""
+        env = {"IDENTITY_ENDPOINT": f"{self.base_url}/msi/token", "IDENTITY_HEADER": MANAGED_IDENTITY_HEADER}
+        if self.ca_file:
+            env["REQUESTS_CA_BUNDLE"] = self.ca_file
+        return env
 
     def start(self) -> Emulator:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -16,7 +16,8 @@ def create_backend(settings: Settings, store: FileStore) -> Backend:
     if settings.backend == "azure":
         from ci_mcp.backends.azure.agents import AzureAgentsBackend
 
-        return AzureAgentsBackend(settings, store)
+        ca = str(settings.azure_ca_bundle) if settings.azure_ca_bundle else None
+        return AzureAgentsBackend(settings, store, ca_file=ca)
     if settings.backend == "azure-classic":
         try:
             from ci_mcp.backends.azure.classic import ClassicAgentsBackend
@@ -25,5 +26,6 @@ def create_backend(settings: Settings, store: FileStore) -> Backend:
                 "CI_MCP_BACKEND=azure-classic needs the classic extra: pip install 'ci-mcp[classic]' "
                 f"({exc.name} is missing)."
             ) from exc
-        return ClassicAgentsBackend(settings, store)
+        options = {"connection_verify": str(settings.azure_ca_bundle)} if settings.azure_ca_bundle else None
+        return ClassicAgentsBackend(settings, store, client_options=options)
     raise ConfigError(f"CI_MCP_BACKEND={settings.backend!r} is not one of local, azure, azure-classic.")
