@@ -1,6 +1,6 @@
-"""`ci-mcp` with CI_MCP_BACKEND=azure-classic launched as a real subprocess over stdio, configured only through its
-environment, authenticating with the real DefaultAzureCredential (managed identity, served by the emulator) and
-trusting the endpoint through CI_MCP_AZURE_CA_BUNDLE: the walk-through, as a desktop client would run it."""
+"""`ci-mcp` with CI_MCP_BACKEND=azure or azure-classic launched as a real subprocess over stdio, configured only
+through its environment, authenticating with the real DefaultAzureCredential (managed identity, served by the
+emulator) and trusting the endpoint through CI_MCP_AZURE_CA_BUNDLE: the walk-through, as a desktop client runs it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ from tests.conftest import NIFTY_CSV, all_text, generated_ids, images, uploaded_
 pytestmark = pytest.mark.anyio
 
 
-async def test_the_walk_through_runs_on_the_classic_backend_over_stdio(emulator: Emulator, tmp_path: Path) -> None:
-    emu = emulator
+@pytest.mark.parametrize(
+    ("backend", "described_as"), [("azure", "Azure AI Foundry"), ("azure-classic", "classic agents")]
+)
+async def test_the_walk_through_runs_on_an_azure_backend_over_stdio(
+    contract_emulator: Emulator, tmp_path: Path, backend: str, described_as: str
+) -> None:
+    emu = contract_emulator
     emu.state.model = nifty_chart_model
     emu.state.extra["managed_identity_tokens"] = 0
     work = tmp_path / "work"
@@ -29,7 +34,7 @@ async def test_the_walk_through_runs_on_the_classic_backend_over_stdio(emulator:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
-        "CI_MCP_BACKEND": "azure-classic",
+        "CI_MCP_BACKEND": backend,
         "AZURE_AI_PROJECT_ENDPOINT": emu.endpoint,
         "CI_MCP_AZURE_CA_BUNDLE": emu.ca_file,
         "CI_MCP_DATA_DIR": str(tmp_path / "data"),
@@ -39,7 +44,7 @@ async def test_the_walk_through_runs_on_the_classic_backend_over_stdio(emulator:
     params = StdioServerParameters(command=sys.executable, args=["-m", "ci_mcp"], env=env, cwd=str(work))
     async with Client(params, read_timeout_seconds=120) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert "classic agents" in (tools["run_code_analysis"].description or "")
+        assert described_as in (tools["run_code_analysis"].description or "")
         fid = uploaded_id(await client.call_tool("upload_file", {"path": str(work / NIFTY_CSV.name)}))
         result = await client.call_tool(
             "run_code_analysis",
