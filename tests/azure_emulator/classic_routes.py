@@ -614,7 +614,7 @@ class _RunPlayer:
         for piece in _chunks(code, 64):
             self._step_delta(step, call_id, piece, [])
         ci["input"] = code
-        result, changed = await self._run_or_cancel(container, code)
+        result, changed = await self.state.run_code_unless_cancelled(container, code, self.live.cancel)
         if result is None:
             step.update(status="cancelled", cancelled_at=self.state.now())
             return None
@@ -636,21 +636,6 @@ class _RunPlayer:
     def _publish(self, container: Container, cf: ContainerFile) -> StoredFile:
         data = self.state.container_path(container, cf).read_bytes()
         return self.state.add_file(cf.path, data, "assistants_output")
-
-    async def _run_or_cancel(self, container: Container, code: str) -> tuple[Any, list[ContainerFile]]:
-        run = asyncio.ensure_future(self.state.run_code(container, code))
-        cancel = asyncio.ensure_future(self.live.cancel.wait())
-        try:
-            await asyncio.wait({run, cancel}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancel.cancel()
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-        if self.live.cancel.is_set() or run.cancelled():
-            return None, []
-        result, changed = run.result()
-        return result, changed
 
     async def _answer(
         self, turn: Turn, logs: str, error: str, images: list[StoredFile], generated: list[StoredFile]

@@ -549,7 +549,9 @@ class _ResponseRun:
         yield self._event("response.code_interpreter_call_code.done", code=code, **ids)
         item["status"] = "interpreting"
         yield self._event("response.code_interpreter_call.interpreting", **ids)
-        result, generated = await self._run_or_cancel(code)
+        result, generated = await self.state.run_code_unless_cancelled(
+            self.plan.container, code, self.rec.cancel_requested
+        )
         if result is None:
             return
         outcome.logs = result.logs
@@ -564,20 +566,6 @@ class _ResponseRun:
         item["outputs"] = outputs if self.plan.include_outputs else None
         yield self._event("response.code_interpreter_call.completed", **ids)
         yield self._event("response.output_item.done", output_index=index, item=dict(item))
-
-    async def _run_or_cancel(self, code: str) -> tuple[Any, list[ContainerFile]] | tuple[None, list[ContainerFile]]:
-        run = asyncio.ensure_future(self.state.run_code(self.plan.container, code))
-        cancel = asyncio.ensure_future(self.rec.cancel_requested.wait())
-        try:
-            await asyncio.wait({run, cancel}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancel.cancel()
-            if not run.done():
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-        if self.rec.cancel_requested.is_set() or run.cancelled():
-            return None, []
-        return run.result()
 
     async def _message(
         self, template: str, logs: str, error: str, generated: list[ContainerFile]

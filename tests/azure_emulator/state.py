@@ -316,6 +316,23 @@ class EmulatorState:
     def container_path(self, container: Container, cf: ContainerFile) -> Path:
         return container.workdir / cf.path.removeprefix("/mnt/data/")
 
+    async def run_code_unless_cancelled(
+        self, container: Container, code: str, cancel: asyncio.Event
+    ) -> tuple[ExecResult | None, list[ContainerFile]]:
+        """`run_code`, abandoned (and interrupted) when `cancel` is set first: then (None, [])."""
+        run = asyncio.ensure_future(self.run_code(container, code))
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({run, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+        if cancel.is_set() or run.cancelled():
+            return None, []
+        return run.result()
+
     async def run_code(
         self, container: Container, code: str, timeout: float | None = None
     ) -> tuple[ExecResult, list[ContainerFile]]:
