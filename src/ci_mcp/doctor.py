@@ -56,6 +56,8 @@ async def _local(settings: Settings) -> list[Check]:
     except ConfigError as exc:
         return [("sandbox", False, str(exc))]
     checks.append(("sandbox", plan.mode == "bwrap", plan.reason))
+    if plan.mode == "bwrap":
+        checks.append(("privileges", *sandbox.probe_privileges()))
     with tempfile.TemporaryDirectory(prefix="ci-mcp-doctor-") as tmp:
         test_settings = settings.model_copy(update={"data_dir": Path(tmp), "kernel_pool_size": 0})
         store = FileStore(Path(tmp))

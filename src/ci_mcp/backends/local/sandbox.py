@@ -1,14 +1,18 @@
 """How a kernel process is confined: the bubblewrap command line, the scrubbed environment, the limits.
 
-With bwrap the kernel sees: a read-only /usr and Python environment, a private /tmp and /dev, its own PID, IPC,
-UTS and network namespaces (no network at all, loopback included), the session directory read-write at
-/mnt/data, and its IPC socket directory. Nothing else of the host: not the user's home, not the server's data
-directory, not other sessions. Without bwrap (CI_MCP_SANDBOX=none, or auto where bwrap cannot run) the kernel
-runs as a plain child process with resource limits only, and the working directory stands in for /mnt/data.
+With bwrap the kernel sees: a read-only /usr and Python environment, a private /tmp and /dev, its own user, PID,
+IPC, UTS and network namespaces (no network at all, loopback included), the session directory read-write at
+/mnt/data, and its IPC socket directory. It runs as uid/gid 65534 (nobody) with no capabilities and cannot create
+further user namespaces, whatever uid the server has: a server started as root (common in containers) must not
+hand the kernel the power to remount the read-only binds and change code the server imports later. Nothing else
+of the host: not the user's home, not the server's data directory, not other sessions. Without bwrap
+(CI_MCP_SANDBOX=none, or auto where bwrap cannot run) the kernel runs as a plain child process with resource limits
+only, and the working directory stands in for /mnt/data.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +24,7 @@ from ci_mcp.backends.local.kernel import CONN_DIR, KernelLaunch
 from ci_mcp.errors import ConfigError
 
 DATA_MOUNT = "/mnt/data"
+KERNEL_UID = 65534  # nobody: the kernel's uid and gid inside the sandbox
 _LAUNCHER_MOUNT = "/opt/ci-mcp"
 _ETC_ALLOWED = (
     "ld.so.cache",
@@ -63,6 +68,52 @@ def bwrap_works() -> tuple[bool, str]:
     return True, f"bwrap at {exe}"
 
 
+@cache
+def _bwrap_supports(flag: str) -> bool:
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return False
+    try:
+        proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag in proc.stdout + proc.stderr
+
+
+def privilege_args() -> list[str]:
+    """bwrap options that take every privilege from the kernel: an unprivileged uid in a new user namespace, no
+    capabilities (bounding set included), and no nested user namespaces where this bwrap can forbid them."""
+    args = ["--unshare-user", "--uid", str(KERNEL_UID), "--gid", str(KERNEL_UID), "--cap-drop", "ALL"]
+    if _bwrap_supports("--disable-userns"):
+        args.append("--disable-userns")
+    return args
+
+
+def probe_privileges() -> tuple[bool, str]:
+    """Measure, in a sandbox with the kernel's privilege options, the uid, the capabilities and whether a nested
+    user namespace can be made (for `doctor`)."""
+    exe = shutil.which("bwrap") or "bwrap"
+    script = (
+        "id -u; grep -E '^Cap(Eff|Bnd):' /proc/self/status | tr -s '\\t' ' '; "
+        "if unshare -U true 2>/dev/null; then echo userns-allowed; else echo userns-denied; fi"
+    )
+    argv = [exe, "--ro-bind", "/", "/", "--unshare-all", *privilege_args(), "--die-with-parent"]
+    try:
+        proc = subprocess.run([*argv, "--", "/bin/sh", "-c", script], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"could not measure the kernel's privileges: {exc}"
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or len(lines) < 6:
+        return False, "could not measure the kernel's privileges: " + (proc.stderr.strip() or f"exit {proc.returncode}")
+    uid, caps = lines[0], {lines[1]: lines[2], lines[3]: lines[4]}
+    no_caps = all(int(v, 16) == 0 for v in caps.values())
+    ok = uid == str(KERNEL_UID) and no_caps and lines[5] == "userns-denied"
+    return ok, (
+        f"kernel uid {uid}, capabilities {'none' if no_caps else caps}, nested user namespaces "
+        f"{lines[5].removeprefix('userns-')} (server uid {os.geteuid()})"
+    )
+
+
 def plan_sandbox(mode: str) -> SandboxPlan:
     """Decide the sandbox for `CI_MCP_SANDBOX` (auto|bwrap|none). `bwrap` without a working bwrap is a ConfigError."""
     if mode == "none":
@@ -72,6 +123,11 @@ def plan_sandbox(mode: str) -> SandboxPlan:
         return SandboxPlan("bwrap", detail)
     if mode == "bwrap":
         raise ConfigError(f"CI_MCP_SANDBOX=bwrap but {detail}. Install it, or set CI_MCP_SANDBOX=auto.")
+    if os.geteuid() == 0:
+        raise ConfigError(
+            f"the server runs as root and {detail}, so kernels would run as root on this machine. Install "
+            "bubblewrap, run the server as another user, or set CI_MCP_SANDBOX=none to accept that."
+        )
     return SandboxPlan(
         "none", f"NOT SANDBOXED: {detail}. Kernels run with your user's rights and resource limits only."
     )
@@ -79,7 +135,6 @@ def plan_sandbox(mode: str) -> SandboxPlan:
 
 def kernel_env(home: str) -> dict[str, str]:
     """A scrubbed environment: nothing of the server's (no AZURE_*, tokens, keys, CI_MCP_*) reaches the code."""
-    import os
 
     env = {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
@@ -114,7 +169,6 @@ def limits(memory_mb: int, cpu_seconds: int, processes: int, file_mb: int) -> di
 
 
 def _user_processes() -> int:
-    import os
 
     uid = str(os.getuid())
     count = 0
@@ -182,6 +236,7 @@ def build_launch(
     argv: list[str] = [
         bwrap,
         "--unshare-all",
+        *privilege_args(),
         "--die-with-parent",
         "--new-session",
         "--ro-bind",
@@ -223,6 +278,8 @@ def build_launch(
         "--bind",
         CONN_DIR,
         CONN_DIR,
+        "--remount-ro",  # the sandbox's own root (/, /etc, /mnt, /opt) read-only too; binds keep their modes
+        "/",
         "--chdir",
         DATA_MOUNT,
         "--",
