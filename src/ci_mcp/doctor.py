@@ -15,6 +15,7 @@ Check = tuple[str, bool, str]
 async def doctor(settings: Settings) -> int:
     checks: list[Check] = [("backend", True, settings.backend)]
     checks.append(_data_dir(settings.data_dir))
+    checks.append(_allowed_dirs(settings))
     if settings.backend == "local":
         checks += await _local(settings)
     elif settings.backend == "azure-classic":
@@ -31,6 +32,18 @@ async def doctor(settings: Settings) -> int:
     failed = [c for c in checks if not c[1]]
     print("\nAll checks passed." if not failed else f"\n{len(failed)} check(s) failed.")
     return 0 if not failed else 1
+
+
+def _allowed_dirs(settings: Settings) -> Check:
+    """The effective roots for upload_file/save_to before any client narrows them. None is a state, not a fault:
+    inline uploads still work."""
+    from ci_mcp import paths
+
+    roots = paths.effective_roots(settings.allowed_dirs, None, Path.cwd(), Path.home())
+    if not roots:
+        return ("allowed dirs", True, "NONE, reading and writing host files is off. " + roots.reason)
+    source = "CI_MCP_ALLOWED_DIRS" if settings.allowed_dirs else "the working directory (CI_MCP_ALLOWED_DIRS unset)"
+    return ("allowed dirs", True, ", ".join(str(r) for r in roots) + f", from {source}; client roots can narrow them")
 
 
 def _data_dir(path: Path) -> Check:

@@ -1,8 +1,10 @@
 """Which host paths the server may read (upload_file) and write (fetch_generated_file save_to).
 
-Allowed roots come from the client's MCP roots when it offers them, else CI_MCP_ALLOWED_DIRS, else the server's
-working directory. Paths are resolved (symlinks and '..') before the check; secret locations and special files
-are refused; existing files are not overwritten unless asked.
+Allowed roots are CI_MCP_ALLOWED_DIRS, else the server's working directory unless that is `/` or the home
+directory itself (desktop clients often start servers there; neither is ever an implicit root). A client's MCP
+roots narrow that set and never widen it: the effective roots are the intersection. Paths are resolved
+(symlinks and '..') before the check; secret locations and special files are refused; existing files are not
+overwritten unless asked.
 """
 
 from __future__ import annotations
@@ -40,6 +42,55 @@ def _is_secret(path: Path) -> bool:
     return name == ".env" or name.startswith(".env.") or name.endswith(".pem") or name.endswith(".key")
 
 
+class Roots(list[Path]):
+    """The effective allowed roots; when empty, `reason` says why, for the error the caller sees."""
+
+    reason: str = ""
+
+
+def effective_roots(configured: Sequence[Path], client: Sequence[Path] | None, cwd: Path, home: Path) -> Roots:
+    """Configured roots (or the working directory, unless it is `/` or the home directory), narrowed by the
+    client's roots when it declares any."""
+    if configured:
+        base = [Path(p).expanduser().resolve() for p in configured]
+        base_reason = "CI_MCP_ALLOWED_DIRS"
+    else:
+        cwd, home = cwd.resolve(), home.resolve()
+        base = [] if cwd in (Path(cwd.anchor), home) else [cwd]
+        base_reason = ""
+        if not base:
+            roots = Roots()
+            roots.reason = (
+                f"No directory is open to this server: CI_MCP_ALLOWED_DIRS is not set and the working directory "
+                f"({cwd}) is {'the file-system root' if cwd == Path(cwd.anchor) else 'the home directory'}, which "
+                "is never used implicitly. Ask the operator to set CI_MCP_ALLOWED_DIRS to the folders with the "
+                "data, or send the bytes as content_base64."
+            )
+            return roots
+    if client is None:
+        return Roots(base)
+    narrowed: list[Path] = []
+    for c in client:
+        for b in base:
+            inner = c if _inside(c, [b]) else b if _inside(b, [c]) else None
+            if inner is not None and inner not in narrowed:
+                narrowed.append(inner)
+    roots = Roots(narrowed)
+    if not narrowed:
+        roots.reason = (
+            f"The client's roots ({_roots_text(client)}) do not overlap the directories this server allows "
+            f"({_roots_text(base)}{', from ' + base_reason if base_reason else ', the working directory'}); client "
+            "roots can only narrow them. Ask the operator to add the folder to CI_MCP_ALLOWED_DIRS, or send the "
+            "bytes as content_base64."
+        )
+    return roots
+
+
+def _no_roots(roots: Sequence[Path]) -> None:
+    if not roots:
+        raise PathNotAllowedError(getattr(roots, "reason", "") or "No directory is open to this server.")
+
+
 def _roots_text(roots: Sequence[Path]) -> str:
     return ", ".join(str(r) for r in roots) or "(none)"
 
@@ -52,6 +103,7 @@ def resolve_readable(raw: str, roots: Sequence[Path]) -> Path:
     """The real path of a regular file inside the roots, or a clear error."""
     if not raw.strip():
         raise InvalidInputError("`path` is empty; pass the absolute path of a file.")
+    _no_roots(roots)
     candidate = Path(os.path.expanduser(raw))
     if not candidate.is_absolute():
         candidate = (roots[0] if roots else Path.cwd()) / candidate
@@ -81,6 +133,7 @@ def resolve_writable(raw: str, filename: str, roots: Sequence[Path], overwrite: 
     """Where to write a fetched file: `raw` itself, or `raw/filename` when `raw` is a directory."""
     if not raw.strip():
         raise InvalidInputError("`save_to` is empty; pass an absolute file or directory path.")
+    _no_roots(roots)
     candidate = Path(os.path.expanduser(raw))
     if not candidate.is_absolute():
         candidate = (roots[0] if roots else Path.cwd()) / candidate

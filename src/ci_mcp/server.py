@@ -106,14 +106,11 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
     )
     server.backend = backend
 
-    def roots_for(listed: ListRootsResult | None) -> list[Path]:
+    def roots_for(listed: ListRootsResult | None) -> paths.Roots:
+        client = None
         if listed is not None and listed.roots:
-            found = paths.roots_from_uris([str(r.uri) for r in listed.roots])
-            if found:
-                return found
-        if settings.allowed_dirs:
-            return [Path(p).expanduser().resolve() for p in settings.allowed_dirs]
-        return [Path.cwd().resolve()]
+            client = paths.roots_from_uris([str(r.uri) for r in listed.roots]) or None
+        return paths.effective_roots(settings.allowed_dirs, client, Path.cwd(), Path.home())
 
     @server.tool(
         description=(

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from mcp import Client
-from mcp_types import BlobResourceContents, EmbeddedResource, ListRootsResult, Root, TextResourceContents
+from mcp_types import (
+    BlobResourceContents,
+    CallToolResult,
+    EmbeddedResource,
+    ListRootsResult,
+    Root,
+    TextResourceContents,
+)
 
 from ci_mcp.backends.local import sandbox
 from ci_mcp.settings import Settings
@@ -110,23 +118,66 @@ async def test_upload_refuses_files_over_the_size_limit(make_settings, allowed: 
     store.close()
 
 
-async def test_upload_uses_the_clients_roots_when_it_offers_them(settings: Settings, tmp_path: Path) -> None:
-    client_root = tmp_path / "client-root"
-    client_root.mkdir()
-    (client_root / "mine.csv").write_text("a\n1\n")
-
+async def upload_with_client_roots(settings: Settings, uris: list[str], path: Path) -> CallToolResult:
     async def list_roots(context: object) -> ListRootsResult:
-        return ListRootsResult(roots=[Root(uri=client_root.as_uri(), name="project")])
+        return ListRootsResult(roots=[Root(uri=uri, name="project") for uri in uris])
 
     c, store = await open_client(settings, list_roots_callback=list_roots)
+    try:
+        async with c:
+            return await c.call_tool("upload_file", {"path": str(path)})
+    finally:
+        store.close()
+
+
+async def test_client_roots_narrow_the_allowed_directories_and_never_widen_them(
+    settings: Settings, allowed: Path, tmp_path: Path
+) -> None:
+    (allowed / "sub").mkdir()
+    (allowed / "sub" / "mine.csv").write_text("a\n1\n")
+    (allowed / "other.csv").write_text("b\n2\n")
+    (tmp_path / "outside.csv").write_text("c\n3\n")
+    # A client declaring the whole disk reaches only the configured directory.
+    refused = await upload_with_client_roots(settings, ["file:///"], tmp_path / "outside.csv")
+    assert refused.is_error and "outside the directories" in all_text(refused), all_text(refused)
+    ok = await upload_with_client_roots(settings, ["file:///"], allowed / "other.csv")
+    assert not ok.is_error, all_text(ok)
+    # A narrower client root narrows the set.
+    sub = (allowed / "sub").as_uri()
+    ok = await upload_with_client_roots(settings, [sub], allowed / "sub" / "mine.csv")
+    assert not ok.is_error, all_text(ok)
+    refused = await upload_with_client_roots(settings, [sub], allowed / "other.csv")
+    assert refused.is_error and str(allowed / "sub") in all_text(refused), all_text(refused)
+    # Roots that do not overlap at all: the error names the setting to change.
+    refused = await upload_with_client_roots(settings, [tmp_path.parent.as_uri() + "/elsewhere"], allowed / "other.csv")
+    assert refused.is_error and "CI_MCP_ALLOWED_DIRS" in all_text(refused), all_text(refused)
+
+
+@pytest.mark.parametrize("where", ["root", "home"])
+async def test_neither_the_disk_root_nor_home_is_an_implicit_root(
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.csv").write_text("a\n1\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir("/" if where == "root" else home)
+    c, store = await open_client(make_settings(allowed_dirs=[]))
     async with c:
-        ok = await c.call_tool("upload_file", {"path": str(client_root / "mine.csv")})
+        refused = await c.call_tool("upload_file", {"path": str(home / "notes.csv")})
+        assert refused.is_error and "CI_MCP_ALLOWED_DIRS is not set" in all_text(refused), all_text(refused)
+        inline = await c.call_tool("upload_file", {"content_base64": "YQoxCg==", "filename": "a.csv"})
+        assert not inline.is_error, all_text(inline)
+    store.close()
+    # A project folder as the working directory is still the implicit root.
+    monkeypatch.chdir(home)
+    (home / "project").mkdir()
+    monkeypatch.chdir(home / "project")
+    (home / "project" / "d.csv").write_text("a\n1\n")
+    c, store = await open_client(make_settings(allowed_dirs=[]))
+    async with c:
+        ok = await c.call_tool("upload_file", {"path": str(home / "project" / "d.csv")})
         assert not ok.is_error, all_text(ok)
-        # The configured directory is not a root for this client: its roots replace it.
-        assert settings.allowed_dirs
-        (settings.allowed_dirs[0] / "other.csv").write_text("b\n2\n")
-        refused = await c.call_tool("upload_file", {"path": str(settings.allowed_dirs[0] / "other.csv")})
-        assert refused.is_error and str(client_root) in all_text(refused)
     store.close()
 
 
