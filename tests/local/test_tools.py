@@ -203,6 +203,17 @@ async def test_a_matplotlib_figure_becomes_an_image_block_without_saving(client:
     assert "figure-1.png" in generated_ids(result)
 
 
+@pytest.mark.parametrize("before_pyplot", [True, False])
+async def test_figures_left_open_come_back_whatever_backend_the_code_chose(client: Client, before_pyplot: bool) -> None:
+    agg = "import matplotlib\nmatplotlib.use('Agg')\n"
+    code = (agg if before_pyplot else "") + "import matplotlib.pyplot as plt\n" + ("" if before_pyplot else agg)
+    result = await run(client, code + "plt.plot([1, 3, 2])\nplt.figure()\nplt.bar(['a'], [1])")
+    pictures = images(result)
+    assert len(pictures) == 2 and all(p.startswith(b"\x89PNG") for p in pictures), all_text(result)
+    again = await run(client, "print(len(plt.get_fignums()))", session_id=session_of(result))
+    assert images(again) == [] and "0" in texts(again)[1]
+
+
 async def test_a_png_written_by_the_code_is_an_image_block_and_fetchable(client: Client) -> None:
     code = (
         "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"

@@ -39,15 +39,44 @@ def die_with_parent() -> None:
         pass
 
 
+def show_open_figures() -> None:
+    """After each execution: when the code switched matplotlib away from the inline backend (for example
+    `matplotlib.use('Agg')`), the inline backend no longer sends the figures still open, so send them here, as it
+    would, and close them. With the inline backend active this does nothing (it flushes its own figures)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    try:
+        import base64
+        import io
+
+        import matplotlib
+        from IPython.display import publish_display_data
+
+        if "inline" in matplotlib.get_backend():
+            return
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            publish_display_data({"image/png": base64.b64encode(buf.getvalue()).decode("ascii")})  # type: ignore[no-untyped-call]
+        plt.close("all")
+    except Exception as exc:  # a broken figure must not break the run's result
+        print(f"(ci-mcp could not render an open figure: {type(exc).__name__}: {exc})", file=sys.stderr)
+
+
 def main() -> None:
     die_with_parent()
     limits = json.loads(sys.argv[1])
     apply_limits(limits)
     os.umask(0o077)
-    sys.argv = [sys.argv[0], *sys.argv[2:]]
-    from ipykernel import kernelapp
+    from ipykernel.kernelapp import IPKernelApp
 
-    kernelapp.launch_new_instance()
+    app = IPKernelApp.instance()
+    app.initialize(sys.argv[2:])  # type: ignore[no-untyped-call]
+    if app.shell is not None:
+        app.shell.events.register("post_execute", show_open_figures)
+    app.start()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":
