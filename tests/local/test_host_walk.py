@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from ci_mcp.backends.local import workspace
+from ci_mcp.backends.local import sandbox, workspace
 from ci_mcp.backends.local.backend import LocalBackend
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
+from tests.conftest import all_text, generated_ids, open_client, session_of
 
 SECRET = b"host secret, not for the kernel"
 
@@ -124,3 +126,44 @@ def test_the_walk_is_bounded_in_entries(tmp_path: Path) -> None:
         (ws / f"f{i}").write_bytes(b"")
     snap = workspace.snapshot(ws, max_entries=5)
     assert snap.stopped and len(snap.files) <= 5
+
+
+SWAPPER = """
+import os, threading, time
+target = {target!r}
+def swap():
+    end = time.monotonic() + 4
+    while time.monotonic() < end:
+        try:
+            os.makedirs('sub', exist_ok=True)
+            open('sub/out.txt', 'w').write('mine')
+            os.rename('sub', 'sub.real')
+            os.symlink(target, 'sub')
+            os.unlink('sub')
+            os.rename('sub.real', 'sub')
+        except OSError:
+            pass
+threading.Thread(target=swap, daemon=True).start()
+print('swapping')
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not sandbox.bwrap_works()[0], reason="bubblewrap unavailable")
+async def test_a_kernel_swapping_a_directory_for_a_host_symlink_gets_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    _, outside = _setup(tmp_path)
+    client, store = await open_client(make_settings(sandbox="bwrap", max_session_dir_mb=1))
+    async with client:
+        result = await client.call_tool("run_code_analysis", {"code": SWAPPER.format(target=str(outside))})
+        assert "swapping" in all_text(result), all_text(result)
+        for fid in generated_ids(result).values():
+            assert SECRET not in store.read(fid)
+        assert (outside / "out.txt").read_bytes() == SECRET
+        after = await client.call_tool(
+            "run_code_analysis", {"code": "import time; time.sleep(4); print(6 * 7)", "session_id": session_of(result)}
+        )
+        assert "42" in all_text(after), all_text(after)
+    assert (outside / "out.txt").read_bytes() == SECRET
+    store.close()
