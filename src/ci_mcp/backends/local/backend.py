@@ -8,7 +8,6 @@ in-memory state was lost.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -336,7 +335,7 @@ class LocalBackend:
                 written = None
                 if not code and self.codewriter is not None and request.request:
                     await progress(0, None, "writing code")
-                    files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace)))
+                    files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace).files))
                     code = written = await self.codewriter.write(
                         request.request, files, live.history[-3:], self.data_mount
                     )
@@ -430,17 +429,23 @@ class LocalBackend:
 
     def _collect_files(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> None:
         after = workspace.snapshot(live.workspace)
+        if after.stopped:
+            collector.notices.append(
+                f"Listing the working directory stopped early ({after.stopped}); files past that point were not "
+                "registered or counted."
+            )
         paths = workspace.changed(before, after)
         limit = self.settings.max_session_dir_mb * 1024 * 1024
-        total = sum(e.size for e in after.values())
+        total = after.total_bytes
         if total > limit:
             removed = []
-            for rel in sorted(paths, key=lambda p: after[p].size, reverse=True):
+            candidates = workspace.changed(before, after, include_hidden=True)
+            for rel in sorted(candidates, key=lambda p: after.get(p).size, reverse=True):  # type: ignore[union-attr]
                 if total <= limit:
                     break
-                with contextlib.suppress(OSError):
-                    (live.workspace / rel).unlink()
-                    total -= after[rel].size
+                entry = after.get(rel)
+                if entry is not None and workspace.remove(live.workspace, rel, entry):
+                    total -= entry.size
                     removed.append(rel)
             paths = [p for p in paths if p not in removed]
             collector.notices.append(
@@ -457,7 +462,7 @@ class LocalBackend:
             if rel.startswith(".ci-mcp-"):
                 continue
             try:
-                fd = workspace.open_generated(live.workspace, rel)
+                fd = workspace.open_generated(live.workspace, rel, after.files[rel])
             except OSError:
                 continue
             try:

@@ -1,16 +1,28 @@
-"""A session's working directory (the kernel's /mnt/data): placing uploads and finding what a run generated."""
+"""A session's working directory (the kernel's /mnt/data): placing uploads and finding what a run generated.
+
+The directory is writable by untrusted code, which can swap any part of it for a symlink or a FIFO while the host
+looks at it. So the host never resolves a path written there: it opens the (server-owned) root once and descends
+with directory file descriptors and O_NOFOLLOW, and it opens or deletes a file only if it is still the regular file
+(same device and inode) that the walk recorded.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+import stat
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ci_mcp.paths import safe_name
 
-_MAX_FILES = 10_000
+_MAX_FILES = 10_000  # entries looked at per walk (files and directories)
+_MAX_DEPTH = 64
+_DEADLINE_S = 5.0
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -18,35 +30,157 @@ class Entry:
     size: int
     mtime_ns: int
     ino: int
+    dev: int = 0
 
 
-Snapshot = dict[str, Entry]
+@dataclass
+class Snapshot:
+    """Regular files found by one walk: `files` may be registered; `hidden` (under dot-directories) only count."""
+
+    files: dict[str, Entry] = field(default_factory=dict)
+    hidden: dict[str, Entry] = field(default_factory=dict)
+    stopped: str | None = None  # why the walk ended early, if it did
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.files.values()) + sum(e.size for e in self.hidden.values())
+
+    def get(self, rel: str) -> Entry | None:
+        return self.files.get(rel) or self.hidden.get(rel)
 
 
-def snapshot(root: Path) -> Snapshot:
-    """Regular files under `root` (relative paths), without following symlinks. Bounded in count."""
-    found: Snapshot = {}
-    stack = [root]
-    while stack and len(found) < _MAX_FILES:
-        current = stack.pop()
+def snapshot(root: Path, *, max_entries: int = _MAX_FILES, deadline_s: float = _DEADLINE_S) -> Snapshot:
+    """Walk `root` by directory file descriptors, never following a symlink. Bounded in entries and time."""
+    snap = Snapshot()
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+    except OSError:
+        return snap
+    try:
+        state = _Walk(snap, os.fstat(root_fd).st_dev, max_entries, time.monotonic() + deadline_s)
+        state.walk(root_fd, "", False, 0)
+    finally:
+        os.close(root_fd)
+    return snap
+
+
+@dataclass
+class _Walk:
+    snap: Snapshot
+    dev: int
+    budget: int
+    deadline: float
+
+    def _over(self) -> bool:
+        if self.snap.stopped is not None:
+            return True
+        if self.budget <= 0:
+            self.snap.stopped = f"more than {_MAX_FILES:,} entries"
+        elif time.monotonic() > self.deadline:
+            self.snap.stopped = f"it took longer than {_DEADLINE_S:g} s"
+        return self.snap.stopped is not None
+
+    def walk(self, fd: int, prefix: str, hidden: bool, depth: int) -> None:
+        names: list[str] = []
         try:
-            with os.scandir(current) as it:
+            with os.scandir(fd) as it:
                 for entry in it:
-                    if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
-                        continue  # caches like .ipynb_checkpoints, .config
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-                    elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        found[os.path.relpath(entry.path, root)] = Entry(st.st_size, st.st_mtime_ns, st.st_ino)
+                    if self._over():
+                        break
+                    self.budget -= 1
+                    names.append(entry.name)
         except OSError:
-            continue
-    return found
+            return
+        for name in names:
+            if time.monotonic() > self.deadline:
+                self._over()
+                return
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            rel = prefix + name
+            if stat.S_ISDIR(st.st_mode):
+                if depth >= _MAX_DEPTH:
+                    continue
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue
+                try:
+                    cst = os.fstat(child)
+                    if stat.S_ISDIR(cst.st_mode) and cst.st_dev == self.dev:
+                        self.walk(child, rel + "/", hidden or name.startswith("."), depth + 1)
+                finally:
+                    os.close(child)
+            elif stat.S_ISREG(st.st_mode):
+                found = self.snap.hidden if hidden else self.snap.files
+                found[rel] = Entry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-def changed(before: Snapshot, after: Snapshot) -> list[str]:
-    """Relative paths that are new or modified, in a stable order."""
-    return sorted(path for path, entry in after.items() if before.get(path) != entry)
+def changed(before: Snapshot, after: Snapshot, *, include_hidden: bool = False) -> list[str]:
+    """Relative paths that are new or modified, in a stable order (registrable ones unless `include_hidden`)."""
+    out = [p for p, e in after.files.items() if before.files.get(p) != e]
+    if include_hidden:
+        out += [p for p, e in after.hidden.items() if before.hidden.get(p) != e]
+    return sorted(out)
+
+
+def _parent_fd(workspace: Path, rel: str) -> tuple[int, str]:
+    """An fd of the directory holding `rel` (reached without following links) and the last component."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(f"refusing path {rel!r}")
+    fd = os.open(workspace, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def _same(st: os.stat_result, expected: Entry) -> bool:
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (expected.dev, expected.ino)
+
+
+def open_generated(workspace: Path, rel: str, expected: Entry) -> int:
+    """Open a file the code generated, for reading, only if it is still the regular file the walk recorded.
+
+    Raises OSError (and opens nothing) for a symlink anywhere on the path, a FIFO or device, or another inode.
+    """
+    parent, name = _parent_fd(workspace, rel)
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:
+        if not _same(os.fstat(fd), expected):
+            raise OSError(f"{rel!r} changed since the run ended")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove(workspace: Path, rel: str, expected: Entry) -> bool:
+    """Delete `rel` if it is still the recorded regular file; never follows a link. True if removed."""
+    try:
+        parent, name = _parent_fd(workspace, rel)
+    except OSError:
+        return False
+    try:
+        if not _same(os.stat(name, dir_fd=parent, follow_symlinks=False), expected):
+            return False
+        os.unlink(name, dir_fd=parent)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(parent)
 
 
 def place(source: Path, workspace: Path, name: str) -> str:
@@ -69,10 +203,6 @@ def place(source: Path, workspace: Path, name: str) -> str:
     return target_name
 
 
-def open_generated(workspace: Path, rel: str) -> int:
-    """Open a file the code generated, for reading, refusing symlinks at the last component."""
-    return os.open(workspace / rel, os.O_RDONLY | os.O_NOFOLLOW)
-
-
 def size_of(root: Path) -> int:
-    return sum(e.size for e in snapshot(root).values())
+    """Bytes in every regular file under `root`, dot-directories included."""
+    return snapshot(root).total_bytes

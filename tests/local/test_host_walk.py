@@ -1,0 +1,169 @@
+"""The host's walk over a session directory never resolves a path the kernel wrote: a directory swapped for a
+symlink, or a file swapped for a FIFO, after the walk is neither read, nor blocked on, nor deleted through."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local.backend import LocalBackend
+from ci_mcp.backends.local.outputs import OutputCollector
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
+from tests.conftest import all_text, generated_ids, open_client, session_of
+
+SECRET = b"host secret, not for the kernel"
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path]:
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "out.txt").write_bytes(SECRET)
+    return ws, outside
+
+
+def _collect(tmp_path: Path, ws: Path, before: workspace.Snapshot, **kw: object) -> OutputCollector:
+    settings = Settings(data_dir=tmp_path / "data", allowed_dirs=[], **kw)  # type: ignore[arg-type]
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    collector = OutputCollector(store, "s1", 10_000, tmp_path)
+    live = SimpleNamespace(workspace=ws, session_id="s1")
+    done = threading.Event()
+
+    def go() -> None:
+        backend._collect_files(live, before, collector)  # type: ignore[arg-type]
+        done.set()
+
+    threading.Thread(target=go, daemon=True).start()
+    if not done.wait(10):
+        # release a reader blocked on a FIFO before failing
+        for p in ws.rglob("*"):
+            if p.is_fifo():
+                os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the host blocked on a file the kernel wrote")
+    contents = [store.read(i.file_id) for i in collector.generated]
+    assert SECRET not in contents
+    store.close()
+    return collector
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_read_through(tmp_path: Path) -> None:
+    ws, outside = _setup(tmp_path)
+    (ws / "sub" / "out.txt").write_bytes(b"mine")
+    after = workspace.snapshot(ws)
+    (ws / "sub" / "out.txt").unlink()
+    (ws / "sub").rmdir()
+    (ws / "sub").symlink_to(outside)
+    with pytest.raises(OSError):
+        workspace.open_generated(ws, "sub/out.txt", after.files["sub/out.txt"])
+    assert not workspace.remove(ws, "sub/out.txt", after.files["sub/out.txt"])
+    assert (outside / "out.txt").read_bytes() == SECRET
+
+
+def test_registration_after_a_swap_adds_nothing_and_deletes_nothing_outside(tmp_path: Path) -> None:
+    ws, outside = _setup(tmp_path)
+    before = workspace.snapshot(ws)
+    (ws / "sub" / "out.txt").write_bytes(b"x" * (2 * 1024 * 1024))
+
+    real_snapshot = workspace.snapshot
+
+    def snapshot_then_swap(root: Path, **kw: object) -> workspace.Snapshot:
+        snap = real_snapshot(root)
+        (ws / "sub" / "out.txt").unlink()
+        (ws / "sub").rmdir()
+        (ws / "sub").symlink_to(outside)
+        return snap
+
+    workspace.snapshot = snapshot_then_swap  # type: ignore[assignment]
+    try:
+        collector = _collect(tmp_path, ws, before, max_session_dir_mb=1)
+    finally:
+        workspace.snapshot = real_snapshot
+    assert collector.generated == []
+    assert (outside / "out.txt").read_bytes() == SECRET
+
+
+def test_a_file_swapped_for_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    ws, _ = _setup(tmp_path)
+    before = workspace.snapshot(ws)
+    (ws / "pipe.txt").write_bytes(b"data")
+    after = workspace.snapshot(ws)
+    (ws / "pipe.txt").unlink()
+    os.mkfifo(ws / "pipe.txt")
+    with pytest.raises(OSError):
+        workspace.open_generated(ws, "pipe.txt", after.files["pipe.txt"])
+
+    real_snapshot = workspace.snapshot
+    workspace.snapshot = lambda root, **kw: after  # type: ignore[assignment,misc]
+    try:
+        collector = _collect(tmp_path, ws, before)
+    finally:
+        workspace.snapshot = real_snapshot
+    assert collector.generated == []
+
+
+def test_dot_directories_count_for_the_size_cap_but_are_not_registered(tmp_path: Path) -> None:
+    ws, _ = _setup(tmp_path)
+    (ws / ".cache").mkdir()
+    (ws / ".cache" / "big").write_bytes(b"0" * 1000)
+    (ws / "a.txt").write_bytes(b"0" * 10)
+    snap = workspace.snapshot(ws)
+    assert set(snap.files) == {"a.txt"}
+    assert snap.total_bytes == 1010 == workspace.size_of(ws)
+
+
+def test_the_walk_is_bounded_in_entries(tmp_path: Path) -> None:
+    ws, _ = _setup(tmp_path)
+    for i in range(20):
+        (ws / f"f{i}").write_bytes(b"")
+    snap = workspace.snapshot(ws, max_entries=5)
+    assert snap.stopped and len(snap.files) <= 5
+
+
+SWAPPER = """
+import os, threading, time
+target = {target!r}
+def swap():
+    end = time.monotonic() + 4
+    while time.monotonic() < end:
+        try:
+            os.makedirs('sub', exist_ok=True)
+            open('sub/out.txt', 'w').write('mine')
+            os.rename('sub', 'sub.real')
+            os.symlink(target, 'sub')
+            os.unlink('sub')
+            os.rename('sub.real', 'sub')
+        except OSError:
+            pass
+threading.Thread(target=swap, daemon=True).start()
+print('swapping')
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not sandbox.bwrap_works()[0], reason="bubblewrap unavailable")
+async def test_a_kernel_swapping_a_directory_for_a_host_symlink_gets_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    _, outside = _setup(tmp_path)
+    client, store = await open_client(make_settings(sandbox="bwrap", max_session_dir_mb=1))
+    async with client:
+        result = await client.call_tool("run_code_analysis", {"code": SWAPPER.format(target=str(outside))})
+        assert "swapping" in all_text(result), all_text(result)
+        for fid in generated_ids(result).values():
+            assert SECRET not in store.read(fid)
+        assert (outside / "out.txt").read_bytes() == SECRET
+        after = await client.call_tool(
+            "run_code_analysis", {"code": "import time; time.sleep(4); print(6 * 7)", "session_id": session_of(result)}
+        )
+        assert "42" in all_text(after), all_text(after)
+    assert (outside / "out.txt").read_bytes() == SECRET
+    store.close()
