@@ -22,6 +22,7 @@ from mcp_types import (
     EmbeddedResource,
     ImageContent,
     ListRootsResult,
+    Resource,
     ResourceLink,
     TextContent,
     ToolAnnotations,
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 FILE_URI = "ci-mcp://files/{file_id}"
 MAX_INLINE_IMAGES = 8
+MAX_LISTED_RESOURCES = 100
+# Protocol versions that predate the `resource_link` content block: clients on them reject a whole result that
+# carries one, so links go to them as text blocks instead.
+NO_RESOURCE_LINK_VERSIONS = frozenset({"2024-11-05", "2025-03-26"})
 
 
 def file_uri(file_id: str) -> str:
@@ -65,6 +70,21 @@ class _CiMcpServer(MCPServer[Any]):
                 return [ReadResourceContents(data.decode("utf-8", errors="replace"), info.media_type)]
             return [ReadResourceContents(data, info.media_type)]
         return await super().read_resource(uri, context)
+
+    async def list_resources(self) -> list[Resource]:
+        """The most recent stored files (uploads and generated), newest first, then any static resources."""
+        files = (await self.backend.list_files(None))[::-1][:MAX_LISTED_RESOURCES]
+        listed = [
+            Resource(
+                uri=file_uri(f.file_id),
+                name=f.name,
+                description=f"{f.file_id}: {f.origin} file" + (f" of session {f.session_id}" if f.session_id else ""),
+                mime_type=f.media_type,
+                size=f.size,
+            )
+            for f in files
+        ]
+        return listed + await super().list_resources()
 
 
 async def _client_roots(ctx: Context) -> ListRoots | None:
@@ -105,6 +125,9 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         log_level=settings.log_level,
     )
     server.backend = backend
+    # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
+    for method in ("prompts/list", "prompts/get"):
+        server._lowlevel_server._request_handlers.pop(method, None)
 
     def roots_for(listed: ListRootsResult | None) -> paths.Roots:
         client = None
@@ -221,7 +244,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             result = await backend.run(req, progress)
         except CiMcpError as exc:
             return _error(exc)
-        return await anyio.to_thread.run_sync(_render_run, result, settings)
+        return await anyio.to_thread.run_sync(_render_run, result, settings, _links_ok(ctx))
 
     @server.tool(
         description=(
@@ -233,6 +256,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         structured_output=False,
     )
     async def fetch_generated_file(
+        ctx: Context,
         file_id: Annotated[str, Field(description="The file id, e.g. file-0123abcd...")],
         save_to: Annotated[str | None, Field(description="Write the file here instead of returning it.")] = None,
         overwrite: Annotated[bool, Field(description="Replace an existing file at save_to.")] = False,
@@ -248,7 +272,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
                 await anyio.to_thread.run_sync(paths.write_atomically, target, source)
                 text = f"Saved {info.file_id} ({info.name}, {info.size:,} bytes) to {target}."
                 return CallToolResult(content=[TextContent(type="text", text=text)])
-            return await anyio.to_thread.run_sync(_render_file, info, source, settings)
+            return await anyio.to_thread.run_sync(_render_file, info, source, settings, _links_ok(ctx))
         except CiMcpError as exc:
             return _error(exc)
 
@@ -317,7 +341,17 @@ def _error(exc: CiMcpError) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
-def _link(info: FileInfo, description: str) -> ResourceLink:
+def _links_ok(ctx: Context) -> bool:
+    """Whether the negotiated protocol version defines the `resource_link` content block."""
+    return ctx.protocol_version not in NO_RESOURCE_LINK_VERSIONS
+
+
+def _link(info: FileInfo, description: str, links_ok: bool = True) -> ResourceLink | TextContent:
+    if not links_ok:
+        return _text(
+            f"[file {info.name}: {file_uri(info.file_id)} ({info.media_type}, {info.size:,} bytes) - {description}; "
+            f'get it with fetch_generated_file(file_id="{info.file_id}")]'
+        )
     return ResourceLink(
         type="resource_link",
         uri=file_uri(info.file_id),
@@ -332,7 +366,7 @@ def _text(text: str) -> TextContent:
     return TextContent(type="text", text=text)
 
 
-def _render_run(result: RunResult, settings: Settings) -> CallToolResult:
+def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) -> CallToolResult:
     """Ordered blocks: a summary line, the outputs as they came, then files and notices."""
     content: list[ContentBlock] = []
     images = [o for o in result.outputs if isinstance(o, ImageOutput)]
@@ -361,7 +395,7 @@ def _render_run(result: RunResult, settings: Settings) -> CallToolResult:
             shown_images.add(item.file.file_id)
     for info in result.generated_files:
         if info.file_id not in shown_images:
-            content.append(_link(info, f"{info.file_id}: generated by the run"))
+            content.append(_link(info, f"{info.file_id}: generated by the run", links_ok))
     lines = []
     if result.generated_files:
         lines.append(
@@ -374,7 +408,7 @@ def _render_run(result: RunResult, settings: Settings) -> CallToolResult:
     return CallToolResult(content=content, is_error=result.status in ("timeout", "kernel_died", "cancelled"))
 
 
-def _render_file(info: FileInfo, source: Path, settings: Settings) -> CallToolResult:
+def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: bool = True) -> CallToolResult:
     header = f"{info.file_id}: {info.name} ({info.size:,} bytes, {info.media_type})"
     if info.is_image:
         data, media_type, shrunk = fit_image(source.read_bytes(), settings.inline_image_bytes)
@@ -399,6 +433,6 @@ def _render_file(info: FileInfo, source: Path, settings: Settings) -> CallToolRe
                 header + f" - too large to return inline. Pass save_to to write it to disk, or read the resource "
                 f"{file_uri(info.file_id)}."
             ),
-            _link(info, info.file_id),
+            _link(info, info.file_id, links_ok),
         ]
     )
