@@ -15,7 +15,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from ci_mcp.store import FileStore
-from tests.conftest import all_text, generated_ids, uploaded_id
+from tests.conftest import REPO, all_text, generated_ids, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.anyio
 def server_params(tmp_path: Path, work: Path) -> StdioServerParameters:
     env = {
         "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
         "HOME": str(tmp_path),
         "CI_MCP_DATA_DIR": str(tmp_path / "data"),
         "CI_MCP_ALLOWED_DIRS": str(work),
