@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp_types import CallToolResult, ImageContent, ResourceLink, TextContent
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from ci_mcp.backends.factory import create_backend
 from ci_mcp.server import create_server
@@ -18,6 +20,34 @@ from ci_mcp.store import FileStore
 
 REPO = Path(__file__).resolve().parent.parent
 NIFTY_CSV = REPO / "examples" / "data" / "nifty_500_quarterly_results.csv"
+
+
+# What a developer's shell may set that `Settings` would read: the prefix, and the unprefixed Azure names.
+SETTINGS_ENV_PREFIXES = ("CI_MCP_", "AZURE_")
+SETTINGS_ENV_NAMES = ("PROJECT_CONNECTION_STRING", "MODEL_DEPLOYMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without the developer's CI_MCP_* / AZURE_* variables (tests that want one set it)."""
+    for name in list(os.environ):
+        if name.startswith(SETTINGS_ENV_PREFIXES) or name in SETTINGS_ENV_NAMES:
+            monkeypatch.delenv(name)
+
+
+class SettingsWithoutEnv(Settings):
+    """`Settings` built only from what the test passes: no environment, whatever a test sets in it."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 @pytest.fixture
@@ -43,7 +73,7 @@ def make_settings(tmp_path: Path, allowed: Path) -> Callable[..., Settings]:
             "run_timeout_seconds": 60,
         }
         values.update(overrides)
-        return Settings(**values)
+        return SettingsWithoutEnv(**values)
 
     return make
 

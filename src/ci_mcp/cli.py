@@ -16,16 +16,26 @@ import anyio
 from pydantic import ValidationError
 
 from ci_mcp import __version__
-from ci_mcp.errors import CiMcpError, ConfigError
+from ci_mcp.errors import CiMcpError, ConfigError, InvalidInputError
 from ci_mcp.settings import Settings
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The flags accepted before and after the subcommand (`ci-mcp --backend azure doctor` and
+    `ci-mcp doctor --backend azure`); on subcommands the default is SUPPRESS, so they do not undo the earlier one."""
+    parser.add_argument(
+        "--backend", choices=["local", "azure", "azure-classic"], default=default, help="(CI_MCP_BACKEND)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=default, help="where files and metadata are kept (CI_MCP_DATA_DIR)"
+    )
+    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default=default, help="(CI_MCP_SANDBOX)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ci-mcp", description="Code-interpreter MCP server.")
     parser.add_argument("--version", action="version", version=f"ci-mcp {__version__}")
-    parser.add_argument("--backend", choices=["local", "azure", "azure-classic"], help="(CI_MCP_BACKEND)")
-    parser.add_argument("--data-dir", type=Path, help="where files and metadata are kept (CI_MCP_DATA_DIR)")
-    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], help="(CI_MCP_SANDBOX)")
+    _global_flags(parser, None)
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve MCP (default: stdio)")
     serve.add_argument("--transport", choices=["stdio", "http"], help="(CI_MCP_TRANSPORT)")
@@ -39,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--request", help="a natural-language request (Azure backends, or a configured model)")
     run.add_argument("--out", type=Path, default=Path("ci-mcp-output"), help="output folder")
     run.add_argument("--timeout", type=float, help="time limit in seconds")
-    sub.add_parser("doctor", help="check the configuration and the backend, in plain words")
+    doctor = sub.add_parser("doctor", help="check the configuration and the backend, in plain words")
+    for subparser in (serve, run, doctor):
+        _global_flags(subparser, argparse.SUPPRESS)
     return parser
 
 
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             from ci_mcp.terminal import run_once
 
-            code = args.code_file.read_text() if args.code_file else args.code
+            code = _read_code(args.code_file) if args.code_file else args.code
             return anyio.run(run_once, settings, list(args.files), code, args.request, args.out, args.timeout)
         if command == "doctor":
             from ci_mcp.doctor import doctor
@@ -80,11 +92,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ci-mcp: configuration error: {exc}", file=sys.stderr)
         return 2
     except CiMcpError as exc:
+        from ci_mcp.terminal import cli_words
+
+        print(f"ci-mcp: {cli_words(str(exc))}", file=sys.stderr)
+        return 1
+    except PortInUseError as exc:
         print(f"ci-mcp: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+class PortInUseError(Exception):
+    pass
+
+
+def _read_code(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidInputError(f"--code-file {path}: {exc.strerror or exc}") from None
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind once before serving, so a port in use is one line instead of uvicorn's traceback."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise PortInUseError(f"cannot serve on {host}:{port}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise PortInUseError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}; choose another with --port (CI_MCP_PORT)"
+            ) from None
 
 
 def _serve(settings: Settings) -> int:
@@ -95,6 +142,7 @@ def _serve(settings: Settings) -> int:
     store = FileStore(settings.data_dir)
     server = create_server(create_backend(settings, store), settings)
     if settings.transport == "http":
+        _check_port(settings.host, settings.port)
         server.run("streamable-http", host=settings.host, port=settings.port)
     else:
         server.run("stdio")

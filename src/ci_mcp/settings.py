@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     port: int = 8765
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("allowed_dirs", mode="before")
     @classmethod
     def _split_dirs(cls, value: object) -> object:

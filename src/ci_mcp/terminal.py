@@ -8,14 +8,23 @@ from pathlib import Path
 
 from ci_mcp import paths
 from ci_mcp.backends.factory import create_backend
+from ci_mcp.errors import InvalidInputError
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput, no_progress
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 
 
+def cli_words(message: str) -> str:
+    """Messages written for MCP callers name the tool argument; on the command line the flag is `--timeout`."""
+    return message.replace("a larger timeout_seconds", "a larger --timeout").replace("timeout_seconds", "--timeout")
+
+
 async def run_once(
     settings: Settings, files: list[Path], code: str | None, request: str | None, out: Path, timeout: float | None
 ) -> int:
+    for path in files:
+        if not path.is_file():
+            raise InvalidInputError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
     store = FileStore(settings.data_dir)
     backend = create_backend(settings, store)
     await backend.start()
@@ -41,7 +50,7 @@ async def run_once(
         shutil.copyfile(store.path(info.file_id), target)
         print(f"wrote {target}", file=sys.stderr)
     for notice in result.notices:
-        print(f"note: {notice}", file=sys.stderr)
+        print(f"note: {cli_words(notice)}", file=sys.stderr)
     print(f"session {result.session_id}: {result.status}", file=sys.stderr)
     store.close()
     return 0 if result.status == "ok" else 1

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import NIFTY_CSV
+import pytest
+
+from ci_mcp.backends.local import sandbox
+from tests.conftest import NIFTY_CSV, REPO
 
 
 def ci_mcp(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -17,13 +21,85 @@ def ci_mcp(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "CI_MCP_DATA_DIR": str(tmp_path / "data")}
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
+        "HOME": str(tmp_path),
+        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+def doctor_lines(stdout: str) -> dict[str, str]:
+    """check name -> 'ok' or 'FAIL', from the doctor's table."""
+    names = ("backend", "data dir", "sandbox", "kernel", "analysis libs", "no network", "user")
+    found = {}
+    for line in stdout.splitlines():
+        status, _, rest = line.partition(" ")
+        name = next((n for n in names if rest.strip().startswith(n + " ")), None)
+        if status in ("ok", "FAIL") and name:
+            found[name] = status
+    return found
 
 
 def test_doctor_checks_the_kernel_and_the_sandbox(tmp_path: Path) -> None:
     done = ci_mcp("doctor", env=base_env(tmp_path), cwd=tmp_path)
-    assert "kernel" in done.stdout and "started and ran code" in done.stdout, done.stdout + done.stderr
-    assert "analysis libs" in done.stdout
+    report = done.stdout + done.stderr
+    assert "started and ran code" in done.stdout, report
+    checks = doctor_lines(done.stdout)
+    must_pass = ["backend", "data dir", "kernel", "analysis libs"]
+    if sandbox.bwrap_works()[0]:
+        must_pass += ["sandbox", "no network"]
+    assert {name: checks.get(name) for name in must_pass} == dict.fromkeys(must_pass, "ok"), report
+    if sandbox.bwrap_works()[0]:
+        assert done.returncode == 0 and "All checks passed." in done.stdout, report
+
+
+def test_global_flags_are_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    done = ci_mcp("doctor", "--backend", "azure", env=base_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "CI_MCP_BACKEND=azure needs AZURE_AI_PROJECT_ENDPOINT" in done.stderr
+    data = tmp_path / "elsewhere"
+    done = ci_mcp("run", "--code", "print(1)", "--data-dir", str(data), env=base_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (data / "meta.sqlite3").exists()
+
+
+@pytest.mark.parametrize("level", ["debug", "DEBUG", "Info"])
+def test_the_log_level_is_accepted_in_any_case(tmp_path: Path, level: str) -> None:
+    env = base_env(tmp_path) | {"CI_MCP_LOG_LEVEL": level}
+    done = ci_mcp("run", "--code", "print(6 * 7)", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "42" in done.stdout
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_run_with_a_missing_path_or_a_directory_is_one_line(tmp_path: Path, what: str) -> None:
+    target = tmp_path / "nope.csv" if what == "missing" else tmp_path
+    done = ci_mcp("run", str(target), "--code", "print(1)", env=base_env(tmp_path), cwd=tmp_path)
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(target) in done.stderr
+    done = ci_mcp("run", "--code-file", str(target), env=base_env(tmp_path), cwd=tmp_path)
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_run_timeout_names_the_flag(tmp_path: Path) -> None:
+    code = "import time\ntime.sleep(30)"
+    done = ci_mcp("run", "--code", code, "--timeout", "1", env=base_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "--timeout" in done.stderr and "timeout_seconds" not in done.stderr, done.stderr
+
+
+def test_serving_http_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = ci_mcp("serve", "--transport", "http", "--port", str(port), env=base_env(tmp_path), cwd=tmp_path)
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(port) in done.stderr
 
 
 def test_run_writes_the_chart_and_prints_the_answer(tmp_path: Path) -> None:

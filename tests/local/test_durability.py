@@ -15,7 +15,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from ci_mcp.store import FileStore
-from tests.conftest import all_text, generated_ids, uploaded_id
+from tests.conftest import REPO, all_text, generated_ids, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.anyio
 def server_params(tmp_path: Path, work: Path) -> StdioServerParameters:
     env = {
         "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
         "HOME": str(tmp_path),
         "CI_MCP_DATA_DIR": str(tmp_path / "data"),
         "CI_MCP_ALLOWED_DIRS": str(work),
@@ -55,11 +56,16 @@ def consistent_store(data: Path) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-async def kill_during(client_call, tmp_path: Path, started) -> None:  # type: ignore[no-untyped-def]
+async def kill_during(client_call, tmp_path: Path, started, killed: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Start `client_call` and SIGKILL the server once `started()` holds, noting the kill in `killed` first: the
+    client then fails inside the task group, so the caller checks `killed` after swallowing that failure."""
     pid = int((tmp_path / "server.pid").read_text())
     async with anyio.create_task_group() as tg:
         tg.start_soon(client_call)
-        assert await wait_for(started), "the operation never started"
+        if not await wait_for(started):
+            tg.cancel_scope.cancel()
+            return
+        killed.append("killed")
         os.kill(pid, signal.SIGKILL)
 
 
@@ -74,6 +80,7 @@ async def test_sigkill_mid_upload_and_mid_run_loses_nothing_completed(tmp_path: 
     params = server_params(tmp_path, work)
     data = tmp_path / "data"
 
+    killed: list[str] = []
     # 1. Complete some work, then kill the server in the middle of a large upload.
     try:
         async with Client(params, read_timeout_seconds=60) as client:
@@ -84,14 +91,16 @@ async def test_sigkill_mid_upload_and_mid_run_loses_nothing_completed(tmp_path: 
             async def upload_big() -> None:
                 await client.call_tool("upload_file", {"path": str(big)})
 
-            await kill_during(upload_big, tmp_path, lambda: any((data / "tmp").iterdir()))
+            await kill_during(upload_big, tmp_path, lambda: any((data / "tmp").iterdir()), killed)
     except BaseException as exc:  # the client sees its server vanish; that is the point
         if isinstance(exc, AssertionError):
             raise
+    assert killed, "the upload never started"
     rows = consistent_store(data)
     assert {small_id, done_id} <= {r[0] for r in rows}
     assert all(name != "big.bin" for _, name in rows)
 
+    killed.clear()
     # 2. Restart, then kill the server in the middle of a run that is writing a file.
     try:
         async with Client(params, read_timeout_seconds=60) as client:
@@ -103,10 +112,11 @@ async def test_sigkill_mid_upload_and_mid_run_loses_nothing_completed(tmp_path: 
                 await client.call_tool("run_code_analysis", {"code": code})
 
             workspaces = data / "workspaces"
-            await kill_during(long_run, tmp_path, lambda: any(workspaces.glob("*/partial.txt")))
+            await kill_during(long_run, tmp_path, lambda: any(workspaces.glob("*/partial.txt")), killed)
     except BaseException as exc:
         if isinstance(exc, AssertionError):
             raise
+    assert killed, "the run never started"
     consistent_store(data)
 
     # 3. After the second restart every completed file is intact and fetchable, and the store opens clean.

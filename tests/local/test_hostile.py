@@ -5,6 +5,7 @@ run, and `.ci/run` installs it."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import threading
@@ -117,18 +118,39 @@ async def test_many_files_past_the_session_directory_limit_are_deleted(sandboxed
     assert int(texts(listing)[1]) <= 60 * 1024 * 1024
 
 
-@pytest.mark.parametrize("target", ["/etc/shadow", "HOME_SSH", "HOME_AZURE", "DATA_DIR", "OTHER_SESSION"])
-async def test_host_secrets_data_and_other_sessions_are_invisible(sandboxed, tmp_path: Path, target: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home the test controls, with real credentials in it, set as the server's HOME."""
+    home = tmp_path / "home"
+    for rel, secret in ((".ssh/id_ed25519", "ssh-s3cr3t"), (".azure/msal_token_cache.json", "azure-s3cr3t")):
+        (home / rel).parent.mkdir(parents=True)
+        (home / rel).write_text(secret)
+    monkeypatch.setenv("HOME", str(home))
+    assert Path.home() == home
+    return home
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "HOME_SSH", "HOME_AZURE", "HOME_DIR", "DATA_DIR", "OTHER_SESSION"])
+async def test_host_secrets_data_and_other_sessions_are_invisible(  # type: ignore[no-untyped-def]
+    fake_home: Path, sandboxed, target: str
+) -> None:
     client, settings = sandboxed
     await run(client, "open('mine.txt', 'w').write('private')")
     other_dir = next(p for p in (settings.data_dir / "workspaces").iterdir() if (p / "mine.txt").exists())
     path = {
-        "HOME_SSH": str(Path.home() / ".ssh"),
+        "HOME_SSH": str(fake_home / ".ssh" / "id_ed25519"),
+        "HOME_AZURE": str(fake_home / ".azure" / "msal_token_cache.json"),
+        "HOME_DIR": str(fake_home),
         "DATA_DIR": str(settings.data_dir),
         "OTHER_SESSION": str(other_dir / "mine.txt"),
     }.get(target, target)
-    result = await run(client, f"import os\nprint('visible' if os.path.exists({path!r}) else 'invisible')")
-    assert "invisible" in all_text(result)
+    assert os.path.lexists(path), f"{path} must exist on the host for this test to mean anything"
+    code = f"import os\nprint('exists', os.path.lexists({path!r}))"
+    code += f"\ntry:\n    print(open({path!r}).read())\nexcept OSError as exc:\n    print(type(exc).__name__)"
+    result = await run(client, code)
+    text = all_text(result)
+    assert "exists False" in text and "FileNotFoundError" in text, text
+    assert "s3cr3t" not in text and "private" not in text, text
     await still_works(client, session_of(result))
 
 
