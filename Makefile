@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test test-fast lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -18,12 +18,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
-test: setup
+test: setup lint typecheck
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the slow groups (azure, hostile, e2e; see tests/conftest.py).
+test-fast: setup
+	$(PY) -m pytest -q -m "not azure and not hostile and not e2e"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/ruff format --check src tests
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,27 @@ class SettingsWithoutEnv(Settings):
         return (init_settings,)
 
 
+# Slow groups, by where a test lives: `make test-fast` leaves them out, `make test` runs everything.
+SLOW_GROUPS = {
+    "azure": ("tests/azure/", "tests/azure_classic/", "tests/contract/"),
+    "hostile": ("tests/local/test_hostile.py", "tests/local/test_privileges.py", "tests/local/test_host_walk.py"),
+    "e2e": (
+        "tests/local/test_stdio_e2e.py",
+        "tests/local/test_http_e2e.py",
+        "tests/local/test_cli.py",
+        "tests/local/test_durability.py",
+    ),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        where = Path(item.path).resolve().relative_to(REPO).as_posix()
+        for marker, prefixes in SLOW_GROUPS.items():
+            if where.startswith(prefixes):
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -62,13 +86,33 @@ def allowed(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def mpl_font_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """matplotlib's font cache, built once per test run (about 1.5 s each time a fresh data directory builds it)."""
+    cache = tmp_path_factory.mktemp("mpl-font-cache")
+    subprocess.run(
+        [sys.executable, "-c", "import matplotlib.font_manager"],
+        env={"MPLCONFIGDIR": str(cache), "PATH": os.environ.get("PATH", "/usr/bin")},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return cache
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, allowed: Path) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, allowed: Path, mpl_font_cache: Path) -> Callable[..., Settings]:
+    """Settings on a fresh data directory seeded with the run's font cache. No pre-started pool kernel: a test
+    that never runs code starts no kernel (tests of the pool ask for one)."""
+    data_dir = tmp_path / "data"
+    if any(mpl_font_cache.glob("fontlist-*.json")):
+        shutil.copytree(mpl_font_cache, data_dir / "cache" / "matplotlib", dirs_exist_ok=True)
+
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "data_dir": tmp_path / "data",
+            "data_dir": data_dir,
             "allowed_dirs": [allowed],
-            "kernel_pool_size": 1,
+            "kernel_pool_size": 0,
             "kernel_preload": False,
             "run_timeout_seconds": 60,
         }
