@@ -180,6 +180,42 @@ async def test_a_retry_after_longer_than_we_wait_is_a_transient_error_carrying_i
     assert sleeps.calls == []
 
 
+@pytest.mark.parametrize("max_retries", [0, 2])
+async def test_the_max_retries_setting_is_how_often_a_rate_limited_request_is_sent_again(
+    make_backend: Callable[..., ClassicAgentsBackend],
+    emulator: Emulator,
+    sleeps: Sleeps,
+    progress: Progress,
+    max_retries: int,
+) -> None:
+    backend = make_backend(azure_max_retries=max_retries)
+    emulator.state.faults.push("POST /threads", 429, retry_after=1, times=5)
+    mark = emulator.state.mark()
+
+    with pytest.raises(BackendUnavailableError, match=r"Azure is busy or failing \(429\)"):
+        await backend.run(code("print(1)"), progress)
+    await backend.aclose()
+
+    assert emulator.state.count("POST /threads", since=mark) == max_retries + 1
+    assert sleeps.calls == [1.0] * max_retries
+
+
+async def test_a_retry_after_longer_than_the_max_retry_wait_setting_is_not_waited_out(
+    make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, sleeps: Sleeps, progress: Progress
+) -> None:
+    backend = make_backend(azure_max_retry_wait_seconds=2)
+    emulator.state.faults.push("GET /assistants", 429, retry_after=3)
+    mark = emulator.state.mark()
+
+    with pytest.raises(BackendUnavailableError) as caught:
+        await backend.run(code("print(1)"), progress)
+    await backend.aclose()
+
+    assert caught.value.retry_after == 3
+    assert sleeps.calls == []
+    assert emulator.state.count("GET /assistants", since=mark) == 1
+
+
 async def test_a_failed_run_surfaces_its_last_error_as_a_tool_error(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:

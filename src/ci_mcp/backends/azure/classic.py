@@ -87,7 +87,8 @@ class ClassicAgentsBackend:
     ) -> None:
         """`client_options` go to `AgentsClient` (e.g. `authentication_policy`, `connection_verify`, `transport`).
 
-        `sleep` is what retries and the wait for an upload's processing wait with, `clock` what that wait is
+        `retry` defaults to CI_MCP_AZURE_MAX_RETRIES / CI_MCP_AZURE_MAX_RETRY_WAIT_SECONDS (the SDK's own retries
+        are off). `sleep` is what retries and the wait for an upload's processing wait with, `clock` what that wait is
         measured on; tests pass a recorder and a clock it advances, so no test sleeps.
         """
         require_sdk()
@@ -104,7 +105,9 @@ class ClassicAgentsBackend:
         self._client_options = dict(client_options or {})
         self._sleep = sleep
         self._clock = clock
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or RetryPolicy(
+            attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds
+        )
         self._client: AgentsClient | None = None
         self._agent_id: str | None = None
         self._agent_lock = anyio.Lock()
