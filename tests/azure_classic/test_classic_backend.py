@@ -454,3 +454,44 @@ async def test_a_stream_that_breaks_mid_run_is_a_transient_error_not_a_hang(
 
     assert "ServiceResponseError" in str(caught.value)
     assert "the run was cancelled" in str(caught.value)
+
+
+async def test_a_warm_call_costs_a_message_a_run_one_listing_and_one_download_per_file(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    first = await backend.run(code("x = 6"), progress)
+    mark = emulator.state.mark()
+
+    warm = await backend.run(
+        code("open('/mnt/data/out.csv', 'w').write(f'x\\n{x * 7}\\n')", session_id=first.session_id), progress
+    )
+
+    assert [f.name for f in warm.generated_files] == ["out.csv"]
+    assert (await backend.file_path(warm.generated_files[0].file_id)).read_bytes() == b"x\n42\n"
+    requests = emulator.state.requests_since(mark)
+    assert sorted(r.route for r in requests) == [
+        "GET /files/{file_id}/content",
+        "GET /threads/{thread_id}/messages",
+        "POST /threads/{thread_id}/messages",
+        "POST /threads/{thread_id}/runs",
+    ]
+    listing = next(r for r in requests if r.route == "GET /threads/{thread_id}/messages")
+    run_id = list(emulator.state.runs.values())[-1]["id"]
+    assert listing.query["run_id"] == run_id
+    assert listing.query["order"] == "asc" and int(listing.query["limit"]) >= 1
+
+
+async def test_a_full_page_of_the_runs_messages_is_followed_by_the_next_page(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_mcp.backends.azure import classic
+
+    monkeypatch.setattr(classic, "_MESSAGES_PAGE", 1)  # the run's one answer fills a page
+    mark = emulator.state.mark()
+
+    result = await backend.run(code("print('paged')"), progress)
+
+    assert "paged" in answer_of(result)
+    listings = [r for r in emulator.state.requests_since(mark) if r.route == "GET /threads/{thread_id}/messages"]
+    assert len(listings) == 2
+    assert "after" not in listings[0].query and listings[1].query["after"].startswith("msg_")

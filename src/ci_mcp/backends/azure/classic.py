@@ -64,6 +64,8 @@ _AZURE_FILE_ID = re.compile(r"(assistant-|file-|cfile_)\S+")
 _CANCEL_WAIT_SECONDS = 10.0
 _UPLOAD_PROCESSING_SECONDS = 120.0
 _STREAM_ERROR = "__stream_exception__"
+_MESSAGES_PAGE = 100
+"""The service's largest page: one listing holds a run's messages."""
 
 
 class ClassicAgentsBackend:
@@ -540,7 +542,16 @@ class ClassicAgentsBackend:
             run_id = tracker.run_id
 
             def list_messages() -> list[Mapping[str, object]]:
-                return list(client.messages.list(thread_id, run_id=run_id, order="asc"))
+                """The run's messages, oldest first, page by page; a page shorter than the limit is the last
+                (iterating the SDK's pager would ask once more for the empty page after it)."""
+                found: list[Mapping[str, object]] = []
+                pages = client.messages.list(thread_id, run_id=run_id, order="asc", limit=_MESSAGES_PAGE).by_page()
+                for page in pages:
+                    items = list(page)
+                    found.extend(items)
+                    if len(items) < _MESSAGES_PAGE:
+                        break
+                return found
 
             try:
                 listed = await call_sdk(
