@@ -406,6 +406,47 @@ async def test_doctor_reaches_the_classic_api_with_the_credential(
     assert "reachable; agent 'ci-mcp-code-interpreter'" in by_name["classic agents API"][1]
 
 
+@pytest.mark.parametrize(("deployment", "model"), [("gpt-4o", "gpt-4o"), ("analysis-4.1", "gpt-4.1")])
+async def test_doctor_looks_the_model_deployment_up_in_the_project(
+    emulator: Emulator, tmp_path: Path, deployment: str, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.settings import Settings
+
+    monkeypatch.setitem(emulator.state.deployments, deployment, model)
+    settings = Settings(
+        backend="azure-classic", azure_endpoint=emulator.endpoint, azure_model=deployment, data_dir=tmp_path
+    )
+    mark = emulator.state.mark()
+
+    checks = await diagnose(
+        settings, credential=emulator.credential(), client_options={"connection_verify": emulator.ca_file}
+    )
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    assert by_name["model deployment"] == (True, f"'{deployment}' is deployed in the project ({model} 2025-04-14)")
+    lookups = [r.path for r in emulator.state.requests_since(mark) if r.route == "GET /deployments/{name}"]
+    assert lookups == [f"/deployments/{deployment}"]
+
+
+async def test_doctor_fails_a_model_deployment_the_project_does_not_have(emulator: Emulator, tmp_path: Path) -> None:
+    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.settings import Settings
+
+    settings = Settings(
+        backend="azure-classic", azure_endpoint=emulator.endpoint, azure_model="not-deployed", data_dir=tmp_path
+    )
+
+    checks = await diagnose(
+        settings, credential=emulator.credential(), client_options={"connection_verify": emulator.ca_file}
+    )
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    ok, message = by_name["model deployment"]
+    assert not ok
+    assert "no model deployment named 'not-deployed'" in message and "CI_MCP_AZURE_MODEL" in message
+
+
 async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: Emulator, tmp_path: Path) -> None:
     from ci_mcp.backends.azure.classic import diagnose
     from ci_mcp.settings import Settings
@@ -420,6 +461,7 @@ async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: 
     by_name = {name: (ok, message) for name, ok, message in checks}
     assert not by_name["credential"][0] and "az login" in by_name["credential"][1]
     assert by_name["classic agents API"] == (False, "skipped: no credential")
+    assert by_name["model deployment"] == (False, "not checked: no credential to ask the project with")
     assert emulator.state.requests_since(mark) == []
 
 
