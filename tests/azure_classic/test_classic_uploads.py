@@ -6,11 +6,19 @@ statuses an upload goes through (`process_next_upload`).
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
+from mcp import Client
+from mcp_types import TextContent
 
 from ci_mcp.backends.azure.classic import ClassicAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, InvalidInputError
 from ci_mcp.models import TextOutput
+from ci_mcp.server import create_server
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
 from tests.azure_classic.conftest import Progress, Sleeps, code
 from tests.azure_emulator.classic_routes import process_next_upload
 from tests.azure_emulator.server import Emulator
@@ -88,3 +96,30 @@ async def test_processing_past_the_deadline_is_a_transient_error_and_the_next_tr
 
     assert "v\n7" in _stdout(result)
     assert emulator.state.count("POST /files", since=mark) == 1  # waited for the first upload, not a second copy
+
+
+async def test_the_upload_tool_tells_the_model_why_azure_could_not_process_the_file(
+    emulator: Emulator, tmp_path: Path, sleeps: Sleeps
+) -> None:
+    settings = Settings(backend="azure-classic", azure_endpoint=emulator.endpoint, data_dir=tmp_path / "data")
+    store = FileStore(settings.data_dir)
+    backend = ClassicAgentsBackend(
+        settings,
+        store,
+        credential=emulator.credential(),
+        client_options={"connection_verify": emulator.ca_file},
+        sleep=sleeps,
+        clock=sleeps.clock,
+    )
+    process_next_upload(emulator.state, "pending", "error", details="Unsupported file format.")
+    try:
+        async with Client(create_server(backend, settings)) as client:
+            payload = base64.b64encode(b"PK\x03\x04broken").decode()
+            result = await client.call_tool("upload_file", {"content_base64": payload, "filename": "sheet.xlsx"})
+    finally:
+        store.close()
+
+    assert result.is_error
+    text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
+    assert "Azure could not process 'sheet.xlsx': Unsupported file format." in text
+    assert "Uploaded" not in text
