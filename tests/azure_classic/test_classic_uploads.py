@@ -98,6 +98,21 @@ async def test_processing_past_the_deadline_is_a_transient_error_and_the_next_tr
     assert emulator.state.count("POST /files", since=mark) == 1  # waited for the first upload, not a second copy
 
 
+async def test_an_upload_deleted_on_azure_while_still_processing_is_uploaded_anew(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    process_next_upload(emulator.state, "pending")
+    info = await backend.upload("gone.csv", b"g\n5\n")  # still pending when the wait ends
+    for remote_id in [f.id for f in emulator.state.files.values() if f.filename == "gone.csv"]:
+        del emulator.state.files[remote_id]
+    mark = emulator.state.mark()
+
+    result = await backend.run(code("print(open('/mnt/data/gone.csv').read())", info.file_id), progress)
+
+    assert "g\n5" in _stdout(result)
+    assert emulator.state.count("POST /files", since=mark) == 1
+
+
 async def test_the_upload_tool_tells_the_model_why_azure_could_not_process_the_file(
     emulator: Emulator, tmp_path: Path, sleeps: Sleeps
 ) -> None:

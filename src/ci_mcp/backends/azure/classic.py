@@ -118,8 +118,8 @@ class ClassicAgentsBackend:
         """ci-mcp file id -> Azure file id of its upload (classic Files API), kept on disk."""
         self._local_of_remote: dict[str, str] = {}
         """Azure file id -> ci-mcp file id, for ids the calling model copies from answers."""
-        self._processing: dict[str, tuple[str, str]] = {}
-        """ci-mcp file id -> (sha256, Azure file id) of an upload Azure was still processing when we stopped waiting."""
+        self._processing: dict[str, str] = {}
+        """ci-mcp file id -> Azure file id of an upload Azure was still processing when we stopped waiting."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -198,12 +198,14 @@ class ClassicAgentsBackend:
         client = self._require_client()
         path = self._store.path(info.file_id)
         what = f"uploading '{info.name}'"
-        pending = self._processing.get(info.file_id)
-        if pending is not None and pending[0] == info.sha256:
-            remote = await call_sdk(
-                partial(client.files.get, pending[1]), what=what, sleep=self._sleep, policy=self._retry
-            )
-        else:
+        remote: Any = None
+        pending = self._processing.pop(info.file_id, None)
+        if pending is not None:
+            with contextlib.suppress(NotFoundError):  # gone from Azure meanwhile: upload it anew
+                remote = await call_sdk(
+                    partial(client.files.get, pending), what=what, sleep=self._sleep, policy=self._retry
+                )
+        if remote is None:
 
             def send() -> Any:
                 with open(path, "rb") as fh:
@@ -211,7 +213,6 @@ class ClassicAgentsBackend:
 
             remote = await call_sdk(send, what=what, sleep=self._sleep, policy=self._retry, idempotent=False)
         remote_id = str(remote.id)
-        self._processing.pop(info.file_id, None)
         poll = partial(call_sdk, partial(client.files.get, remote_id), what=what, sleep=self._sleep, policy=self._retry)
         try:
             await wait_until_processed(
@@ -223,7 +224,7 @@ class ClassicAgentsBackend:
                 clock=self._clock,
             )
         except StillProcessingError:
-            self._processing[info.file_id] = (info.sha256, remote_id)
+            self._processing[info.file_id] = remote_id
             raise
         self._remote.put(info.file_id, info.sha256, remote_id)
         self._local_of_remote[remote_id] = info.file_id
