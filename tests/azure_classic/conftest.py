@@ -36,16 +36,23 @@ def _fresh_script(request: pytest.FixtureRequest) -> None:
         emu.state.model = default_model
         emu.state.faults = Faults()
         emu.state.extra.pop("classic.requires_action", None)
+        emu.state.extra.pop("classic.upload_scripts", None)
 
 
 class Sleeps:
-    """An injected `sleep` that records the waits asked for and returns at once (no test waits on a clock)."""
+    """An injected `sleep` that records the waits asked for and returns at once (no test waits on a clock), and
+    the `clock` it advances by each of them."""
 
     def __init__(self) -> None:
         self.calls: list[float] = []
+        self.now = 1000.0
 
     async def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -75,6 +82,7 @@ def make_backend(emulator: Emulator, tmp_path: Path, sleeps: Sleeps) -> Iterator
             credential=emulator.credential(),
             client_options={"connection_verify": emulator.ca_file},
             sleep=sleeps,
+            clock=sleeps.clock,
         )
 
     yield make

@@ -180,6 +180,42 @@ async def test_a_retry_after_longer_than_we_wait_is_a_transient_error_carrying_i
     assert sleeps.calls == []
 
 
+@pytest.mark.parametrize("max_retries", [0, 2])
+async def test_the_max_retries_setting_is_how_often_a_rate_limited_request_is_sent_again(
+    make_backend: Callable[..., ClassicAgentsBackend],
+    emulator: Emulator,
+    sleeps: Sleeps,
+    progress: Progress,
+    max_retries: int,
+) -> None:
+    backend = make_backend(azure_max_retries=max_retries)
+    emulator.state.faults.push("POST /threads", 429, retry_after=1, times=5)
+    mark = emulator.state.mark()
+
+    with pytest.raises(BackendUnavailableError, match=r"Azure is busy or failing \(429\)"):
+        await backend.run(code("print(1)"), progress)
+    await backend.aclose()
+
+    assert emulator.state.count("POST /threads", since=mark) == max_retries + 1
+    assert sleeps.calls == [1.0] * max_retries
+
+
+async def test_a_retry_after_longer_than_the_max_retry_wait_setting_is_not_waited_out(
+    make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, sleeps: Sleeps, progress: Progress
+) -> None:
+    backend = make_backend(azure_max_retry_wait_seconds=2)
+    emulator.state.faults.push("GET /assistants", 429, retry_after=3)
+    mark = emulator.state.mark()
+
+    with pytest.raises(BackendUnavailableError) as caught:
+        await backend.run(code("print(1)"), progress)
+    await backend.aclose()
+
+    assert caught.value.retry_after == 3
+    assert sleeps.calls == []
+    assert emulator.state.count("GET /assistants", since=mark) == 1
+
+
 async def test_a_failed_run_surfaces_its_last_error_as_a_tool_error(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:
@@ -370,6 +406,47 @@ async def test_doctor_reaches_the_classic_api_with_the_credential(
     assert "reachable; agent 'ci-mcp-code-interpreter'" in by_name["classic agents API"][1]
 
 
+@pytest.mark.parametrize(("deployment", "model"), [("gpt-4o", "gpt-4o"), ("analysis-4.1", "gpt-4.1")])
+async def test_doctor_looks_the_model_deployment_up_in_the_project(
+    emulator: Emulator, tmp_path: Path, deployment: str, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.settings import Settings
+
+    monkeypatch.setitem(emulator.state.deployments, deployment, model)
+    settings = Settings(
+        backend="azure-classic", azure_endpoint=emulator.endpoint, azure_model=deployment, data_dir=tmp_path
+    )
+    mark = emulator.state.mark()
+
+    checks = await diagnose(
+        settings, credential=emulator.credential(), client_options={"connection_verify": emulator.ca_file}
+    )
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    assert by_name["model deployment"] == (True, f"'{deployment}' is deployed in the project ({model} 2025-04-14)")
+    lookups = [r.path for r in emulator.state.requests_since(mark) if r.route == "GET /deployments/{name}"]
+    assert lookups == [f"/deployments/{deployment}"]
+
+
+async def test_doctor_fails_a_model_deployment_the_project_does_not_have(emulator: Emulator, tmp_path: Path) -> None:
+    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.settings import Settings
+
+    settings = Settings(
+        backend="azure-classic", azure_endpoint=emulator.endpoint, azure_model="not-deployed", data_dir=tmp_path
+    )
+
+    checks = await diagnose(
+        settings, credential=emulator.credential(), client_options={"connection_verify": emulator.ca_file}
+    )
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    ok, message = by_name["model deployment"]
+    assert not ok
+    assert "no model deployment named 'not-deployed'" in message and "CI_MCP_AZURE_MODEL" in message
+
+
 async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: Emulator, tmp_path: Path) -> None:
     from ci_mcp.backends.azure.classic import diagnose
     from ci_mcp.settings import Settings
@@ -384,6 +461,7 @@ async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: 
     by_name = {name: (ok, message) for name, ok, message in checks}
     assert not by_name["credential"][0] and "az login" in by_name["credential"][1]
     assert by_name["classic agents API"] == (False, "skipped: no credential")
+    assert by_name["model deployment"] == (False, "not checked: no credential to ask the project with")
     assert emulator.state.requests_since(mark) == []
 
 
@@ -418,3 +496,44 @@ async def test_a_stream_that_breaks_mid_run_is_a_transient_error_not_a_hang(
 
     assert "ServiceResponseError" in str(caught.value)
     assert "the run was cancelled" in str(caught.value)
+
+
+async def test_a_warm_call_costs_a_message_a_run_one_listing_and_one_download_per_file(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    first = await backend.run(code("x = 6"), progress)
+    mark = emulator.state.mark()
+
+    warm = await backend.run(
+        code("open('/mnt/data/out.csv', 'w').write(f'x\\n{x * 7}\\n')", session_id=first.session_id), progress
+    )
+
+    assert [f.name for f in warm.generated_files] == ["out.csv"]
+    assert (await backend.file_path(warm.generated_files[0].file_id)).read_bytes() == b"x\n42\n"
+    requests = emulator.state.requests_since(mark)
+    assert sorted(r.route for r in requests) == [
+        "GET /files/{file_id}/content",
+        "GET /threads/{thread_id}/messages",
+        "POST /threads/{thread_id}/messages",
+        "POST /threads/{thread_id}/runs",
+    ]
+    listing = next(r for r in requests if r.route == "GET /threads/{thread_id}/messages")
+    run_id = list(emulator.state.runs.values())[-1]["id"]
+    assert listing.query["run_id"] == run_id
+    assert listing.query["order"] == "asc" and int(listing.query["limit"]) >= 1
+
+
+async def test_a_full_page_of_the_runs_messages_is_followed_by_the_next_page(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_mcp.backends.azure import classic
+
+    monkeypatch.setattr(classic, "_MESSAGES_PAGE", 1)  # the run's one answer fills a page
+    mark = emulator.state.mark()
+
+    result = await backend.run(code("print('paged')"), progress)
+
+    assert "paged" in answer_of(result)
+    listings = [r for r in emulator.state.requests_since(mark) if r.route == "GET /threads/{thread_id}/messages"]
+    assert len(listings) == 2
+    assert "after" not in listings[0].query and listings[1].query["after"].startswith("msg_")

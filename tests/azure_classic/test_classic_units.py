@@ -85,6 +85,19 @@ def test_doctor_names_the_endpoint_setting_to_fix(
     assert checks["project endpoint"][0] is ok and phrase in checks["project endpoint"][1]
 
 
+@pytest.mark.anyio
+async def test_doctor_says_the_model_deployment_was_not_checked_when_the_project_cannot_be_asked(
+    tmp_path: Path,
+) -> None:
+    from ci_mcp.backends.azure.classic_doctor import diagnose
+
+    checks = await diagnose(settings(tmp_path, azure_endpoint=None, azure_model="gpt-4o"), today=TODAY)
+
+    by_name = {name: (ok, message) for name, ok, message in checks}
+    assert by_name["model deployment"] == (False, "not checked: fix the checks above first")
+    assert [name for name, _, _ in checks].count("model deployment") == 1
+
+
 def test_doctor_fails_a_model_that_cannot_use_the_code_interpreter(tmp_path: Path) -> None:
     checks = {name: (ok, message) for name, ok, message in offline_checks(settings(tmp_path, azure_model="o3-mini"))}
 

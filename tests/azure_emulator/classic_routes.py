@@ -9,7 +9,7 @@ purpose `assistants` cannot be downloaded again (400), as on the real service; g
 A run plays in a background task whatever the client does with the stream (like the service, a run goes on when a
 stream is dropped); the stream only relays its events. The thread's code runs in a real kernel (one container per
 thread, so variables and files persist across runs). Test handles beyond `EmulatorState`:
-`require_action_next_run(state)` and `live_run(state, run_id)`.
+`require_action_next_run(state)`, `live_run(state, run_id)` and `process_next_upload(state, *statuses)`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ _PURPOSES = ("assistants", "assistants_output", "vision")
 _REQUIRES_ACTION = "classic.requires_action"
 _LIVE = "classic.live_runs"
 _CONTAINERS = "classic.thread_containers"
+_UPLOAD_SCRIPTS = "classic.upload_scripts"
+_FILE_STATES = "classic.file_states"
 
 
 # -- test handles ------------------------------------------------------------------------------------------------------
@@ -54,6 +56,13 @@ class LiveRun:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def process_next_upload(state: EmulatorState, *statuses: str, details: str | None = None) -> None:
+    """The next classic upload answers with `statuses[0]`; each `GET /files/{id}` then moves one status on, and the
+    last one stays (e.g. "uploaded", "pending", "processed"; or "running", "error" with `details` as the service's
+    `status_details`). Without a script an upload is "processed" at once."""
+    state.extra.setdefault(_UPLOAD_SCRIPTS, deque()).append((deque(statuses or ("processed",)), details))
 
 
 def live_run(state: EmulatorState, run_id: str) -> LiveRun | None:
@@ -92,7 +101,7 @@ def routes(state: EmulatorState) -> list[Route]:
     return [route(state, method, path, handler, project_api=True) for method, path, handler in table]
 
 
-def _file_object(f: StoredFile) -> dict[str, Any]:
+def _file_object(f: StoredFile, status: str = "processed", details: str | None = None) -> dict[str, Any]:
     return {
         "object": "file",
         "id": f.id,
@@ -100,8 +109,8 @@ def _file_object(f: StoredFile) -> dict[str, Any]:
         "filename": f.filename,
         "created_at": f.created_at,
         "purpose": f.purpose,
-        "status": "processed",
-        "status_details": None,
+        "status": status,
+        "status_details": details,
     }
 
 
@@ -162,16 +171,38 @@ class _ClassicApi:
             return error_response(400, "A multipart 'file' part is required.", "invalid_request")
         if purpose not in _PURPOSES:
             return error_response(400, f"Invalid purpose '{purpose}'.", "invalid_purpose")
-        return JSONResponse(_file_object(self.state.add_file(filename, data, purpose)))
+        stored = self.state.add_file(filename, data, purpose)
+        scripts: deque[tuple[deque[str], str | None]] = self.state.extra.setdefault(_UPLOAD_SCRIPTS, deque())
+        if scripts:
+            self._file_states[stored.id] = scripts.popleft()
+        return JSONResponse(self._described(stored))
+
+    @property
+    def _file_states(self) -> dict[str, tuple[deque[str], str | None]]:
+        states: dict[str, tuple[deque[str], str | None]] = self.state.extra.setdefault(_FILE_STATES, {})
+        return states
+
+    def _described(self, f: StoredFile, *, advance: bool = False) -> dict[str, Any]:
+        """The file object with its scripted processing status; `advance` moves the script one status on."""
+        script = self._file_states.get(f.id)
+        if script is None:
+            return _file_object(f)
+        statuses, details = script
+        if advance and len(statuses) > 1:
+            statuses.popleft()
+        status = statuses[0]
+        return _file_object(f, status, details if status == "error" else None)
 
     async def list_files(self, request: Request) -> Response:
         purpose = request.query_params.get("purpose")
-        data = [_file_object(f) for f in self.state.files.values() if purpose in (None, f.purpose)]
+        data = [self._described(f) for f in self.state.files.values() if purpose in (None, f.purpose)]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_file(self, request: Request) -> Response:
         f = self.state.files.get(request.path_params["file_id"])
-        return JSONResponse(_file_object(f)) if f else _not_found("file", request.path_params["file_id"])
+        if f is None:
+            return _not_found("file", request.path_params["file_id"])
+        return JSONResponse(self._described(f, advance=True))
 
     async def file_content(self, request: Request) -> Response:
         f = self.state.files.get(request.path_params["file_id"])

@@ -32,6 +32,7 @@ import anyio.to_thread
 from ci_mcp.backends.azure.classic_client import build_client, default_credential, require_sdk
 from ci_mcp.backends.azure.classic_doctor import diagnose
 from ci_mcp.backends.azure.classic_errors import RetryPolicy, Sleep, call_sdk, failed_run_error
+from ci_mcp.backends.azure.classic_files import Clock, StillProcessingError, wait_until_processed
 from ci_mcp.backends.azure.classic_outputs import Collected, OutputCollector, plan_outputs
 from ci_mcp.backends.azure.classic_prompt import Attached, compose_message
 from ci_mcp.backends.azure.classic_stream import RunTracker
@@ -60,10 +61,11 @@ log = logging.getLogger(__name__)
 BACKEND_NAME = "azure-classic"
 _OUR_FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 _AZURE_FILE_ID = re.compile(r"(assistant-|file-|cfile_)\S+")
-_PENDING_FILE = frozenset({"uploaded", "pending", "running"})
 _CANCEL_WAIT_SECONDS = 10.0
 _UPLOAD_PROCESSING_SECONDS = 120.0
 _STREAM_ERROR = "__stream_exception__"
+_MESSAGES_PAGE = 100
+"""The service's largest page: one listing holds a run's messages."""
 
 
 class ClassicAgentsBackend:
@@ -82,11 +84,14 @@ class ClassicAgentsBackend:
         credential: TokenCredential | None = None,
         client_options: Mapping[str, Any] | None = None,
         sleep: Sleep = anyio.sleep,
+        clock: Clock = anyio.current_time,
         retry: RetryPolicy | None = None,
     ) -> None:
         """`client_options` go to `AgentsClient` (e.g. `authentication_policy`, `connection_verify`, `transport`).
 
-        `sleep` is what retries wait with; tests pass a recorder so no test sleeps.
+        `retry` defaults to CI_MCP_AZURE_MAX_RETRIES / CI_MCP_AZURE_MAX_RETRY_WAIT_SECONDS (the SDK's own retries
+        are off). `sleep` is what retries and the wait for an upload's processing wait with, `clock` what that wait is
+        measured on; tests pass a recorder and a clock it advances, so no test sleeps.
         """
         require_sdk()
         if not settings.azure_endpoint:
@@ -101,7 +106,10 @@ class ClassicAgentsBackend:
         self._credential = credential
         self._client_options = dict(client_options or {})
         self._sleep = sleep
-        self._retry = retry or RetryPolicy()
+        self._clock = clock
+        self._retry = retry or RetryPolicy(
+            attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds
+        )
         self._client: AgentsClient | None = None
         self._agent_id: str | None = None
         self._agent_lock = anyio.Lock()
@@ -110,6 +118,8 @@ class ClassicAgentsBackend:
         """ci-mcp file id -> Azure file id of its upload (classic Files API), kept on disk."""
         self._local_of_remote: dict[str, str] = {}
         """Azure file id -> ci-mcp file id, for ids the calling model copies from answers."""
+        self._processing: dict[str, str] = {}
+        """ci-mcp file id -> Azure file id of an upload Azure was still processing when we stopped waiting."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -178,38 +188,44 @@ class ClassicAgentsBackend:
                 ) from None
             raise
 
-    async def _upload_remote(self, info: FileInfo) -> str:
+    async def _upload_remote(self, info: FileInfo, limit: float = _UPLOAD_PROCESSING_SECONDS) -> str:
+        """The Azure id of `info` once Azure has processed it, waiting at most `limit` seconds for the processing.
+
+        An upload still processing when the wait ends is remembered, so the next attempt waits for it again
+        instead of uploading a second copy."""
         from azure.ai.agents.models import FilePurpose
 
         client = self._require_client()
         path = self._store.path(info.file_id)
-
-        def send() -> Any:
-            with open(path, "rb") as fh:
-                return client.files.upload(file=(info.name, fh), purpose=FilePurpose.AGENTS)
-
         what = f"uploading '{info.name}'"
-        remote = await call_sdk(send, what=what, sleep=self._sleep, policy=self._retry, idempotent=False)
+        remote: Any = None
+        pending = self._processing.pop(info.file_id, None)
+        if pending is not None:
+            with contextlib.suppress(NotFoundError):  # gone from Azure meanwhile: upload it anew
+                remote = await call_sdk(
+                    partial(client.files.get, pending), what=what, sleep=self._sleep, policy=self._retry
+                )
+        if remote is None:
+
+            def send() -> Any:
+                with open(path, "rb") as fh:
+                    return client.files.upload(file=(info.name, fh), purpose=FilePurpose.AGENTS)
+
+            remote = await call_sdk(send, what=what, sleep=self._sleep, policy=self._retry, idempotent=False)
         remote_id = str(remote.id)
-        status = str(remote.status or "processed")
-        waited = 0.0
-        delay = 0.25
-        while status in _PENDING_FILE and waited < _UPLOAD_PROCESSING_SECONDS:
-            await self._sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 2.0)
-            remote = await call_sdk(
-                partial(client.files.get, remote_id), what=what, sleep=self._sleep, policy=self._retry
+        poll = partial(call_sdk, partial(client.files.get, remote_id), what=what, sleep=self._sleep, policy=self._retry)
+        try:
+            await wait_until_processed(
+                remote,
+                poll,
+                name=info.name,
+                limit=limit,
+                sleep=self._sleep,
+                clock=self._clock,
             )
-            status = str(remote.status or "processed")
-        if status in _PENDING_FILE:
-            raise BackendUnavailableError(f"Azure is still processing '{info.name}'; try the step again shortly.")
-        if status == "error":
-            details = str(getattr(remote, "status_details", None) or "no detail given")
-            raise InvalidInputError(
-                f"Azure could not process '{info.name}' ({details}). The Code Interpreter accepts e.g. .csv, "
-                ".json, .txt, .xlsx, .pdf, .png, .zip; convert the file and upload it again."
-            )
+        except StillProcessingError:
+            self._processing[info.file_id] = remote_id
+            raise
         self._remote.put(info.file_id, info.sha256, remote_id)
         self._local_of_remote[remote_id] = info.file_id
         return remote_id
@@ -331,7 +347,7 @@ class ClassicAgentsBackend:
             record = self._session_record(record.session_id)
             await self._ensure_agent()
             thread_id = str(record.state["thread_id"])
-            attached = await self._attach(record, request.file_ids)
+            attached = await self._attach(record, request.file_ids, deadline)
             await self._post_message(record, thread_id, request, attached)
             tracker = RunTracker()
             await progress(0, None, "Starting the Azure run")
@@ -353,11 +369,12 @@ class ClassicAgentsBackend:
                 duration_seconds=anyio.current_time() - started,
             )
 
-    async def _attach(self, record: SessionRecord, file_ids: tuple[str, ...]) -> list[Attached]:
+    async def _attach(self, record: SessionRecord, file_ids: tuple[str, ...], deadline: float) -> list[Attached]:
         attached: list[Attached] = []
         for file_id in dict.fromkeys(file_ids):
             info = self._lookup(file_id)
-            remote_id = self._remote.get(info.file_id, info.sha256) or await self._upload_remote(info)
+            limit = min(_UPLOAD_PROCESSING_SECONDS, max(0.0, deadline - anyio.current_time()))
+            remote_id = self._remote.get(info.file_id, info.sha256) or await self._upload_remote(info, limit)
             attached.append(Attached(info.name, remote_id))
         return attached
 
@@ -526,7 +543,16 @@ class ClassicAgentsBackend:
             run_id = tracker.run_id
 
             def list_messages() -> list[Mapping[str, object]]:
-                return list(client.messages.list(thread_id, run_id=run_id, order="asc"))
+                """The run's messages, oldest first, page by page; a page shorter than the limit is the last
+                (iterating the SDK's pager would ask once more for the empty page after it)."""
+                found: list[Mapping[str, object]] = []
+                pages = client.messages.list(thread_id, run_id=run_id, order="asc", limit=_MESSAGES_PAGE).by_page()
+                for page in pages:
+                    items = list(page)
+                    found.extend(items)
+                    if len(items) < _MESSAGES_PAGE:
+                        break
+                return found
 
             try:
                 listed = await call_sdk(

@@ -1,22 +1,30 @@
 """`ci-mcp doctor` checks for the azure-classic backend.
 
-`offline_checks` needs no network: the extra, the endpoint's form, the model, the days to retirement.
-`diagnose` adds the credential (shared with the `azure` backend's doctor) and one call to the classic agents API.
-Each check is (name, ok, message in plain words); a warning is ok with its advice in the message.
+`offline_checks` needs no network: the extra, the endpoint's form, the model name, the days to retirement.
+`diagnose` adds the credential (shared with the `azure` backend's doctor), one call to the classic agents API and the
+lookup of the model deployment in the project. Each check is (name, ok, message in plain words); a warning is ok with
+its advice in the message; a check that could not be made is not ok and says "not checked" and why.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import anyio
 
-from ci_mcp.backends.azure.classic_client import MISSING_EXTRA, build_client, default_credential, sdk_version
+from ci_mcp.backends.azure.classic_client import (
+    DEFAULT_CLIENT_OPTIONS,
+    MISSING_EXTRA,
+    build_client,
+    default_credential,
+    sdk_version,
+)
 from ci_mcp.backends.azure.classic_errors import RetryPolicy, call_sdk
-from ci_mcp.errors import CiMcpError
+from ci_mcp.errors import CiMcpError, NotFoundError
 from ci_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,7 +40,19 @@ _TIMEOUT = 30.0
 
 
 def offline_checks(settings: Settings, *, today: dt.date | None = None) -> list[Check]:
-    return [_sdk(), _endpoint(settings), _model(settings), _retirement(today or dt.date.today())]
+    """The checks that need no network; the model deployment is only judged by its name here."""
+    sdk, endpoint, retirement = _prerequisites(settings, today)
+    model = _model_name(settings) or (
+        "model deployment",
+        False,
+        f"not checked: '{settings.azure_model}' is looked up in the project only once the endpoint and a "
+        "credential work",
+    )
+    return [sdk, endpoint, model, retirement]
+
+
+def _prerequisites(settings: Settings, today: dt.date | None) -> list[Check]:
+    return [_sdk(), _endpoint(settings), _retirement(today or dt.date.today())]
 
 
 async def diagnose(
@@ -42,17 +62,29 @@ async def diagnose(
     credential: TokenCredential | None = None,
     client_options: Mapping[str, Any] | None = None,
 ) -> list[Check]:
-    """All checks; the online ones are skipped (and say so) when the extra or the endpoint is wrong."""
-    checks = offline_checks(settings, today=today)
+    """All checks; the online ones are skipped (and say so) when the extra, the endpoint or the credential is wrong."""
+    checks = _prerequisites(settings, today)
+    by_name = _model_name(settings)
     if not (checks[0][1] and checks[1][1]) or not settings.azure_endpoint:
-        return [*checks, ("classic agents API", False, "skipped: fix the checks above first")]
+        return [
+            *checks,
+            ("classic agents API", False, "skipped: fix the checks above first"),
+            by_name or ("model deployment", False, "not checked: fix the checks above first"),
+        ]
     from ci_mcp.backends.azure.doctor import check_credential
 
     cred = credential if credential is not None else default_credential()
     checks.append(await check_credential(cred))
     if not checks[-1][1]:
-        return [*checks, ("classic agents API", False, "skipped: no credential")]
+        return [
+            *checks,
+            ("classic agents API", False, "skipped: no credential"),
+            by_name or ("model deployment", False, "not checked: no credential to ask the project with"),
+        ]
     checks.append(await _agents_api(settings, settings.azure_endpoint, cred, client_options))
+    if by_name is None and not checks[-1][1]:
+        by_name = ("model deployment", False, "not checked: the project did not answer (see the check above)")
+    checks.append(by_name or await _deployment(settings, settings.azure_endpoint, cred, client_options))
     return checks
 
 
@@ -119,7 +151,8 @@ def _endpoint(settings: Settings) -> Check:
     return "project endpoint", True, endpoint
 
 
-def _model(settings: Settings) -> Check:
+def _model_name(settings: Settings) -> Check | None:
+    """The failed check of a model known not to support the Code Interpreter; None for any other name."""
     model = settings.azure_model
     if model.lower() in _NO_CODE_INTERPRETER:
         return (
@@ -128,7 +161,47 @@ def _model(settings: Settings) -> Check:
             f"'{model}' does not support the Code Interpreter tool; deploy e.g. gpt-4.1 or gpt-4o and set "
             "CI_MCP_AZURE_MODEL to its deployment name.",
         )
-    return "model deployment", True, f"agent '{settings.azure_agent_name}' on deployment '{model}'"
+    return None
+
+
+async def _deployment(
+    settings: Settings, endpoint: str, credential: TokenCredential, options: Mapping[str, Any] | None
+) -> Check:
+    """Look the deployment up in the project (azure-ai-projects `deployments.get`, the call the `azure` doctor makes):
+    classic agents name their model by deployment, and a wrong name only fails at the first run."""
+    from azure.ai.projects import AIProjectClient
+
+    model = settings.azure_model
+    project = AIProjectClient(endpoint, credential, **{**DEFAULT_CLIENT_OPTIONS, **(options or {})})
+
+    async def never_wait(seconds: float) -> None:
+        return None
+
+    try:
+        with anyio.fail_after(_TIMEOUT):
+            deployment = await call_sdk(
+                partial(project.deployments.get, model),
+                what="looking up the model deployment",
+                sleep=never_wait,
+                policy=RetryPolicy(attempts=1),
+            )
+    except TimeoutError:
+        return "model deployment", False, f"not checked: no answer within {_TIMEOUT:.0f} s from {endpoint}"
+    except NotFoundError:
+        return (
+            "model deployment",
+            False,
+            f"the project has no model deployment named '{model}'. Deploy a model that supports the Code "
+            "Interpreter (e.g. gpt-4.1, gpt-4o) and set CI_MCP_AZURE_MODEL to its deployment name.",
+        )
+    except CiMcpError as exc:
+        return "model deployment", False, f"not checked: {exc}"
+    finally:
+        await anyio.to_thread.run_sync(project.close)
+    name = getattr(deployment, "model_name", None)
+    version = getattr(deployment, "model_version", None)
+    what = " ".join(str(v) for v in (name, version) if v) or "model not named by the service"
+    return "model deployment", True, f"'{model}' is deployed in the project ({what})"
 
 
 def _retirement(today: dt.date) -> Check:
