@@ -1,7 +1,8 @@
 """The MCP face of ci-mcp: tools, the files resource, and the translation of domain values into MCP content.
 
-With `http.py` (how HTTP callers get in), the only module that imports `mcp`. Results that carry pictures never set `structuredContent` and the
-tools declare no output schema, because some clients (Claude Code among them) drop image blocks otherwise.
+With `http.py` (how HTTP callers get in), the only module that imports `mcp`. Results that carry pictures never
+set `structuredContent` and the tools declare no output schema, because some clients (Claude Code among them) drop
+image blocks otherwise.
 """
 
 import base64
