@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import ValidationError
@@ -18,6 +18,9 @@ from pydantic import ValidationError
 from ci_mcp import __version__
 from ci_mcp.errors import CiMcpError, ConfigError, InvalidInputError
 from ci_mcp.settings import Settings
+
+if TYPE_CHECKING:
+    from ci_mcp.http import HttpPlan
 
 
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -135,15 +138,44 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _serve(settings: Settings) -> int:
+    if settings.transport == "http":
+        return _serve_http(settings)
     from ci_mcp.backends.factory import create_backend
     from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
     store = FileStore(settings.data_dir)
     server = create_server(create_backend(settings, store), settings)
-    if settings.transport == "http":
-        _check_port(settings.host, settings.port)
-        server.run("streamable-http", host=settings.host, port=settings.port)
-    else:
-        server.run("stdio")
+    server.run("stdio")
+    return 0
+
+
+def http_app(settings: Settings, plan: HttpPlan) -> Any:
+    """The streamable HTTP app (a Starlette app) for `plan` (from `http.plan_http`)."""
+    from ci_mcp.backends.factory import create_backend
+    from ci_mcp.server import create_server
+    from ci_mcp.store import FileStore
+
+    store = FileStore(settings.data_dir)
+    server = create_server(create_backend(settings, store), settings, plan)
+    app = server.streamable_http_app(
+        max_request_body_size=plan.max_body_bytes,
+        transport_security=plan.security,
+        session_idle_timeout=settings.http_session_idle_seconds,
+        host=settings.host,
+    )
+    return app
+
+
+def _serve_http(settings: Settings) -> int:
+    import uvicorn
+
+    from ci_mcp.http import plan_http
+
+    plan = plan_http(settings)  # a refused configuration says so before anything listens
+    _check_port(settings.host, settings.port)
+    app = http_app(settings, plan)
+    print(f"ci-mcp: serving MCP at {plan.url} (auth: {plan.auth_mode})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    anyio.run(uvicorn.Server(config).serve)
     return 0

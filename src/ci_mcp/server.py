@@ -1,18 +1,20 @@
 """The MCP face of ci-mcp: tools, the files resource, and the translation of domain values into MCP content.
 
-This is the only module that imports `mcp`. Results that carry pictures never set `structuredContent` and the
-tools declare no output schema, because some clients (Claude Code among them) drop image blocks otherwise.
+With `http.py` (how HTTP callers get in), the only module that imports `mcp`. Results that carry pictures never
+set `structuredContent` and the tools declare no output schema, because some clients (Claude Code among them) drop
+image blocks otherwise.
 """
 
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp_types import (
@@ -32,8 +34,10 @@ from pydantic import Field
 from ci_mcp import __version__, paths
 from ci_mcp.backends.base import Backend
 from ci_mcp.errors import CiMcpError, FileTooLargeError, InvalidInputError
+from ci_mcp.http import HttpPlan, principal_of
 from ci_mcp.images import fit_image
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, RunRequest, RunResult, TextOutput
+from ci_mcp.ownership import OwnedBackend, Owners
 from ci_mcp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,11 @@ class _CiMcpServer(MCPServer[Any]):
         return listed + await super().list_resources()
 
 
+def current_principal() -> str | None:
+    """The principal of the request being served: its token's, or None without authentication."""
+    return principal_of(get_access_token())
+
+
 async def _client_roots(ctx: Context) -> ListRoots | None:
     """Ask the client for its roots when it offers them; otherwise the configured roots apply."""
     caps = ctx.client_capabilities
@@ -98,9 +107,14 @@ async def _client_roots(ctx: Context) -> ListRoots | None:
 ClientRoots = Annotated[ListRootsResult | None, Resolve(_client_roots)]
 
 
-def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
+def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = None) -> MCPServer[Any]:
     """Build the MCP server around one backend. The caller owns neither: the server's lifespan starts and
-    closes the backend."""
+    closes the backend. With an HTTP plan that authenticates callers, every session and file belongs to the
+    principal that created it (`ownership.py`)."""
+    owners: Owners | None = None
+    if http is not None and http.verifier is not None:
+        owners = Owners(settings.data_dir)
+        backend = OwnedBackend(backend, owners, current_principal, settings.max_sessions_per_principal)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
@@ -109,6 +123,8 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             yield None
         finally:
             await backend.aclose()
+            if owners is not None:
+                owners.close()
 
     code_arg = "Python `code`" if backend.accepts_code else ""
     req_arg = "a natural-language `request`" if backend.accepts_request else ""
@@ -123,6 +139,8 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         ),
         lifespan=lifespan,
         log_level=settings.log_level,
+        auth=http.auth if http is not None else None,
+        token_verifier=http.verifier if http is not None else None,
     )
     server.backend = backend
     # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
@@ -161,7 +179,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             f'Pass file_ids=["{info.file_id}"] to run_code_analysis'
             + (f"; the code will find it at {where}." if where else "; the code will find it by its name.")
         )
-        return CallToolResult(content=[TextContent(type="text", text=text)])
+        return _with_ids(CallToolResult(content=[TextContent(type="text", text=text)]), None, [info])
 
     async def _upload(path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]) -> FileInfo:
         if (path is None) == (content_b64 is None):
@@ -244,7 +262,8 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             result = await backend.run(req, progress)
         except CiMcpError as exc:
             return _error(exc)
-        return await anyio.to_thread.run_sync(_render_run, result, settings, _links_ok(ctx))
+        rendered = await anyio.to_thread.run_sync(_render_run, result, settings, _links_ok(ctx))
+        return _with_ids(rendered, result.session_id, result.generated_files)
 
     @server.tool(
         description=(
@@ -287,7 +306,10 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
     async def list_files(
         session_id: Annotated[str | None, Field(description="Only this session's files.")] = None,
     ) -> CallToolResult:
-        files = await backend.list_files(session_id or None)
+        try:
+            files = await backend.list_files(session_id or None)
+        except CiMcpError as exc:
+            return _error(exc)
         if not files:
             return CallToolResult(content=[_text("No files stored yet." if not session_id else "No files.")])
         lines = [
@@ -331,6 +353,17 @@ def _clean_name(name: str) -> str:
     if not base or base in (".", ".."):
         raise InvalidInputError("`filename` must be a plain file name such as 'data.csv'.")
     return base
+
+
+META_KEY = "ci-mcp/ids"
+
+
+def _with_ids(result: CallToolResult, session_id: str | None, files: Sequence[FileInfo]) -> CallToolResult:
+    """The ids a result creates, machine-readable in `_meta` (never `structuredContent`: images must survive)."""
+    ids: dict[str, Any] = {"files": [{"file_id": f.file_id, "name": f.name, "media_type": f.media_type} for f in files]}
+    if session_id is not None:
+        ids["session_id"] = session_id
+    return result.model_copy(update={"meta": {META_KEY: ids}})
 
 
 def _error(exc: CiMcpError) -> CallToolResult:

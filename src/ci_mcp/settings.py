@@ -92,12 +92,39 @@ class Settings(BaseSettings):
     transport: Literal["stdio", "http"] = "stdio"
     host: str = "127.0.0.1"
     port: int = 8765
+    http_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    """Bearer tokens accepted over HTTP, comma-separated; `name:token` names the principal (default: a hash)."""
+    http_token_file: Path | None = None
+    """A file with one bearer token per line (`name:token` or `token`; `#` comments), read at start."""
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names (`name` or `name:port`) clients use to reach the server, besides the loopback names."""
+    public_url: str | None = None
+    """The URL clients use for this server (e.g. https://ci.example.com/mcp): its host is allowed, and it is the
+    OAuth resource identifier."""
+    oauth_issuer: str | None = None
+    """OAuth resource-server mode: accept JWTs from this issuer (e.g. https://login.microsoftonline.com/<tenant>/v2.0)."""
+    oauth_audience: str | None = None
+    """The `aud` the JWTs must carry (for Entra ID: the application id URI or client id of this server's app)."""
+    oauth_jwks_url: str | None = None
+    """Where the issuer's signing keys are (default: read from the issuer's OpenID configuration)."""
+    oauth_required_scopes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_sessions_per_principal: int = 4
+    """Live sessions one HTTP principal may hold; past it, the call is refused until one is closed or reaped."""
+    http_session_idle_seconds: float = 1800.0
+    """An MCP HTTP session no request touched for this long is ended."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("http_tokens", "http_allowed_hosts", "oauth_required_scopes", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
 
     @field_validator("allowed_dirs", mode="before")
     @classmethod

@@ -70,6 +70,21 @@ def guess_media_type(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
+def no_such_file(file_id: str) -> NotFoundError:
+    """The one answer for a file id that is unknown, or not the caller's."""
+    hint = " That looks like a session id; pass it as session_id." if file_id.startswith("sess-") else ""
+    return NotFoundError(
+        f"No file with id '{file_id}'.{hint} Use an id returned by upload_file or run_code_analysis "
+        "(list_files shows them)."
+    )
+
+
+def no_such_session(session_id: str) -> NotFoundError:
+    """The one answer for a session id that is unknown, or not the caller's."""
+    hint = " That looks like a file id; pass it in file_ids." if session_id.startswith("file-") else ""
+    return NotFoundError(f"No session with id '{session_id}'.{hint} Omit session_id to start a new session.")
+
+
 def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
 
@@ -252,13 +267,7 @@ class FileStore:
     def get(self, file_id: str) -> FileInfo:
         row = self._db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
         if row is None:
-            hint = ""
-            if file_id.startswith("sess-"):
-                hint = " That looks like a session id; pass it as session_id."
-            raise NotFoundError(
-                f"No file with id '{file_id}'.{hint} Use an id returned by upload_file or run_code_analysis "
-                "(list_files shows them)."
-            )
+            raise no_such_file(file_id)
         return _file_from_row(row)
 
     def path(self, file_id: str) -> Path:
@@ -291,10 +300,7 @@ class FileStore:
     def session(self, session_id: str) -> SessionRecord:
         row = self._db.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
         if row is None:
-            hint = ""
-            if session_id.startswith("file-"):
-                hint = " That looks like a file id; pass it in file_ids."
-            raise NotFoundError(f"No session with id '{session_id}'.{hint} Omit session_id to start a new session.")
+            raise no_such_session(session_id)
         return SessionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
 
     def update_session(

@@ -424,3 +424,21 @@ async def test_save_to_refuses_a_symlink_target_and_keeps_generated_names_safe(c
     )
     assert linked.is_error and "symbolic link" in all_text(linked)
     assert not (allowed / "victim.txt").exists()
+
+
+async def test_ids_come_back_machine_readable_in_meta_and_images_survive(client: Client, allowed: Path) -> None:
+    csv = allowed / "m.csv"
+    csv.write_text("a\n1\n")
+    up = await client.call_tool("upload_file", {"path": str(csv)})
+    assert up.meta is not None
+    assert up.meta["ci-mcp/ids"]["files"][0]["file_id"] == uploaded_id(up)
+    run = await client.call_tool(
+        "run_code_analysis",
+        {"code": "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nopen('t.txt', 'w').write('t')"},
+    )
+    assert run.meta is not None and run.structured_content is None
+    ids = run.meta["ci-mcp/ids"]
+    assert ids["session_id"] == session_of(run)
+    assert {f["name"] for f in ids["files"]} >= {"t.txt"}
+    assert set(generated_ids(run).values()) == {f["file_id"] for f in ids["files"]}
+    assert len(images(run)) == 1
