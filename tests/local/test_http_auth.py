@@ -295,3 +295,34 @@ async def test_oauth_mode_accepts_only_the_issuers_tokens_for_this_audience(
             assert "5" in all_text(run)
             other = await two.call_tool("run_code_analysis", {"code": "print(x)", "session_id": session_of(run)})
             assert other.is_error and "No session with id" in all_text(other)
+
+
+async def test_progress_and_cancellation_work_over_http(http_settings: Callable[..., Settings]) -> None:
+    async with serving(http_settings(http_tokens=[f"alice:{ALICE}"])) as url, client_for(url, ALICE) as alice:
+        first = await alice.call_tool("run_code_analysis", {"code": "kept = 'still here'"})
+        session = session_of(first)
+        seen: list[tuple[float, float | None, str | None]] = []
+        got_progress = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append((progress, total, message))
+            got_progress.set()
+
+        async with anyio.create_task_group() as tg:
+
+            async def long_run() -> None:
+                await alice.call_tool(
+                    "run_code_analysis",
+                    {"code": "import time\nfor _ in range(600): time.sleep(0.1)", "session_id": session},
+                    progress_callback=on_progress,
+                )
+
+            tg.start_soon(long_run)
+            with anyio.fail_after(60):
+                await got_progress.wait()
+            tg.cancel_scope.cancel()
+        assert seen and "running" in (seen[0][2] or "")
+        # The cancelled run was interrupted, not left running: the session answers at once and kept its state.
+        with anyio.fail_after(30):
+            after = await alice.call_tool("run_code_analysis", {"code": "print(kept)", "session_id": session})
+        assert "still here" in all_text(after), all_text(after)
