@@ -1,6 +1,6 @@
 """The error tree shared by every module.
 
-Three planes (DESIGN.md section 3): the user's code raising is *data* in a RunResult, not an exception;
+Three planes (docs/architecture.md, section 3): the user's code raising is *data* in a RunResult, not an exception;
 a failure the calling model can act on is a `CiMcpError`; bad configuration is a `ConfigError` at start-up.
 Messages are read by a language model or an operator: they say what to do next and never carry secrets.
 """

@@ -1,4 +1,4 @@
-"""The emulator speaks the wire shapes of reference/azure-api.md (checked at the HTTP level, without the SDKs)."""
+"""The emulator speaks the wire shapes of docs/azure-api.md (checked at the HTTP level, without the SDKs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The emulator's classic routes as the real azure-ai-agents SDK sees them (reference/azure-api.md §B, §F)."""
+"""The emulator's classic routes as the real azure-ai-agents SDK sees them (docs/azure-api.md §B, §F)."""
 
 from __future__ import annotations
 

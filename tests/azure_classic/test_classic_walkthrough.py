@@ -7,7 +7,6 @@ profit", and get a real PNG back; the scripted model plays the part of the agent
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.anyio
 
 REPO = Path(__file__).resolve().parents[2]
 NIFTY = REPO / "examples" / "data" / "nifty_500_quarterly_results.csv"
-SHARED_NIFTY = Path("/work/shared/data/nifty_500_quarterly_results.csv")
 REQUEST = "Create a bar chart in the TRANSPORTATION sector for the operating profit and save it as a PNG file."
 
 AGENT_CODE = """
@@ -49,9 +47,6 @@ display(Image(filename="/mnt/data/transportation_operating_profit.png"))
 
 @pytest.fixture
 def nifty_csv() -> Path:
-    if not NIFTY.exists():
-        NIFTY.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHARED_NIFTY, NIFTY)
     return NIFTY
 
 

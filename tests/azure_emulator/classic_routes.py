@@ -1,6 +1,6 @@
 """Classic-agents routes (azure-ai-agents 1.1.0: the OpenAI Assistants v2 wire shape under the project endpoint).
 
-Faithful to reference/azure-api.md §B and §F: `?api-version=v1` on every route; uploads read the name from the part's
+Faithful to docs/azure-api.md §B and §F: `?api-version=v1` on every route; uploads read the name from the part's
 filename or a separate `filename` field; lists are cursor pages whose `last_id` is null on the empty page after the
 last one (the SDK's pager ignores `has_more`); runs go queued -> in_progress -> terminal; SSE frames carry an
 `event:` line and one-line `data:`, and the stream ends with `event: done` / `data: [DONE]`. Inputs uploaded with

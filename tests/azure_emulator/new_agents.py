@@ -1,6 +1,6 @@
 """New-agents routes (azure-ai-projects 2.x project API + the project's OpenAI v1 surface).
 
-Faithful to reference/azure-api.md §A and §F: `?api-version=v1` on project routes only; `agent_reference` (or the
+Faithful to docs/azure-api.md §A and §F: `?api-version=v1` on project routes only; `agent_reference` (or the
 legacy `agent`) and `structured_inputs` read from the responses body; SSE frames `event:` + one-line `data:` with
 `type` and `sequence_number`, ending after `response.completed` / `response.failed` (no [DONE]); container files
 listed newest first with cursor pagination; `cfile_` ids only downloadable through the container route.

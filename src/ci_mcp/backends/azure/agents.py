@@ -6,7 +6,7 @@ runs); a run is one *response*, streamed; the agent is one *agent version* per d
 Per-request files: **structured inputs**. The agent definition declares inputs `file_1..file_K` and names them in
 the code-interpreter tool (`file_ids=["{{file_1}}", ...]`); each response passes the Files-API ids in
 `structured_inputs` (the pattern of the SDK sample `sample_agent_code_interpreter_structured_inputs.py`). Why this
-one of the options in reference/azure-api.md:
+one of the options in docs/azure-api.md:
 - a new agent version per file set would cost a POST per run and pile up versions;
 - adding files to the container (`POST containers/{c}/files`) needs the container first, which only the first
   response creates, so it costs extra requests and a second response;
