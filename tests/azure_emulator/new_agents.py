@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .routing import error_response, json_body, page, route, sse_frame, upload_form
-from .state import Container, ContainerFile, Conversation, EmulatorState, ResponseRecord, StoredFile
+from .state import Container, ContainerFile, Conversation, EmulatorState, ResponseRecord, StoredFile, StreamError
 
 V1 = "/openai/v1"
 _PLACEHOLDER = re.compile(r"^\{\{\s*([A-Za-z0-9_\-]+)\s*\}\}$")
@@ -487,6 +487,11 @@ class _ResponseRun:
             self._finish("failed", error={"code": failure.code, "message": failure.message})
             yield self._event("response.failed", response=self._snapshot())
             return
+        stream_error = self.state.faults.take_stream_error()
+        if stream_error is not None and not stream_error.after_output:
+            for event in self._stream_failure(stream_error):
+                yield event
+            return
         turn = self.state.model(plan.text, list(plan.file_names))
         self.state.model_calls.append((plan.text, list(plan.file_names)))
         logs = error = ""
@@ -499,9 +504,27 @@ class _ResponseRun:
                 return
             logs, error, generated = outcome.logs, outcome.error, outcome.generated
         async for event in self._message(turn.answer, logs, error, generated if turn.cite else []):
+            if stream_error is not None and event["type"] == "response.output_text.annotation.added":
+                break  # part of the answer went out, then the service fails
             yield event
+            if stream_error is not None and event["type"] == "response.output_text.delta":
+                break
+        if stream_error is not None:
+            for event in self._stream_failure(stream_error):
+                yield event
+            return
         self._finish("completed")
         yield self._event("response.completed", response=self._snapshot())
+
+    def _stream_failure(self, failure: StreamError) -> list[dict[str, Any]]:
+        """The nested `error` event the service sends mid-stream, then `response.failed` (the openai SDK raises
+        `APIError` at the first, so clients rarely see the second)."""
+        code = failure.code
+        body = {"type": "invalid_request_error", "code": code, "message": failure.message, "param": None}
+        events = [self._event("error", error=body)]
+        self._finish("failed", error={"code": code or "server_error", "message": failure.message})
+        events.append(self._event("response.failed", response=self._snapshot()))
+        return events
 
     def _finish(self, status: str, error: dict[str, Any] | None = None) -> None:
         self.rec.status = status

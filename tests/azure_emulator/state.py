@@ -97,10 +97,21 @@ class RunFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class StreamError:
+    """A nested `error` event in a streamed response, as the service sends it mid-stream."""
+
+    code: str | None
+    message: str
+    after_output: bool
+    """False: right after `response.in_progress`; True: after the code ran and part of the answer was streamed."""
+
+
 class Faults:
     def __init__(self) -> None:
         self._http: dict[str, deque[Fault]] = {}
         self._runs: deque[RunFailure] = deque()
+        self._stream_errors: deque[StreamError] = deque()
 
     def push(
         self,
@@ -128,6 +139,15 @@ class Faults:
 
     def take_run_failure(self) -> RunFailure | None:
         return self._runs.popleft() if self._runs else None
+
+    def error_in_stream(self, code: str | None, message: str, *, after_output: bool = False, times: int = 1) -> None:
+        """The next `times` streamed responses (new agents) send `{"type":"error","error":{code,message}}` and then
+        `response.failed`, either at once or after some output (`after_output`)."""
+        for _ in range(times):
+            self._stream_errors.append(StreamError(code, message, after_output))
+
+    def take_stream_error(self) -> StreamError | None:
+        return self._stream_errors.popleft() if self._stream_errors else None
 
 
 # -- request log ------------------------------------------------------------------------------------------------------

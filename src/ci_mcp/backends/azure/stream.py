@@ -69,6 +69,10 @@ class _Tracker:
         self.final: Any = None
         self.error: tuple[str | None, str | None] | None = None
         self.partial_text = ""
+        self.streaming = False
+        """The service accepted the request and events are arriving."""
+        self.produced = False
+        """An output item (code, answer) was started: the run has done something, so it is not sent again."""
 
     async def feed(self, event: Any) -> None:
         kind = str(getattr(event, "type", ""))
@@ -79,6 +83,8 @@ class _Tracker:
             self.final = response
         elif kind == "error":
             self.error = (getattr(event, "code", None), getattr(event, "message", None))
+        elif kind == "response.output_item.added":
+            self.produced = True
         elif kind == "response.output_text.delta":
             self.partial_text += str(getattr(event, "delta", ""))
         stage = progress_stage(kind)
@@ -94,8 +100,36 @@ async def stream_response(
     deadline: float,
     policy: RetryPolicy,
 ) -> StreamOutcome:
-    """Start the response and follow it to its end, the deadline, or cancellation (which cancels it remotely)."""
-    tracker = _Tracker(report)
+    """Start the response and follow it to its end, the deadline, or cancellation (which cancels it remotely).
+
+    A transient failure that the service reports inside the stream (an `error` event, e.g. `rate_limit_exceeded`)
+    before the run produced anything is retried like an HTTP 429, honouring the wait it names; after output it is
+    not (the code may have run), and the error says so."""
+    attempt = 0
+    while True:
+        attempt += 1
+        tracker = _Tracker(report)
+        try:
+            return await _follow(client, body, tracker, deadline, policy)
+        except BackendUnavailableError as error:
+            if not tracker.streaming:
+                raise  # the start itself: call_with_retry has retried it already
+            if tracker.produced:
+                raise BackendUnavailableError(
+                    f"{error} The failure came after the agent had started on this step (its code may have run): "
+                    "check the session's state before sending the step again.",
+                    retry_after=error.retry_after,
+                ) from error
+            wait = error.retry_after if error.retry_after is not None else policy.base_delay * (2 ** (attempt - 1))
+            if attempt >= policy.attempts or wait > policy.max_wait or anyio.current_time() + wait > deadline:
+                raise
+            log.info("retrying the response in %.2fs: %s", wait, error)
+            await anyio.sleep(wait)
+
+
+async def _follow(
+    client: AsyncOpenAI, body: dict[str, Any], tracker: _Tracker, deadline: float, policy: RetryPolicy
+) -> StreamOutcome:
     stream: Any = None
     extra_body = {k: body[k] for k in ("agent_reference", "structured_inputs") if k in body}
 
@@ -113,9 +147,10 @@ async def stream_response(
             stream = await call_with_retry(
                 start, what="starting the Azure run", policy=policy, idempotent=False, deadline=deadline
             )
+            tracker.streaming = True
             async for event in stream:
                 await tracker.feed(event)
-                if tracker.final is not None:
+                if tracker.final is not None or tracker.error is not None:
                     break
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
