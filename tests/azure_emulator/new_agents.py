@@ -503,15 +503,25 @@ class _ResponseRun:
             if rec.cancel_requested.is_set():
                 return
             logs, error, generated = outcome.logs, outcome.error, outcome.generated
+        incomplete = self.state.faults.take_incomplete()
+        stop_early = stream_error is not None or incomplete is not None
+        partial = ""
         async for event in self._message(turn.answer, logs, error, generated if turn.cite else []):
-            if stream_error is not None and event["type"] == "response.output_text.annotation.added":
-                break  # part of the answer went out, then the service fails
             yield event
-            if stream_error is not None and event["type"] == "response.output_text.delta":
-                break
+            if stop_early and event["type"] == "response.output_text.delta":
+                partial += event["delta"]
+                break  # part of the answer went out, then the service stops
         if stream_error is not None:
             for event in self._stream_failure(stream_error):
                 yield event
+            return
+        if incomplete is not None:
+            message = self.response["output"][-1]
+            message.update(status="incomplete", content=[{"type": "output_text", "text": partial, "annotations": []}])
+            self._finish("incomplete")
+            self.response["incomplete_details"] = {"reason": incomplete}
+            self.rec.final = self._snapshot()
+            yield self._event("response.incomplete", response=self._snapshot())
             return
         self._finish("completed")
         yield self._event("response.completed", response=self._snapshot())

@@ -112,6 +112,7 @@ class Faults:
         self._http: dict[str, deque[Fault]] = {}
         self._runs: deque[RunFailure] = deque()
         self._stream_errors: deque[StreamError] = deque()
+        self._incomplete: deque[str] = deque()
 
     def push(
         self,
@@ -148,6 +149,14 @@ class Faults:
 
     def take_stream_error(self) -> StreamError | None:
         return self._stream_errors.popleft() if self._stream_errors else None
+
+    def incomplete_next_response(self, reason: str = "max_output_tokens") -> None:
+        """The next response (new agents) runs its code, streams part of the answer, then ends `incomplete` with
+        `incomplete_details.reason`."""
+        self._incomplete.append(reason)
+
+    def take_incomplete(self) -> str | None:
+        return self._incomplete.popleft() if self._incomplete else None
 
 
 # -- request log ------------------------------------------------------------------------------------------------------

@@ -36,13 +36,22 @@ from azure.core.credentials import TokenCredential
 
 from ci_mcp.backends.azure.agent_versions import MAX_FILES, AgentVersions, slot_name
 from ci_mcp.backends.azure.clients import AzureClients, build_clients
-from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry
+from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry, redact
 from ci_mcp.backends.azure.outputs import Collected, fetch_files, render_steps
 from ci_mcp.backends.azure.remote_files import RemoteFiles
 from ci_mcp.backends.azure.stream import StageReporter, StreamOutcome, stream_response
 from ci_mcp.backends.azure.wire import compose_message
 from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunTimeoutError
-from ci_mcp.models import ErrorOutput, FileInfo, ProgressCallback, RunRequest, RunResult, SessionInfo, TextOutput
+from ci_mcp.models import (
+    ErrorOutput,
+    FileInfo,
+    ProgressCallback,
+    RunRequest,
+    RunResult,
+    RunStatus,
+    SessionInfo,
+    TextOutput,
+)
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore, SessionRecord
 
@@ -55,6 +64,13 @@ EXPIRED_NOTICE = (
     "session's attached files were attached again; earlier generated files are still fetchable by id (pass them in "
     "file_ids to use them)."
 )
+
+
+def incomplete_notice(detail: str | None) -> str:
+    return (
+        f"The Azure run stopped before it was complete ({redact(detail or 'no reason given')}); what it produced so "
+        "far, and the files it generated, are shown. Ask for a shorter answer or a smaller step to finish."
+    )
 
 
 @dataclass
@@ -326,9 +342,13 @@ class AzureAgentsBackend:
         state.seen.update(collected.seen)
         self._store.update_session(session_id, state=state.dump())
         raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
+        status: RunStatus = "error" if raised else "ok"
+        if outcome.digest.status == "incomplete":
+            status = "incomplete"
+            notices.append(incomplete_notice(outcome.digest.error_message))
         return RunResult(
             session_id=session_id,
-            status="error" if raised else "ok",
+            status=status,
             outputs=tuple(collected.outputs),
             generated_files=tuple(collected.generated),
             notices=(*notices, *collected.notices),

@@ -182,7 +182,7 @@ def _finish(tracker: _Tracker) -> ResponseDigest:
             "The Azure stream ended before the run finished (the connection dropped). Send the same step again."
         )
     digest = digest_response(tracker.final)
-    if digest.status in ("failed", "incomplete"):
+    if digest.status == "failed":
         raise failed_response_error(digest.status, digest.error_code, digest.error_message)
     if digest.status == "cancelled":
         raise RunFailedError("The Azure run was cancelled by the service. Send the step again.")
