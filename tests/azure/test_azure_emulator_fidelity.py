@@ -115,3 +115,16 @@ def test_a_stream_error_is_a_nested_error_event_then_response_failed_after_some_
     assert events[-2]["error"]["code"] == "rate_limit_exceeded" and "code" not in events[-2]
     assert events[-2]["error"]["message"] == "Rate limit is exceeded."
     assert events[-1]["response"]["status"] == "failed"
+
+
+def test_cancelling_a_response_that_is_not_in_the_background_is_refused_with_400(
+    emu: Emulator, http: httpx2.Client
+) -> None:
+    body = {"definition": {"kind": "prompt", "model": "gpt-4.1", "tools": [{"type": "code_interpreter"}]}}
+    http.post("agents/cancel-agent/versions", params={"api-version": "v1"}, json=body)
+    request = {"input": "no code", "agent_reference": {"type": "agent_reference", "name": "cancel-agent"}}
+    response_id = http.post("openai/v1/responses", json=request).json()["id"]
+
+    refused = http.post(f"openai/v1/responses/{response_id}/cancel")
+
+    assert refused.status_code == 400 and "background" in refused.json()["error"]["message"]

@@ -383,6 +383,11 @@ class _NewAgentsApi:
         rec = self._record(request)
         if isinstance(rec, Response):
             return rec
+        if not rec.body.get("background"):
+            # Only background responses can be cancelled; a streamed one stops when its connection closes.
+            return error_response(
+                400, "Only responses created with background=true can be cancelled.", "invalid_request"
+            )
         if rec.status in _TERMINAL:
             return error_response(400, f"Cannot cancel a response with status '{rec.status}'.", "invalid_request")
         rec.cancel_requested.set()
@@ -472,10 +477,17 @@ class _ResponseRun:
         return json.loads(json.dumps(self.response))
 
     async def sse(self) -> AsyncIterator[bytes]:
-        async for event in self.events():
-            yield sse_frame(event)
-            if self.state.stream_delay_seconds:
-                await asyncio.sleep(self.state.stream_delay_seconds)
+        try:
+            async for event in self.events():
+                yield sse_frame(event)
+                if self.state.stream_delay_seconds:
+                    await asyncio.sleep(self.state.stream_delay_seconds)
+        finally:
+            if self.rec.status not in _TERMINAL:
+                # The client closed the connection: a streamed (non-background) response stops with it, its code
+                # interrupted (Starlette cancels this generator on the disconnect).
+                self.rec.status = "cancelled"
+                self.rec.cancel_requested.set()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         rec, plan = self.rec, self.plan

@@ -1,4 +1,4 @@
-"""One response, streamed: progress from the SSE events, a deadline, and cancellation that cancels the remote run.
+"""One response, streamed: progress from the SSE events, a deadline, and cancellation that stops the remote run.
 
 There is no polling in the new-agents API: `POST /openai/v1/responses` with `stream: true` holds one connection
 and the events arrive as the agent works (reference §A.3).
@@ -66,6 +66,8 @@ class _Tracker:
     def __init__(self, report: StageReporter) -> None:
         self.report = report
         self.response_id: str | None = None
+        self.background = False
+        """A background response runs on without its connection; only those can (and must) be cancelled."""
         self.final: Any = None
         self.error: tuple[str | None, str | None] | None = None
         self.partial_text = ""
@@ -79,6 +81,7 @@ class _Tracker:
         response = getattr(event, "response", None)
         if response is not None and self.response_id is None:
             self.response_id = getattr(response, "id", None)
+            self.background = getattr(response, "background", None) is True
         if kind in _TERMINAL:
             self.final = response
         elif kind == "error":
@@ -100,7 +103,8 @@ async def stream_response(
     deadline: float,
     policy: RetryPolicy,
 ) -> StreamOutcome:
-    """Start the response and follow it to its end, the deadline, or cancellation (which cancels it remotely).
+    """Start the response and follow it to its end, the deadline, or cancellation. Leaving early closes the stream,
+    which is what stops a streamed response on the service; only a background response is cancelled by call.
 
     A transient failure that the service reports inside the stream (an `error` event, e.g. `rate_limit_exceeded`)
     before the run produced anything is retried like an HTTP 429, honouring the wait it names; after output it is
@@ -155,7 +159,7 @@ async def _follow(
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
             await _close(stream)
-            await _cancel_remote(client, tracker.response_id)
+            await _cancel_remote(client, tracker)
         raise
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
@@ -166,7 +170,7 @@ async def _follow(
     await _close(stream)
     if scope.cancelled_caught and tracker.final is None:
         with anyio.CancelScope(shield=True):
-            await _cancel_remote(client, tracker.response_id)
+            await _cancel_remote(client, tracker)
         return StreamOutcome(None, tracker.partial_text, timed_out=True)
     return StreamOutcome(_finish(tracker), tracker.partial_text)
 
@@ -197,12 +201,13 @@ async def _close(stream: Any) -> None:
             await stream.close()
 
 
-async def _cancel_remote(client: AsyncOpenAI, response_id: str | None) -> None:
-    """Best effort, bounded: ask Azure to stop the response (the caller is already leaving)."""
-    if not response_id:
+async def _cancel_remote(client: AsyncOpenAI, tracker: _Tracker) -> None:
+    """Best effort, bounded: ask Azure to stop a *background* response (the caller is already leaving). A streamed
+    response stops when its connection closes (done by the caller); the cancel route refuses those with a 400."""
+    if not tracker.response_id or not tracker.background:
         return
     with anyio.move_on_after(_CANCEL_BOUND):
         try:
-            await client.responses.cancel(response_id)
+            await client.responses.cancel(tracker.response_id)
         except Exception as exc:  # it may have finished meanwhile; cancelling is best effort
-            log.info("cancelling response %s failed: %s", response_id, redact(str(exc)))
+            log.info("cancelling response %s failed: %s", tracker.response_id, redact(str(exc)))
