@@ -361,8 +361,9 @@ class _NewAgentsApi:
             container = self.state.new_container()
             if conv is not None:
                 conv.container_id = container.id
-        for fid in file_ids:
-            if fid not in container.attached:
+            # The tool's files are mounted when the container is made; files named by a later request do not
+            # reach a conversation's existing container (add them with POST containers/{c}/files).
+            for fid in file_ids:
                 self.state.attach(container, self.state.files[fid])
         text = _input_text(body.get("input"))
         names = [self.state.files[f].filename for f in file_ids]

@@ -13,14 +13,16 @@ one of the options in reference/azure-api.md:
 - `input_file` content items fail with the code interpreter (Azure/azure-sdk-for-python#45881).
 With structured inputs the files ride on the response request itself (zero extra requests), and one version per
 file count is reused forever (`agent_versions.py`). Every file attached earlier in a session is passed again on
-each run, so the session's files are back if the container had to be recreated.
+each run, so the session's files are back if the container had to be recreated. The tool's files reach a container
+only when it is created, though: a file named for the first time in a later call of a session whose container is
+known is added to that container (`POST containers/{c}/files`) and checked by one listing before the response.
 
 Code: when `RunRequest.code` is given the agent is instructed to run exactly that code (the agent still decides; the
 result shows the code it ran when it differs).
 
 Request budget: a warm run (session and files known) is 1 POST /responses (streamed) + 1 container file listing +
-1 GET per generated file. A first run adds the conversation POST, uploads not done yet, and (once per process) the
-agent-version lookup.
+1 GET per generated file (a newly named file adds its POST to the container and one listing). A first run adds the
+conversation POST, uploads not done yet, and (once per process) the agent-version lookup.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ from azure.core.credentials import TokenCredential
 from ci_mcp.backends.azure.agent_versions import MAX_FILES, AgentVersions, slot_name
 from ci_mcp.backends.azure.clients import AzureClients, build_clients
 from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry, redact
-from ci_mcp.backends.azure.outputs import Collected, fetch_files, render_steps
+from ci_mcp.backends.azure.outputs import Collected, fetch_files, list_container_files, render_steps
 from ci_mcp.backends.azure.remote_files import RemoteFiles
 from ci_mcp.backends.azure.stream import StageReporter, StreamOutcome, stream_response
 from ci_mcp.backends.azure.wire import compose_message
-from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunTimeoutError
+from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunFailedError, RunTimeoutError
 from ci_mcp.models import (
     ErrorOutput,
     FileInfo,
@@ -292,7 +294,9 @@ class AzureAgentsBackend:
                 "Start a new session (omit session_id) with the files this step needs."
             )
         attached = [self._store.get(fid) for fid in attached_ids]
+        fresh = {f.file_id for f in new_files if f.file_id not in state.files}
         clients = self._c()
+        expired = False
         try:
             with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
                 remote_ids = [await self._remote_id(f, deadline) for f in attached]
@@ -300,6 +304,11 @@ class AzureAgentsBackend:
                 if not state.conversation_id:
                     state.conversation_id = await self._new_conversation(deadline)
                     self._store.update_session(session_id, state=state.dump())
+                elif state.container_id and fresh:
+                    to_add = [(f, rid) for f, rid in zip(attached, remote_ids, strict=True) if f.file_id in fresh]
+                    await self._add_to_container(state.container_id, to_add, deadline)
+        except ContainerExpiredError:
+            expired = True
         except TimeoutError as exc:
             raise RunTimeoutError(
                 f"Preparing the Azure run took longer than {timeout:.0f} s (uploads, agent, conversation). Try "
@@ -312,9 +321,13 @@ class AzureAgentsBackend:
         if remote_ids:
             body["structured_inputs"] = {slot_name(i + 1): rid for i, rid in enumerate(remote_ids)}
         notices: list[str] = []
-        try:
-            outcome = await self._respond(state, body, report, deadline)
-        except ContainerExpiredError:
+        outcome: StreamOutcome | None = None
+        if not expired:
+            try:
+                outcome = await self._respond(state, body, report, deadline)
+            except ContainerExpiredError:
+                expired = True
+        if outcome is None:
             notices.append(EXPIRED_NOTICE)
             state.conversation_id = await self._new_conversation(deadline)
             state.container_id = None
@@ -353,6 +366,35 @@ class AzureAgentsBackend:
             generated_files=tuple(collected.generated),
             notices=(*notices, *collected.notices),
         )
+
+    async def _add_to_container(self, container_id: str, files: list[tuple[FileInfo, str]], deadline: float) -> None:
+        """Put files named for the first time in a later call into the conversation's existing container (the
+        tool's file_ids only reach a container when it is created), then check by listing that they are there."""
+        client = self._c().openai
+        added: dict[str, FileInfo] = {}
+        for info, remote_id in files:
+            created = await call_with_retry(
+                lambda rid=remote_id: client.containers.files.create(container_id, file_id=rid),  # type: ignore[misc]
+                what=f"adding '{info.name}' to the session's container",
+                policy=self._policy,
+                idempotent=False,
+                deadline=deadline,
+            )
+            added[str(created.id)] = info
+        listed = await call_with_retry(
+            lambda: list_container_files(client, container_id),
+            what="listing the container's files",
+            policy=self._policy,
+            deadline=deadline,
+        )
+        present = {str(getattr(f, "id", "")) for f in listed}
+        missing = [info.name for cid, info in added.items() if cid not in present]
+        if missing:
+            raise RunFailedError(
+                f"Azure accepted {', '.join(repr(m) for m in missing)} for the session's container but does not "
+                "list it there, so the code could not read it. Start a new session (omit session_id) with all the "
+                "files this analysis needs in file_ids."
+            )
 
     async def _respond(
         self, state: SessionState, body: dict[str, Any], report: StageReporter, deadline: float
