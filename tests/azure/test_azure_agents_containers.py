@@ -8,7 +8,7 @@ import base64
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.azure.agents import EXPIRED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents import EXPIRED_NOTICE, REPLACED_NOTICE, AzureAgentsBackend
 from ci_mcp.models import RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog
 from tests.azure_emulator.server import Emulator
@@ -70,4 +70,45 @@ async def test_a_file_named_later_for_an_expired_container_comes_with_every_sess
     )
 
     assert second.status == "ok" and second.notices == (EXPIRED_NOTICE,)
+    assert "['a.csv', 'b.csv']" in stdout_of(second)
+
+
+async def test_a_container_the_service_replaced_silently_is_noticed_and_the_model_told_state_was_lost(
+    mcp: Client, backend: AzureAgentsBackend, emu: Emulator
+) -> None:
+    data = await upload(mcp, "data.csv", b"a\n1\n")
+    first = await mcp.call_tool("run_code_analysis", {"code": "x = 1", "file_ids": [data]})
+    session = session_of(first)
+    emu.state.replace_container_silently(str(backend._store.session(session).state["conversation_id"]))
+
+    second = await mcp.call_tool(
+        "run_code_analysis",
+        {"code": "import os\nprint('x' in globals(), os.listdir('/mnt/data'))", "session_id": session},
+    )
+
+    text = all_text(second)
+    assert not second.is_error, text
+    assert "False ['data.csv']" in text
+    assert REPLACED_NOTICE in text
+    third = await mcp.call_tool("run_code_analysis", {"code": "y = 2", "session_id": session})
+    assert REPLACED_NOTICE not in all_text(third)
+
+
+async def test_a_file_named_later_when_the_container_was_deleted_reaches_the_new_container(
+    backend: AzureAgentsBackend, emu: Emulator
+) -> None:
+    a = await backend.upload("a.csv", b"a\n1\n")
+    first = await backend.run(RunRequest(None, "x = 1", None, (a.file_id,)), ProgressLog())
+    state = backend._store.session(first.session_id).state
+    emu.state.replace_container_silently(str(state["conversation_id"]))
+    emu.call_soon(emu.state.release_kernels())
+    emu.state.containers.pop(str(state["container_id"]))  # deleted: adding a file to it answers 404
+    b = await backend.upload("b.csv", b"b\n2\n")
+
+    second = await backend.run(
+        RunRequest(first.session_id, "import os\nprint(sorted(os.listdir('/mnt/data')))", None, (b.file_id,)),
+        ProgressLog(),
+    )
+
+    assert second.status == "ok" and second.notices == (REPLACED_NOTICE,)
     assert "['a.csv', 'b.csv']" in stdout_of(second)

@@ -322,6 +322,13 @@ class EmulatorState:
             c.expired = True
         return [c.id for c in targets]
 
+    def replace_container_silently(self, conversation_id: str) -> str | None:
+        """Drop the conversation's container without an error: the next response makes a new one (new id, the
+        tool's files, an empty kernel), as the service does when a session was recycled. Returns the old id."""
+        conv = self.conversations[conversation_id]
+        old, conv.container_id = conv.container_id, None
+        return old
+
     def attach(self, container: Container, stored: StoredFile) -> ContainerFile:
         """Copy an uploaded file into the container's /mnt/data (once)."""
         target = container.workdir / stored.filename

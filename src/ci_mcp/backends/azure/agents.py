@@ -67,6 +67,13 @@ EXPIRED_NOTICE = (
     "file_ids to use them)."
 )
 
+REPLACED_NOTICE = (
+    "Azure ran this step in a new code-interpreter container (the session's previous one was replaced without "
+    "notice): Python variables, imports and in-memory state from earlier steps are lost, although the agent may "
+    "still refer to them. The session's attached files were attached again; earlier generated files are still "
+    "fetchable by id (pass them in file_ids to use them). Re-run the setup steps this analysis needs."
+)
+
 
 def incomplete_notice(detail: str | None) -> str:
     return (
@@ -306,7 +313,10 @@ class AzureAgentsBackend:
                     self._store.update_session(session_id, state=state.dump())
                 elif state.container_id and fresh:
                     to_add = [(f, rid) for f, rid in zip(attached, remote_ids, strict=True) if f.file_id in fresh]
-                    await self._add_to_container(state.container_id, to_add, deadline)
+                    try:
+                        await self._add_to_container(state.container_id, to_add, deadline)
+                    except NotFoundError:  # the container is gone: the response makes a new one with every file
+                        log.info("container %s not found; its replacement gets the files", state.container_id)
         except ContainerExpiredError:
             expired = True
         except TimeoutError as exc:
@@ -349,9 +359,13 @@ class AzureAgentsBackend:
                     "for a smaller step, or raise timeout_seconds.",
                 ),
             )
+        used = outcome.digest.container_ids
+        if state.container_id and used and state.container_id not in used:
+            notices.append(REPLACED_NOTICE)
+            state.seen = {}
         collected = await self._collect(session_id, state, request, outcome, report)
-        if outcome.digest.container_ids:
-            state.container_id = outcome.digest.container_ids[-1]
+        if used:
+            state.container_id = used[-1]
         state.seen.update(collected.seen)
         self._store.update_session(session_id, state=state.dump())
         raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
