@@ -74,7 +74,8 @@ class RunRequest:
     timeout_seconds: float | None = None
 
 
-RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled"]
+RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled", "incomplete"]
+"""`incomplete`: a remote run stopped early (e.g. an output-token limit); what it produced is returned."""
 
 
 @dataclass(frozen=True)

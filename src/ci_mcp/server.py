@@ -411,6 +411,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
         "timeout": "stopped at the time limit",
         "kernel_died": "the kernel died",
         "cancelled": "cancelled",
+        "incomplete": "stopped before it was complete (see the notes below)",
     }[result.status]
     content.append(_text(f"session_id: {result.session_id} | {status_text} | {result.duration_seconds:.2f} s"))
     shown_images: set[str] = set()

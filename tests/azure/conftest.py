@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client
 
 from ci_mcp.backends.azure.agents import AzureAgentsBackend
 from ci_mcp.backends.azure.errors import RetryPolicy
+from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.azure_emulator.server import Emulator
@@ -75,6 +77,13 @@ async def make_backend(
 @pytest.fixture
 async def backend(make_backend: Callable[..., Awaitable[AzureAgentsBackend]]) -> AzureAgentsBackend:
     return await make_backend()
+
+
+@pytest.fixture
+async def mcp(backend: AzureAgentsBackend, azure_settings: Callable[..., Settings]) -> AsyncIterator[Client]:
+    """An in-memory MCP client talking to a server on the `backend` fixture (the emulator behind it)."""
+    async with Client(create_server(backend, azure_settings())) as client:
+        yield client
 
 
 class ProgressLog:

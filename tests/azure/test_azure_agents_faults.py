@@ -20,6 +20,7 @@ pytestmark = pytest.mark.anyio
 
 RESPONSES = "POST /openai/v1/responses"
 CONTENT = "GET /openai/v1/containers/{container_id}/files/{file_id}/content"
+CANCEL = "POST /openai/v1/responses/{response_id}/cancel"
 SLOW_CODE = "import time\nfor _ in range(600):\n    time.sleep(0.05)\n"
 
 
@@ -125,7 +126,7 @@ async def test_an_expired_container_is_replaced_once_with_a_notice_that_state_wa
     assert third.notices == ()
 
 
-async def test_cancelling_a_run_cancels_the_azure_response_and_interrupts_the_code(
+async def test_cancelling_a_streamed_run_closes_the_stream_which_stops_it_and_interrupts_the_code(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
     running = anyio.Event()
@@ -144,24 +145,30 @@ async def test_cancelling_a_run_cancels_the_azure_response_and_interrupts_the_co
             await running.wait()
             tg.cancel_scope.cancel()
 
-    cancels = [r for r in emu.state.requests_since(mark) if r.route == "POST /openai/v1/responses/{response_id}/cancel"]
-    assert len(cancels) == 1
-    assert emu.state.responses[cancels[0].path.split("/")[-2]].status == "cancelled"
     with anyio.fail_after(15):  # the kernel was interrupted: the session answers long before SLOW_CODE would end
         after = await backend.run(RunRequest(first.session_id, "print('alive')", None), ProgressLog())
     assert "alive" in stdout_of(after)
+    routes = [r.route for r in emu.state.requests_since(mark)]
+    assert CANCEL not in routes  # the service answers 400 to cancelling a response that is not in the background
+    slow = next(r for r in emu.state.responses.values() if SLOW_CODE in str(r.body.get("input")))
+    assert slow.status == "cancelled"
 
 
-async def test_a_run_over_its_time_limit_is_cancelled_and_reported_as_timeout(
+async def test_a_run_over_its_time_limit_closes_its_stream_and_is_reported_as_timeout(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
     mark = emu.state.mark()
+    code = SLOW_CODE + "# time limit\n"
 
-    result = await backend.run(RunRequest(None, SLOW_CODE, None, timeout_seconds=1.5), ProgressLog())
+    result = await backend.run(RunRequest(None, code, None, timeout_seconds=1.5), ProgressLog())
 
     assert result.status == "timeout" and "time limit of 2 s" in result.notices[-1]
-    routes = [r.route for r in emu.state.requests_since(mark)]
-    assert "POST /openai/v1/responses/{response_id}/cancel" in routes
+    assert CANCEL not in [r.route for r in emu.state.requests_since(mark)]
+    with anyio.fail_after(15):  # the stream's close stopped the code: the same session answers at once
+        after = await backend.run(RunRequest(result.session_id, "print('next')", None), ProgressLog())
+    assert "next" in stdout_of(after)
+    timed_out = next(r for r in emu.state.responses.values() if code in str(r.body.get("input")))
+    assert timed_out.status == "cancelled"
 
 
 async def test_a_credential_that_cannot_sign_in_is_explained_without_secrets(

@@ -93,3 +93,38 @@ def test_a_queued_fault_answers_once_with_retry_after_headers(emu: Emulator, htt
 
     assert throttled.status_code == 429 and throttled.headers["retry-after"] == "2"
     assert throttled.headers["retry-after-ms"] == "1500" and then.status_code == 200
+
+
+def test_a_stream_error_is_a_nested_error_event_then_response_failed_after_some_output(
+    emu: Emulator, http: httpx2.Client
+) -> None:
+    body = {"definition": {"kind": "prompt", "model": "gpt-4.1", "tools": [{"type": "code_interpreter"}]}}
+    http.post("agents/sse-error-agent/versions", params={"api-version": "v1"}, json=body)
+    emu.state.faults.error_in_stream("rate_limit_exceeded", "Rate limit is exceeded.", after_output=True)
+    request = {
+        "input": "```python\nprint(1)\n```",
+        "stream": True,
+        "agent_reference": {"type": "agent_reference", "name": "sse-error-agent"},
+    }
+
+    frames = [f for f in http.post("openai/v1/responses", json=request).text.split("\n\n") if f]
+
+    events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames]
+    types = [e["type"] for e in events]
+    assert types[-2:] == ["error", "response.failed"] and "response.output_text.delta" in types
+    assert events[-2]["error"]["code"] == "rate_limit_exceeded" and "code" not in events[-2]
+    assert events[-2]["error"]["message"] == "Rate limit is exceeded."
+    assert events[-1]["response"]["status"] == "failed"
+
+
+def test_cancelling_a_response_that_is_not_in_the_background_is_refused_with_400(
+    emu: Emulator, http: httpx2.Client
+) -> None:
+    body = {"definition": {"kind": "prompt", "model": "gpt-4.1", "tools": [{"type": "code_interpreter"}]}}
+    http.post("agents/cancel-agent/versions", params={"api-version": "v1"}, json=body)
+    request = {"input": "no code", "agent_reference": {"type": "agent_reference", "name": "cancel-agent"}}
+    response_id = http.post("openai/v1/responses", json=request).json()["id"]
+
+    refused = http.post(f"openai/v1/responses/{response_id}/cancel")
+
+    assert refused.status_code == 400 and "background" in refused.json()["error"]["message"]

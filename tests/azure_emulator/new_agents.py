@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .routing import error_response, json_body, page, route, sse_frame, upload_form
-from .state import Container, ContainerFile, Conversation, EmulatorState, ResponseRecord, StoredFile
+from .state import Container, ContainerFile, Conversation, EmulatorState, ResponseRecord, StoredFile, StreamError
 
 V1 = "/openai/v1"
 _PLACEHOLDER = re.compile(r"^\{\{\s*([A-Za-z0-9_\-]+)\s*\}\}$")
@@ -361,8 +361,9 @@ class _NewAgentsApi:
             container = self.state.new_container()
             if conv is not None:
                 conv.container_id = container.id
-        for fid in file_ids:
-            if fid not in container.attached:
+            # The tool's files are mounted when the container is made; files named by a later request do not
+            # reach a conversation's existing container (add them with POST containers/{c}/files).
+            for fid in file_ids:
                 self.state.attach(container, self.state.files[fid])
         text = _input_text(body.get("input"))
         names = [self.state.files[f].filename for f in file_ids]
@@ -383,6 +384,11 @@ class _NewAgentsApi:
         rec = self._record(request)
         if isinstance(rec, Response):
             return rec
+        if not rec.body.get("background"):
+            # Only background responses can be cancelled; a streamed one stops when its connection closes.
+            return error_response(
+                400, "Only responses created with background=true can be cancelled.", "invalid_request"
+            )
         if rec.status in _TERMINAL:
             return error_response(400, f"Cannot cancel a response with status '{rec.status}'.", "invalid_request")
         rec.cancel_requested.set()
@@ -472,10 +478,17 @@ class _ResponseRun:
         return json.loads(json.dumps(self.response))
 
     async def sse(self) -> AsyncIterator[bytes]:
-        async for event in self.events():
-            yield sse_frame(event)
-            if self.state.stream_delay_seconds:
-                await asyncio.sleep(self.state.stream_delay_seconds)
+        try:
+            async for event in self.events():
+                yield sse_frame(event)
+                if self.state.stream_delay_seconds:
+                    await asyncio.sleep(self.state.stream_delay_seconds)
+        finally:
+            if self.rec.status not in _TERMINAL:
+                # The client closed the connection: a streamed (non-background) response stops with it, its code
+                # interrupted (Starlette cancels this generator on the disconnect).
+                self.rec.status = "cancelled"
+                self.rec.cancel_requested.set()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         rec, plan = self.rec, self.plan
@@ -486,6 +499,11 @@ class _ResponseRun:
         if failure is not None:
             self._finish("failed", error={"code": failure.code, "message": failure.message})
             yield self._event("response.failed", response=self._snapshot())
+            return
+        stream_error = self.state.faults.take_stream_error()
+        if stream_error is not None and not stream_error.after_output:
+            for event in self._stream_failure(stream_error):
+                yield event
             return
         turn = self.state.model(plan.text, list(plan.file_names))
         self.state.model_calls.append((plan.text, list(plan.file_names)))
@@ -498,10 +516,38 @@ class _ResponseRun:
             if rec.cancel_requested.is_set():
                 return
             logs, error, generated = outcome.logs, outcome.error, outcome.generated
+        incomplete = self.state.faults.take_incomplete()
+        stop_early = stream_error is not None or incomplete is not None
+        partial = ""
         async for event in self._message(turn.answer, logs, error, generated if turn.cite else []):
             yield event
+            if stop_early and event["type"] == "response.output_text.delta":
+                partial += event["delta"]
+                break  # part of the answer went out, then the service stops
+        if stream_error is not None:
+            for event in self._stream_failure(stream_error):
+                yield event
+            return
+        if incomplete is not None:
+            message = self.response["output"][-1]
+            message.update(status="incomplete", content=[{"type": "output_text", "text": partial, "annotations": []}])
+            self._finish("incomplete")
+            self.response["incomplete_details"] = {"reason": incomplete}
+            self.rec.final = self._snapshot()
+            yield self._event("response.incomplete", response=self._snapshot())
+            return
         self._finish("completed")
         yield self._event("response.completed", response=self._snapshot())
+
+    def _stream_failure(self, failure: StreamError) -> list[dict[str, Any]]:
+        """The nested `error` event the service sends mid-stream, then `response.failed` (the openai SDK raises
+        `APIError` at the first, so clients rarely see the second)."""
+        code = failure.code
+        body = {"type": "invalid_request_error", "code": code, "message": failure.message, "param": None}
+        events = [self._event("error", error=body)]
+        self._finish("failed", error={"code": code or "server_error", "message": failure.message})
+        events.append(self._event("response.failed", response=self._snapshot()))
+        return events
 
     def _finish(self, status: str, error: dict[str, Any] | None = None) -> None:
         self.rec.status = status

@@ -97,10 +97,22 @@ class RunFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class StreamError:
+    """A nested `error` event in a streamed response, as the service sends it mid-stream."""
+
+    code: str | None
+    message: str
+    after_output: bool
+    """False: right after `response.in_progress`; True: after the code ran and part of the answer was streamed."""
+
+
 class Faults:
     def __init__(self) -> None:
         self._http: dict[str, deque[Fault]] = {}
         self._runs: deque[RunFailure] = deque()
+        self._stream_errors: deque[StreamError] = deque()
+        self._incomplete: deque[str] = deque()
 
     def push(
         self,
@@ -128,6 +140,23 @@ class Faults:
 
     def take_run_failure(self) -> RunFailure | None:
         return self._runs.popleft() if self._runs else None
+
+    def error_in_stream(self, code: str | None, message: str, *, after_output: bool = False, times: int = 1) -> None:
+        """The next `times` streamed responses (new agents) send `{"type":"error","error":{code,message}}` and then
+        `response.failed`, either at once or after some output (`after_output`)."""
+        for _ in range(times):
+            self._stream_errors.append(StreamError(code, message, after_output))
+
+    def take_stream_error(self) -> StreamError | None:
+        return self._stream_errors.popleft() if self._stream_errors else None
+
+    def incomplete_next_response(self, reason: str = "max_output_tokens") -> None:
+        """The next response (new agents) runs its code, streams part of the answer, then ends `incomplete` with
+        `incomplete_details.reason`."""
+        self._incomplete.append(reason)
+
+    def take_incomplete(self) -> str | None:
+        return self._incomplete.popleft() if self._incomplete else None
 
 
 # -- request log ------------------------------------------------------------------------------------------------------
@@ -292,6 +321,13 @@ class EmulatorState:
         for c in targets:
             c.expired = True
         return [c.id for c in targets]
+
+    def replace_container_silently(self, conversation_id: str) -> str | None:
+        """Drop the conversation's container without an error: the next response makes a new one (new id, the
+        tool's files, an empty kernel), as the service does when a session was recycled. Returns the old id."""
+        conv = self.conversations[conversation_id]
+        old, conv.container_id = conv.container_id, None
+        return old
 
     def attach(self, container: Container, stored: StoredFile) -> ContainerFile:
         """Copy an uploaded file into the container's /mnt/data (once)."""

@@ -13,14 +13,16 @@ one of the options in docs/azure-api.md:
 - `input_file` content items fail with the code interpreter (Azure/azure-sdk-for-python#45881).
 With structured inputs the files ride on the response request itself (zero extra requests), and one version per
 file count is reused forever (`agent_versions.py`). Every file attached earlier in a session is passed again on
-each run, so the session's files are back if the container had to be recreated.
+each run, so the session's files are back if the container had to be recreated. The tool's files reach a container
+only when it is created, though: a file named for the first time in a later call of a session whose container is
+known is added to that container (`POST containers/{c}/files`) and checked by one listing before the response.
 
 Code: when `RunRequest.code` is given the agent is instructed to run exactly that code (the agent still decides; the
 result shows the code it ran when it differs).
 
 Request budget: a warm run (session and files known) is 1 POST /responses (streamed) + 1 container file listing +
-1 GET per generated file. A first run adds the conversation POST, uploads not done yet, and (once per process) the
-agent-version lookup.
+1 GET per generated file (a newly named file adds its POST to the container and one listing). A first run adds the
+conversation POST, uploads not done yet, and (once per process) the agent-version lookup.
 """
 
 from __future__ import annotations
@@ -36,13 +38,22 @@ from azure.core.credentials import TokenCredential
 
 from ci_mcp.backends.azure.agent_versions import MAX_FILES, AgentVersions, slot_name
 from ci_mcp.backends.azure.clients import AzureClients, build_clients
-from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry
-from ci_mcp.backends.azure.outputs import Collected, fetch_files, render_steps
+from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry, redact
+from ci_mcp.backends.azure.outputs import Collected, fetch_files, list_container_files, render_steps
 from ci_mcp.backends.azure.remote_files import RemoteFiles
 from ci_mcp.backends.azure.stream import StageReporter, StreamOutcome, stream_response
 from ci_mcp.backends.azure.wire import compose_message
-from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunTimeoutError
-from ci_mcp.models import ErrorOutput, FileInfo, ProgressCallback, RunRequest, RunResult, SessionInfo, TextOutput
+from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunFailedError, RunTimeoutError
+from ci_mcp.models import (
+    ErrorOutput,
+    FileInfo,
+    ProgressCallback,
+    RunRequest,
+    RunResult,
+    RunStatus,
+    SessionInfo,
+    TextOutput,
+)
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore, SessionRecord
 
@@ -55,6 +66,20 @@ EXPIRED_NOTICE = (
     "session's attached files were attached again; earlier generated files are still fetchable by id (pass them in "
     "file_ids to use them)."
 )
+
+REPLACED_NOTICE = (
+    "Azure ran this step in a new code-interpreter container (the session's previous one was replaced without "
+    "notice): Python variables, imports and in-memory state from earlier steps are lost, although the agent may "
+    "still refer to them. The session's attached files were attached again; earlier generated files are still "
+    "fetchable by id (pass them in file_ids to use them). Re-run the setup steps this analysis needs."
+)
+
+
+def incomplete_notice(detail: str | None) -> str:
+    return (
+        f"The Azure run stopped before it was complete ({redact(detail or 'no reason given')}); what it produced so "
+        "far, and the files it generated, are shown. Ask for a shorter answer or a smaller step to finish."
+    )
 
 
 @dataclass
@@ -276,7 +301,9 @@ class AzureAgentsBackend:
                 "Start a new session (omit session_id) with the files this step needs."
             )
         attached = [self._store.get(fid) for fid in attached_ids]
+        fresh = {f.file_id for f in new_files if f.file_id not in state.files}
         clients = self._c()
+        expired = False
         try:
             with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
                 remote_ids = [await self._remote_id(f, deadline) for f in attached]
@@ -284,6 +311,14 @@ class AzureAgentsBackend:
                 if not state.conversation_id:
                     state.conversation_id = await self._new_conversation(deadline)
                     self._store.update_session(session_id, state=state.dump())
+                elif state.container_id and fresh:
+                    to_add = [(f, rid) for f, rid in zip(attached, remote_ids, strict=True) if f.file_id in fresh]
+                    try:
+                        await self._add_to_container(state.container_id, to_add, deadline)
+                    except NotFoundError:  # the container is gone: the response makes a new one with every file
+                        log.info("container %s not found; its replacement gets the files", state.container_id)
+        except ContainerExpiredError:
+            expired = True
         except TimeoutError as exc:
             raise RunTimeoutError(
                 f"Preparing the Azure run took longer than {timeout:.0f} s (uploads, agent, conversation). Try "
@@ -296,9 +331,13 @@ class AzureAgentsBackend:
         if remote_ids:
             body["structured_inputs"] = {slot_name(i + 1): rid for i, rid in enumerate(remote_ids)}
         notices: list[str] = []
-        try:
-            outcome = await self._respond(state, body, report, deadline)
-        except ContainerExpiredError:
+        outcome: StreamOutcome | None = None
+        if not expired:
+            try:
+                outcome = await self._respond(state, body, report, deadline)
+            except ContainerExpiredError:
+                expired = True
+        if outcome is None:
             notices.append(EXPIRED_NOTICE)
             state.conversation_id = await self._new_conversation(deadline)
             state.container_id = None
@@ -320,19 +359,56 @@ class AzureAgentsBackend:
                     "for a smaller step, or raise timeout_seconds.",
                 ),
             )
+        used = outcome.digest.container_ids
+        if state.container_id and used and state.container_id not in used:
+            notices.append(REPLACED_NOTICE)
+            state.seen = {}
         collected = await self._collect(session_id, state, request, outcome, report)
-        if outcome.digest.container_ids:
-            state.container_id = outcome.digest.container_ids[-1]
+        if used:
+            state.container_id = used[-1]
         state.seen.update(collected.seen)
         self._store.update_session(session_id, state=state.dump())
         raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
+        status: RunStatus = "error" if raised else "ok"
+        if outcome.digest.status == "incomplete":
+            status = "incomplete"
+            notices.append(incomplete_notice(outcome.digest.error_message))
         return RunResult(
             session_id=session_id,
-            status="error" if raised else "ok",
+            status=status,
             outputs=tuple(collected.outputs),
             generated_files=tuple(collected.generated),
             notices=(*notices, *collected.notices),
         )
+
+    async def _add_to_container(self, container_id: str, files: list[tuple[FileInfo, str]], deadline: float) -> None:
+        """Put files named for the first time in a later call into the conversation's existing container (the
+        tool's file_ids only reach a container when it is created), then check by listing that they are there."""
+        client = self._c().openai
+        added: dict[str, FileInfo] = {}
+        for info, remote_id in files:
+            created = await call_with_retry(
+                lambda rid=remote_id: client.containers.files.create(container_id, file_id=rid),  # type: ignore[misc]
+                what=f"adding '{info.name}' to the session's container",
+                policy=self._policy,
+                idempotent=False,
+                deadline=deadline,
+            )
+            added[str(created.id)] = info
+        listed = await call_with_retry(
+            lambda: list_container_files(client, container_id),
+            what="listing the container's files",
+            policy=self._policy,
+            deadline=deadline,
+        )
+        present = {str(getattr(f, "id", "")) for f in listed}
+        missing = [info.name for cid, info in added.items() if cid not in present]
+        if missing:
+            raise RunFailedError(
+                f"Azure accepted {', '.join(repr(m) for m in missing)} for the session's container but does not "
+                "list it there, so the code could not read it. Start a new session (omit session_id) with all the "
+                "files this analysis needs in file_ids."
+            )
 
     async def _respond(
         self, state: SessionState, body: dict[str, Any], report: StageReporter, deadline: float

@@ -114,6 +114,22 @@ def service_message(exc: BaseException) -> tuple[str | None, str]:
     return code, redact(message or str(exc) or type(exc).__name__)
 
 
+def is_stream_error(exc: BaseException) -> bool:
+    """An `error` event inside a stream: the openai SDK raises a bare `APIError` (no HTTP status, since the
+    response itself was 200) whose body is the event's nested `error` object."""
+    return isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError | openai.APIConnectionError)
+
+
+def stream_error_body(exc: BaseException) -> tuple[str | None, str | None]:
+    """(code, message) of a mid-stream error event (`{"type":"error","error":{"code","message"}}`)."""
+    body: Any = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return _str(inner.get("code")), _str(inner.get("message")) or _str(getattr(exc, "message", None))
+    return _str(getattr(exc, "code", None)), _str(getattr(exc, "message", None))
+
+
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -128,6 +144,9 @@ def translate(exc: BaseException, what: str) -> CiMcpError:
             f"Azure authentication failed while {what}: {first_line[:300]}. {AUTH_HELP} "
             "Retrying will not help until then."
         )
+    if is_stream_error(exc):
+        code, message = stream_error_body(exc)
+        return failed_response_error("failed", code, message)
     status, headers = _status_and_headers(exc)
     if status is not None:
         code, message = service_message(exc)

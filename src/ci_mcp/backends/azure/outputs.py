@@ -118,7 +118,7 @@ async def fetch_files(
     for container_id in digest.container_ids if ran_code or targets else ():
         try:
             for f in await call_with_retry(
-                lambda cid=container_id: _list(client, cid),  # type: ignore[misc]
+                lambda cid=container_id: list_container_files(client, cid),  # type: ignore[misc]
                 what="listing the container's files",
                 policy=policy,
             ):
@@ -159,7 +159,8 @@ async def fetch_files(
             out.outputs.append(ImageOutput(info, data))
 
 
-async def _list(client: AsyncOpenAI, container_id: str) -> list[Any]:
+async def list_container_files(client: AsyncOpenAI, container_id: str) -> list[Any]:
+    """Every file in the container (`containers.files.list`, all pages)."""
     return [f async for f in client.containers.files.list(container_id)]
 
 

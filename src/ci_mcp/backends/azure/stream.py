@@ -1,4 +1,4 @@
-"""One response, streamed: progress from the SSE events, a deadline, and cancellation that cancels the remote run.
+"""One response, streamed: progress from the SSE events, a deadline, and cancellation that stops the remote run.
 
 There is no polling in the new-agents API: `POST /openai/v1/responses` with `stream: true` holds one connection
 and the events arrive as the agent works (reference §A.3).
@@ -66,19 +66,28 @@ class _Tracker:
     def __init__(self, report: StageReporter) -> None:
         self.report = report
         self.response_id: str | None = None
+        self.background = False
+        """A background response runs on without its connection; only those can (and must) be cancelled."""
         self.final: Any = None
         self.error: tuple[str | None, str | None] | None = None
         self.partial_text = ""
+        self.streaming = False
+        """The service accepted the request and events are arriving."""
+        self.produced = False
+        """An output item (code, answer) was started: the run has done something, so it is not sent again."""
 
     async def feed(self, event: Any) -> None:
         kind = str(getattr(event, "type", ""))
         response = getattr(event, "response", None)
         if response is not None and self.response_id is None:
             self.response_id = getattr(response, "id", None)
+            self.background = getattr(response, "background", None) is True
         if kind in _TERMINAL:
             self.final = response
         elif kind == "error":
             self.error = (getattr(event, "code", None), getattr(event, "message", None))
+        elif kind == "response.output_item.added":
+            self.produced = True
         elif kind == "response.output_text.delta":
             self.partial_text += str(getattr(event, "delta", ""))
         stage = progress_stage(kind)
@@ -94,8 +103,37 @@ async def stream_response(
     deadline: float,
     policy: RetryPolicy,
 ) -> StreamOutcome:
-    """Start the response and follow it to its end, the deadline, or cancellation (which cancels it remotely)."""
-    tracker = _Tracker(report)
+    """Start the response and follow it to its end, the deadline, or cancellation. Leaving early closes the stream,
+    which is what stops a streamed response on the service; only a background response is cancelled by call.
+
+    A transient failure that the service reports inside the stream (an `error` event, e.g. `rate_limit_exceeded`)
+    before the run produced anything is retried like an HTTP 429, honouring the wait it names; after output it is
+    not (the code may have run), and the error says so."""
+    attempt = 0
+    while True:
+        attempt += 1
+        tracker = _Tracker(report)
+        try:
+            return await _follow(client, body, tracker, deadline, policy)
+        except BackendUnavailableError as error:
+            if not tracker.streaming:
+                raise  # the start itself: call_with_retry has retried it already
+            if tracker.produced:
+                raise BackendUnavailableError(
+                    f"{error} The failure came after the agent had started on this step (its code may have run): "
+                    "check the session's state before sending the step again.",
+                    retry_after=error.retry_after,
+                ) from error
+            wait = error.retry_after if error.retry_after is not None else policy.base_delay * (2 ** (attempt - 1))
+            if attempt >= policy.attempts or wait > policy.max_wait or anyio.current_time() + wait > deadline:
+                raise
+            log.info("retrying the response in %.2fs: %s", wait, error)
+            await anyio.sleep(wait)
+
+
+async def _follow(
+    client: AsyncOpenAI, body: dict[str, Any], tracker: _Tracker, deadline: float, policy: RetryPolicy
+) -> StreamOutcome:
     stream: Any = None
     extra_body = {k: body[k] for k in ("agent_reference", "structured_inputs") if k in body}
 
@@ -113,14 +151,15 @@ async def stream_response(
             stream = await call_with_retry(
                 start, what="starting the Azure run", policy=policy, idempotent=False, deadline=deadline
             )
+            tracker.streaming = True
             async for event in stream:
                 await tracker.feed(event)
-                if tracker.final is not None:
+                if tracker.final is not None or tracker.error is not None:
                     break
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
             await _close(stream)
-            await _cancel_remote(client, tracker.response_id)
+            await _cancel_remote(client, tracker)
         raise
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
@@ -131,7 +170,7 @@ async def stream_response(
     await _close(stream)
     if scope.cancelled_caught and tracker.final is None:
         with anyio.CancelScope(shield=True):
-            await _cancel_remote(client, tracker.response_id)
+            await _cancel_remote(client, tracker)
         return StreamOutcome(None, tracker.partial_text, timed_out=True)
     return StreamOutcome(_finish(tracker), tracker.partial_text)
 
@@ -147,7 +186,7 @@ def _finish(tracker: _Tracker) -> ResponseDigest:
             "The Azure stream ended before the run finished (the connection dropped). Send the same step again."
         )
     digest = digest_response(tracker.final)
-    if digest.status in ("failed", "incomplete"):
+    if digest.status == "failed":
         raise failed_response_error(digest.status, digest.error_code, digest.error_message)
     if digest.status == "cancelled":
         raise RunFailedError("The Azure run was cancelled by the service. Send the step again.")
@@ -162,12 +201,13 @@ async def _close(stream: Any) -> None:
             await stream.close()
 
 
-async def _cancel_remote(client: AsyncOpenAI, response_id: str | None) -> None:
-    """Best effort, bounded: ask Azure to stop the response (the caller is already leaving)."""
-    if not response_id:
+async def _cancel_remote(client: AsyncOpenAI, tracker: _Tracker) -> None:
+    """Best effort, bounded: ask Azure to stop a *background* response (the caller is already leaving). A streamed
+    response stops when its connection closes (done by the caller); the cancel route refuses those with a 400."""
+    if not tracker.response_id or not tracker.background:
         return
     with anyio.move_on_after(_CANCEL_BOUND):
         try:
-            await client.responses.cancel(response_id)
+            await client.responses.cancel(tracker.response_id)
         except Exception as exc:  # it may have finished meanwhile; cancelling is best effort
-            log.info("cancelling response %s failed: %s", response_id, redact(str(exc)))
+            log.info("cancelling response %s failed: %s", tracker.response_id, redact(str(exc)))
