@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local import interpreter, sandbox, workspace
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import Kernel, KernelStartError
 from ci_mcp.backends.local.outputs import OutputCollector
@@ -111,6 +111,7 @@ class LocalBackend:
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-"))
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
+        self._interpreter: interpreter.Interpreter | None = None
         self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
         if self.plan.mode == "none":
             log.warning("ci-mcp local backend: %s", self.plan.reason)
@@ -118,9 +119,11 @@ class LocalBackend:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        python = await anyio.to_thread.run_sync(self.interpreter)
         if self.plan.mode == "bwrap":
-            self._py_roots = await anyio.to_thread.run_sync(sandbox.python_roots, self._python)
-        await anyio.to_thread.run_sync(self._prepare_mpl_cache)
+            self._py_roots = list(python.mounts)
+        if "matplotlib" in python.libraries:
+            await anyio.to_thread.run_sync(self._prepare_mpl_cache)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self.pool.attach(self._tg)
@@ -140,6 +143,20 @@ class LocalBackend:
             if self.codewriter is not None:
                 await self.codewriter.aclose()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    def interpreter(self) -> interpreter.Interpreter:
+        """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""
+        if self._interpreter is None:
+            data_dir, runtime = self.store.data_dir, self._runtime_dir
+            self._interpreter = interpreter.probe(
+                self._python,
+                sandbox.kernel_env(home=str(runtime), python=self._python),
+                not_containing=(Path.home(), data_dir, runtime),
+                not_inside=(data_dir, runtime),
+            )
+            if self._interpreter.error:
+                log.warning("ci-mcp local backend: the kernel's Python: %s", self._interpreter.error)
+        return self._interpreter
 
     def _prepare_mpl_cache(self) -> None:
         """Build matplotlib's font cache once, so no kernel pays for it (each gets a private copy)."""
