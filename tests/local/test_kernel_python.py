@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import site
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from mcp import Client
 
 from ci_mcp.backends.local import sandbox
 from ci_mcp.settings import Settings
@@ -56,3 +58,37 @@ async def test_import_paths_that_would_expose_the_home_or_the_data_dir_are_not_m
     store.close()
     assert not result.is_error, all_text(result)
     assert "visible []" in all_text(result), all_text(result)
+
+
+ANALYSIS = ("numpy", "pandas", "matplotlib", "openpyxl")
+
+
+async def _told(client: Client) -> str:
+    """What the calling model reads: the server instructions and the run tool's description."""
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    return f"{client.instructions}\n{tools['run_code_analysis'].description}"
+
+
+async def test_the_model_is_told_the_analysis_libraries_are_missing_when_the_kernel_lacks_them(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    python = make_venv(tmp_path / "bare-venv", hide=ANALYSIS)
+    client, store = await open_client(make_settings(kernel_python=str(python), kernel_pool_size=0))
+    async with client:
+        told = await _told(client)
+        ran = await client.call_tool("run_code_analysis", {"code": "import numpy"})
+    store.close()
+    assert "ModuleNotFoundError" in all_text(ran)  # the fixture really lacks them
+    assert "NOT installed: numpy, pandas, matplotlib, openpyxl" in told, told
+    assert "with numpy" not in told and "Installed: numpy" not in told, told
+    assert "Figures still open" not in told, told  # no promise of charts without matplotlib
+
+
+async def test_the_model_is_told_the_libraries_the_kernel_has(make_settings: Callable[..., Settings]) -> None:
+    present = [name for name in ANALYSIS if importlib.util.find_spec(name) is not None]  # kernel = this Python
+    client, store = await open_client(make_settings(kernel_pool_size=0))
+    async with client:
+        told = await _told(client)
+    store.close()
+    assert f"Python {sys.version.split()[0]} with {', '.join(present)}" in told, told
+    assert "NOT installed" not in told if len(present) == len(ANALYSIS) else "NOT installed" in told, told

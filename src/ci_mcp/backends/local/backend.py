@@ -183,11 +183,18 @@ class LocalBackend:
             if self.accepts_request
             else "This backend runs the Python `code` you pass; it does not accept a natural-language request alone."
         )
+        python = self.interpreter()
+        figures = (
+            "Figures still open when the code ends come back as images without saving them; "
+            if "matplotlib" in python.libraries
+            else ""
+        )
         return (
             f"Runs Python in a Jupyter kernel on this machine (one per session; variables persist). {where}. "
-            f"{nl} Installed: numpy, pandas, matplotlib, openpyxl. Figures still open when the code ends come back as "
-            "images without saving them; files written to the working directory come back as files (after "
-            "savefig, plt.close() the figure to avoid getting it twice). No network access."
+            f"{nl} {interpreter.libraries_sentence(python)} {figures}"
+            f"{'files' if figures else 'Files'} written to the working directory come back as files"
+            + (" (after savefig, plt.close() the figure to avoid getting it twice)" if figures else "")
+            + ". No network access."
         )
 
     # -- kernels ---------------------------------------------------------------------------------------------
@@ -390,7 +397,11 @@ class LocalBackend:
                     await progress(0, None, "writing code")
                     files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace).files))
                     code = written = await self.codewriter.write(
-                        request.request, files, live.history[-3:], self.data_mount
+                        request.request,
+                        files,
+                        live.history[-3:],
+                        self.data_mount,
+                        interpreter.libraries_sentence(self.interpreter()),
                     )
                 assert code is not None
                 result = await self._run_locked(live, code, inputs, timeout, progress, started)

@@ -118,3 +118,22 @@ def _mounts(paths: list[Path], not_containing: tuple[Path, ...], not_inside: tup
         if not any(path.is_relative_to(c) for c in chosen):
             chosen.append(path)
     return tuple(sorted(chosen))
+
+
+def libraries_sentence(python: Interpreter) -> str:
+    """What the kernel can import, for the calling model (and the code-writing model): only what was measured."""
+    if python.error:
+        return (
+            "Which libraries the kernel has is unknown (its Python could not be examined); check with "
+            "importlib.util.find_spec before relying on one."
+        )
+    present = [name for name in (*ANALYSIS_LIBRARIES, *OTHER_LIBRARIES) if name in python.libraries]
+    text = f"Python {python.version}" + (
+        f" with {', '.join(present)} installed" if present else " with the standard library only"
+    )
+    if python.missing:
+        text += (
+            f"; NOT installed: {', '.join(python.missing)} (use the standard library instead, e.g. csv and "
+            "statistics; nothing can be installed)"
+        )
+    return text + "."
