@@ -6,8 +6,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ci_mcp.settings import Settings
+
+if TYPE_CHECKING:
+    from ci_mcp.backends.local.backend import LocalBackend
+    from ci_mcp.models import RunResult
 
 Check = tuple[str, bool, str]
 
@@ -56,11 +61,41 @@ def _data_dir(path: Path) -> Check:
     return ("data dir", True, str(path))
 
 
+_LIBRARIES_PROBE = """
+import importlib, json
+found = {}
+for name in %r:
+    try:
+        importlib.import_module(name)
+        found[name] = "ok"
+    except Exception as exc:
+        found[name] = type(exc).__name__
+print(json.dumps(found))
+"""
+
+_NETWORK_PROBE = """
+import json, socket
+seen = {}
+try:
+    socket.create_connection(("127.0.0.1", %d), timeout=2).close()
+    seen["loopback"] = "reached"
+except OSError as exc:
+    seen["loopback"] = type(exc).__name__
+try:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(("192.0.2.1", 9))  # a UDP connect only looks up a route: nothing is sent
+    probe.close()
+    seen["route"] = "found"
+except OSError as exc:
+    seen["route"] = type(exc).__name__
+print(json.dumps(seen))
+"""
+
+
 async def _local(settings: Settings) -> list[Check]:
     from ci_mcp.backends.local import sandbox
     from ci_mcp.backends.local.backend import LocalBackend
     from ci_mcp.errors import CiMcpError, ConfigError
-    from ci_mcp.models import RunRequest, TextOutput, no_progress
     from ci_mcp.store import FileStore
 
     checks: list[Check] = []
@@ -75,37 +110,100 @@ async def _local(settings: Settings) -> list[Check]:
         test_settings = settings.model_copy(update={"data_dir": Path(tmp), "kernel_pool_size": 0})
         store = FileStore(Path(tmp))
         backend = LocalBackend(test_settings, store)
-        started = time.monotonic()
+        python = backend.interpreter()
+        checks.append(
+            ("interpreter", not python.error, python.error or f"{python.python} (Python {python.version}) for kernels")
+        )
         try:
             await backend.start()
-            probe = (
-                "import sys, socket\nprint(sys.version.split()[0])\n"
-                "import numpy, pandas, matplotlib\nprint('analysis libraries ok')\n"
-                "try:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n    print('network: reachable')\n"
-                "except OSError:\n    print('network: blocked')\n"
-            )
-            result = await backend.run(RunRequest(None, probe, None, (), 60), no_progress)
-            text = "".join(o.text for o in result.outputs if isinstance(o, TextOutput)).split("\n")
-            elapsed = time.monotonic() - started
-            ok = result.status == "ok"
-            checks.append(("kernel", ok, f"started and ran code in {elapsed:.1f} s (Python {text[0]})"))
-            checks.append(
-                (
-                    "analysis libs",
-                    "analysis libraries ok" in text,
-                    "numpy, pandas, matplotlib importable"
-                    if "analysis libraries ok" in text
-                    else "numpy/pandas/matplotlib missing: pip install 'ci-mcp[analysis]'",
-                )
-            )
-            if plan.mode == "bwrap":
-                blocked = "network: blocked" in text
-                checks.append(("no network", blocked, "kernels cannot open sockets" if blocked else "NOT isolated"))
-        except CiMcpError as exc:
+            checks += await _kernel_checks(backend)
+        except (CiMcpError, KernelProbeError) as exc:
             checks.append(("kernel", False, str(exc)))
+            checks.append(("analysis libs", False, "not measured: no kernel ran"))
+            checks.append(("no network", False, "not measured: no kernel ran"))
         finally:
             await backend.aclose()
             store.close()
     if os.geteuid() == 0 and plan.mode == "none":
         checks.append(("user", False, "running as root without a sandbox: kernels have root's rights"))
     return checks
+
+
+async def _kernel_checks(backend: LocalBackend) -> list[Check]:
+    """Three separate probes in one kernel, each reported on its own: the kernel runs code, the analysis libraries
+    import, the network is out of reach. One failing says nothing about the others."""
+    from ci_mcp.backends.local.interpreter import ANALYSIS_LIBRARIES
+
+    started = time.monotonic()
+    ran = await _probe(backend, None, "import sys\nprint(sys.version.split()[0])")
+    if ran.status != "ok":
+        raise KernelProbeError(ran)
+    sid = ran.session_id
+    checks: list[Check] = [
+        ("kernel", True, f"started and ran code in {time.monotonic() - started:.1f} s (Python {_text(ran).strip()})")
+    ]
+    libs = _json(await _probe(backend, sid, _LIBRARIES_PROBE % (ANALYSIS_LIBRARIES,)))
+    if libs is None:
+        checks.append(("analysis libs", False, "the import probe gave no answer"))
+    else:
+        missing = [f"{name} ({why})" for name, why in libs.items() if why != "ok"]
+        checks.append(
+            (
+                "analysis libs",
+                not missing,
+                f"{', '.join(libs)} import in the kernel"
+                if not missing
+                else f"not importable in the kernel: {', '.join(missing)}; pip install 'ci-mcp[analysis]' into "
+                "the kernel's Python (CI_MCP_KERNEL_PYTHON, default the server's)",
+            )
+        )
+    checks.append(await _network_check(backend, sid))
+    return checks
+
+
+async def _network_check(backend: LocalBackend, sid: str) -> Check:
+    """Whether a kernel reaches a listener on the host's loopback, or has a route anywhere."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        seen = _json(await _probe(backend, sid, _NETWORK_PROBE % listener.getsockname()[1]))
+    if seen is None:
+        return ("no network", False, "the network probe gave no answer")
+    reached = []
+    if seen.get("loopback") == "reached":
+        reached.append("reached a listener on the host's 127.0.0.1")
+    if seen.get("route") == "found":
+        reached.append("has a route to outside addresses")
+    if reached:
+        return ("no network", False, "NOT isolated: a kernel " + " and ".join(reached))
+    return ("no network", True, "kernels cannot reach the host's loopback and have no route out")
+
+
+class KernelProbeError(Exception):
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(f"the kernel started but the probe ended with status {result.status}: {_text(result)}")
+
+
+async def _probe(backend: LocalBackend, session_id: str | None, code: str) -> RunResult:
+    from ci_mcp.models import RunRequest, no_progress
+
+    return await backend.run(RunRequest(session_id, code, None, (), 60), no_progress)
+
+
+def _text(result: RunResult) -> str:
+    from ci_mcp.models import ErrorOutput, TextOutput
+
+    parts = [o.text for o in result.outputs if isinstance(o, TextOutput)]
+    parts += [f"{o.name}: {o.value}" for o in result.outputs if isinstance(o, ErrorOutput)]
+    return "".join(parts)
+
+
+def _json(result: RunResult) -> dict[str, str] | None:
+    import json
+
+    lines = _text(result).strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if result.status == "ok" and lines else None
+    except ValueError:
+        return None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None

@@ -12,6 +12,7 @@ import pytest
 
 from ci_mcp.backends.local import sandbox
 from tests.conftest import NIFTY_CSV, REPO
+from tests.local.venvs import make_venv
 
 
 def ci_mcp(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -131,3 +132,27 @@ def test_a_bad_setting_is_named_in_one_line_with_exit_code_2(tmp_path: Path) -> 
     done = ci_mcp("serve", env=base_env(tmp_path) | {"CI_MCP_RUN_TIMEOUT_SECONDS": "soon"}, cwd=tmp_path)
     assert done.returncode == 2
     assert "CI_MCP_RUN_TIMEOUT_SECONDS" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_without_the_analysis_libraries_still_sees_the_kernel_run_and_the_network_isolated(
+    tmp_path: Path,
+) -> None:
+    python = make_venv(tmp_path / "bare-venv", hide=("numpy", "pandas", "matplotlib", "openpyxl"))
+    done = ci_mcp("doctor", env=base_env(tmp_path) | {"CI_MCP_KERNEL_PYTHON": str(python)}, cwd=tmp_path)
+    report = done.stdout + done.stderr
+    checks = doctor_lines(done.stdout)
+    assert checks.get("kernel") == "ok" and "started and ran code" in done.stdout, report
+    assert checks.get("analysis libs") == "FAIL", report
+    libs_line = next(line for line in done.stdout.splitlines() if "analysis libs" in line)
+    assert all(name in libs_line for name in ("numpy", "pandas", "matplotlib", "openpyxl")), report
+    if sandbox.bwrap_works()[0]:
+        assert checks.get("no network") == "ok", report
+    assert done.returncode == 1, report
+
+
+def test_doctor_measures_that_an_unsandboxed_kernel_reaches_the_network(tmp_path: Path) -> None:
+    done = ci_mcp("doctor", env=base_env(tmp_path) | {"CI_MCP_SANDBOX": "none"}, cwd=tmp_path)
+    report = done.stdout + done.stderr
+    checks = doctor_lines(done.stdout)
+    assert checks.get("kernel") == "ok", report
+    assert checks.get("no network") == "FAIL" and "NOT isolated: a kernel reached" in done.stdout, report

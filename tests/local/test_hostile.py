@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.local import cgroups, sandbox
+from ci_mcp.backends.local import cgroups, interpreter, sandbox
 from ci_mcp.settings import Settings
 from tests.conftest import all_text, open_client, session_of, texts
 
@@ -157,7 +157,8 @@ async def test_host_secrets_data_and_other_sessions_are_invisible(  # type: igno
 async def test_nothing_of_the_users_home_is_mounted_but_the_python_it_runs(sandboxed) -> None:  # type: ignore[no-untyped-def]
     client, _ = sandboxed
     home = Path.home()
-    needed = {p.relative_to(home).parts[0] for p in sandbox.python_roots(sys.executable) if p.is_relative_to(home)}
+    mounts = interpreter.probe(sys.executable, sandbox.kernel_env(str(home)), not_containing=(home,)).mounts
+    needed = {p.relative_to(home).parts[0] for p in mounts if p.is_relative_to(home)}
     entries = sorted(e.name for e in home.iterdir() if e.name not in needed)
     result = await run(
         client, f"import os\nprint([e for e in {entries!r} if os.path.lexists(os.path.join({str(home)!r}, e))])"

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from ci_mcp.settings import Settings
 from tests.conftest import all_text, images, open_client, session_of, texts
+from tests.local.venvs import make_venv
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +117,20 @@ async def test_a_refusing_model_endpoint_gives_a_clear_error_without_the_key(
 async def test_without_a_model_a_request_alone_says_to_pass_code(client: Client) -> None:
     result = await client.call_tool("run_code_analysis", {"request": "plot revenue by sector"})
     assert result.is_error and "pass the analysis as `code`" in all_text(result)
+
+
+async def test_the_code_writing_model_is_told_which_libraries_the_kernel_lacks(
+    make_settings: Callable[..., Settings], fake_model: tuple[FakeModel, str], tmp_path: Path
+) -> None:
+    model, url = fake_model
+    model.replies = ["```python\nimport csv\nprint('standard library only')\n```"]
+    python = make_venv(tmp_path / "bare-venv", hide=("numpy", "pandas", "matplotlib", "openpyxl"))
+    settings = make_settings(llm_base_url=url, llm_model="m", kernel_python=str(python), kernel_pool_size=0)
+    client, store = await open_client(settings)
+    async with client:
+        result = await client.call_tool("run_code_analysis", {"request": "count the rows"})
+    store.close()
+    assert "standard library only" in all_text(result), all_text(result)
+    system = model.seen[0]["body"]["messages"][0]["content"]
+    assert "NOT installed: numpy, pandas, matplotlib, openpyxl" in system, system
+    assert "with numpy" not in system and "Installed: numpy" not in system, system

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp import Client
 
 from ci_mcp.backends.local.backend import LocalBackend
+from ci_mcp.backends.local.kernel import Kernel
 from ci_mcp.models import RunRequest, TextOutput, no_progress
+from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.conftest import all_text, generated_ids, open_client, session_of
@@ -139,3 +142,50 @@ async def test_calls_on_one_session_are_serialised_and_sessions_run_in_parallel(
     assert "a2 11" not in results["a1"] and "a1 1" not in results["a2"]  # outputs not mixed up
     assert "b done" in results["b"]
     assert elapsed < 2.9, elapsed  # a1 and b overlapped (serial would take at least 3 s)
+
+
+@pytest.mark.parametrize("cold", ["new session", "revived session"])
+async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, cold: str
+) -> None:
+    settings = make_settings(kernel_pool_size=0)
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    async with Client(create_server(backend, settings)) as client:
+        warm_sid = session_of(await client.call_tool("run_code_analysis", {"code": "n = 41"}))
+        args: dict[str, str] = {"code": "print('cold ran')"}
+        if cold == "revived session":
+            closed = session_of(await client.call_tool("run_code_analysis", {"code": "pass"}))
+            await client.call_tool("close_session", {"session_id": closed})
+            args["session_id"] = closed
+
+        # From here on every kernel start waits at a gate the test opens only after the warm call has finished.
+        entered, gate = anyio.Event(), anyio.Event()
+        start_kernel = backend._start_kernel
+
+        async def gated_start(ws: Path) -> Kernel:
+            entered.set()
+            await gate.wait()
+            return await start_kernel(ws)
+
+        monkeypatch.setattr(backend, "_start_kernel", gated_start)
+        cold_result: list[str] = []
+
+        async def cold_call() -> None:
+            cold_result.append(all_text(await client.call_tool("run_code_analysis", args)))
+
+        try:
+            with anyio.fail_after(30):  # a bound, not a measurement: the broken build waits here forever
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cold_call)
+                    await entered.wait()
+                    warm = await client.call_tool(
+                        "run_code_analysis", {"code": "n += 1\nprint(n)", "session_id": warm_sid}
+                    )
+                    assert "42" in all_text(warm), all_text(warm)
+                    assert not cold_result  # the cold start is still held at the gate
+                    gate.set()
+        finally:
+            gate.set()
+    store.close()
+    assert "cold ran" in cold_result[0], cold_result

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local import interpreter, sandbox, workspace
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import Kernel, KernelStartError
 from ci_mcp.backends.local.outputs import OutputCollector
@@ -104,11 +104,14 @@ class LocalBackend:
         self.accepts_request = self.codewriter is not None
         self._python = settings.kernel_python or sys.executable
         self._live: dict[str, LiveSession] = {}
-        self._create_lock = anyio.Lock()
+        self._create_lock = anyio.Lock()  # guards the session count only, never held across a kernel start
+        self._reserved = 0  # session slots held by kernels being started
+        self._starting: dict[str, anyio.Event] = {}  # known sessions whose kernel is being started
         self._tg: TaskGroup | None = None
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-"))
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
+        self._interpreter: interpreter.Interpreter | None = None
         self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
         if self.plan.mode == "none":
             log.warning("ci-mcp local backend: %s", self.plan.reason)
@@ -116,9 +119,11 @@ class LocalBackend:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        python = await anyio.to_thread.run_sync(self.interpreter)
         if self.plan.mode == "bwrap":
-            self._py_roots = await anyio.to_thread.run_sync(sandbox.python_roots, self._python)
-        await anyio.to_thread.run_sync(self._prepare_mpl_cache)
+            self._py_roots = list(python.mounts)
+        if "matplotlib" in python.libraries:
+            await anyio.to_thread.run_sync(self._prepare_mpl_cache)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self.pool.attach(self._tg)
@@ -138,6 +143,20 @@ class LocalBackend:
             if self.codewriter is not None:
                 await self.codewriter.aclose()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    def interpreter(self) -> interpreter.Interpreter:
+        """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""
+        if self._interpreter is None:
+            data_dir, runtime = self.store.data_dir, self._runtime_dir
+            self._interpreter = interpreter.probe(
+                self._python,
+                sandbox.kernel_env(home=str(runtime), python=self._python),
+                not_containing=(Path.home(), data_dir, runtime),
+                not_inside=(data_dir, runtime),
+            )
+            if self._interpreter.error:
+                log.warning("ci-mcp local backend: the kernel's Python: %s", self._interpreter.error)
+        return self._interpreter
 
     def _prepare_mpl_cache(self) -> None:
         """Build matplotlib's font cache once, so no kernel pays for it (each gets a private copy)."""
@@ -164,11 +183,18 @@ class LocalBackend:
             if self.accepts_request
             else "This backend runs the Python `code` you pass; it does not accept a natural-language request alone."
         )
+        python = self.interpreter()
+        figures = (
+            "Figures still open when the code ends come back as images without saving them; "
+            if "matplotlib" in python.libraries
+            else ""
+        )
         return (
             f"Runs Python in a Jupyter kernel on this machine (one per session; variables persist). {where}. "
-            f"{nl} Installed: numpy, pandas, matplotlib, openpyxl. Figures still open when the code ends come back as "
-            "images without saving them; files written to the working directory come back as files (after "
-            "savefig, plt.close() the figure to avoid getting it twice). No network access."
+            f"{nl} {interpreter.libraries_sentence(python)} {figures}"
+            f"{'files' if figures else 'Files'} written to the working directory come back as files"
+            + (" (after savefig, plt.close() the figure to avoid getting it twice)" if figures else "")
+            + ". No network access."
         )
 
     # -- kernels ---------------------------------------------------------------------------------------------
@@ -223,44 +249,76 @@ class LocalBackend:
     # -- sessions --------------------------------------------------------------------------------------------
 
     async def _session(self, session_id: str | None) -> LiveSession:
-        async with self._create_lock:
-            if session_id is not None:
-                live = self._live.get(session_id)
-                if live is not None:
-                    return live
-                record = self.store.session(session_id)  # NotFoundError for unknown ids
-                if record.backend != self.name:
-                    raise InvalidInputError(
-                        f"Session '{session_id}' belongs to the {record.backend} backend; start a new session."
-                    )
-                await self._make_room()
+        """The live session for `session_id`, starting its kernel when needed (a new session when None).
+
+        Finding a live session never waits: kernel starts happen outside any shared lock, so a cold start of one
+        session does not hold up calls on the others. A second call on a session whose kernel is being started
+        waits for that start only."""
+        if session_id is None:
+            return await self._new_session()
+        while (starting := self._starting.get(session_id)) is not None:
+            await starting.wait()
+        live = self._live.get(session_id)
+        if live is not None:
+            return live
+        record = self.store.session(session_id)  # NotFoundError for unknown ids
+        if record.backend != self.name:
+            raise InvalidInputError(
+                f"Session '{session_id}' belongs to the {record.backend} backend; start a new session."
+            )
+        done = anyio.Event()
+        self._starting[session_id] = done  # no await since the lookup above: one start per session
+        try:
+            await self._reserve()
+            try:
                 ws = Path(str(record.state.get("workspace", "")))
                 if not ws.is_dir():
                     ws = self.store.workspaces_dir / secrets.token_hex(8)
                     ws.mkdir(mode=0o700)
                     self.store.update_session(session_id, state={"workspace": str(ws)})
                 kernel = await self._start_kernel(ws)
-                live = LiveSession(session_id, kernel, ws)
-                live.pending_notices.append(
-                    "This session's kernel was not running (the server restarted or the session was idle), so a "
-                    "new kernel was started: variables and imports from earlier calls are gone; files in the "
-                    "working directory are kept. Re-run any setup code you need."
-                )
-                self._live[session_id] = live
-                return live
-            await self._make_room()
+            finally:
+                self._reserved -= 1
+            live = LiveSession(session_id, kernel, ws)
+            live.pending_notices.append(
+                "This session's kernel was not running (the server restarted or the session was idle), so a "
+                "new kernel was started: variables and imports from earlier calls are gone; files in the "
+                "working directory are kept. Re-run any setup code you need."
+            )
+            self._live[session_id] = live
+            return live
+        finally:
+            del self._starting[session_id]
+            done.set()
+
+    async def _new_session(self) -> LiveSession:
+        await self._reserve()
+        try:
             warm = self.pool.take()
             if warm is None:
                 warm = await self._new_warm_kernel()
+        finally:
+            self._reserved -= 1
+        try:
             record = self.store.create_session(self.name, {"workspace": str(warm.workspace)})
-            live = LiveSession(record.session_id, warm.kernel, warm.workspace)
-            if self.plan.mode == "none":
-                live.pending_notices.append(self.plan.reason)
-            self._live[record.session_id] = live
-            return live
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await warm.kernel.stop()
+            raise
+        live = LiveSession(record.session_id, warm.kernel, warm.workspace)
+        if self.plan.mode == "none":
+            live.pending_notices.append(self.plan.reason)
+        self._live[record.session_id] = live
+        return live
+
+    async def _reserve(self) -> None:
+        """Hold a session slot for a kernel about to start (the lock covers the count, never the start)."""
+        async with self._create_lock:
+            await self._make_room()
+            self._reserved += 1
 
     async def _make_room(self) -> None:
-        if len(self._live) < self.settings.max_sessions:
+        if len(self._live) + self._reserved < self.settings.max_sessions:
             return
         idle = [s for s in self._live.values() if not s.lock.locked()]
         if not idle:
@@ -287,6 +345,8 @@ class LocalBackend:
 
     async def close_session(self, session_id: str) -> None:
         self.store.session(session_id)
+        while (starting := self._starting.get(session_id)) is not None:
+            await starting.wait()
         live = self._live.get(session_id)
         if live is not None:
             async with live.lock:
@@ -337,7 +397,11 @@ class LocalBackend:
                     await progress(0, None, "writing code")
                     files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace).files))
                     code = written = await self.codewriter.write(
-                        request.request, files, live.history[-3:], self.data_mount
+                        request.request,
+                        files,
+                        live.history[-3:],
+                        self.data_mount,
+                        interpreter.libraries_sentence(self.interpreter()),
                     )
                 assert code is not None
                 result = await self._run_locked(live, code, inputs, timeout, progress, started)

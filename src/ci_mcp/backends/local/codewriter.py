@@ -16,10 +16,10 @@ _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
 SYSTEM = (
     "You write Python for a Jupyter kernel that answers a data-analysis request. Reply with exactly one fenced "
-    "```python code block and nothing else. {where} Installed: numpy, pandas, matplotlib, openpyxl; there is no "
-    "network. Print the numbers that answer the request. Charts: draw them with matplotlib and leave the figure "
-    "open (it is returned as an image); save other outputs as files in the working directory. Variables from "
-    "earlier code in this session still exist."
+    "```python code block and nothing else. {where} The kernel runs {libraries} There is no network. Print the "
+    "numbers that answer the request. Charts (where matplotlib is installed): draw them with matplotlib and leave "
+    "the figure open (it is returned as an image); save other outputs as files in the working directory. "
+    "Variables from earlier code in this session still exist."
 )
 
 
@@ -40,7 +40,10 @@ class CodeWriter:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def write(self, request: str, files: Sequence[str], history: Sequence[str], data_mount: str) -> str:
+    async def write(
+        self, request: str, files: Sequence[str], history: Sequence[str], data_mount: str, libraries: str
+    ) -> str:
+        """Code for `request`; `libraries` says what the kernel can import (measured, see interpreter.py)."""
         import openai
 
         where = (
@@ -52,7 +55,7 @@ class CodeWriter:
         if history:
             context += "\n\nCode already run in this session (most recent last):\n" + "\n# ---\n".join(history)
         messages = [
-            {"role": "system", "content": SYSTEM.format(where=where)},
+            {"role": "system", "content": SYSTEM.format(where=where, libraries=libraries)},
             {"role": "user", "content": f"{context}\n\nRequest: {request}"},
         ]
         try:

@@ -1,13 +1,14 @@
 """How a kernel process is confined: the bubblewrap command line, the scrubbed environment, the limits.
 
-With bwrap the kernel sees: a read-only /usr and Python environment, a private /tmp and /dev, its own user, PID,
-IPC, UTS and network namespaces (no network at all, loopback included), the session directory read-write at
-/mnt/data, and its IPC socket directory. It runs as uid/gid 65534 (nobody) with no capabilities and cannot create
-further user namespaces, whatever uid the server has: a server started as root (common in containers) must not
-hand the kernel the power to remount the read-only binds and change code the server imports later. Nothing else
-of the host: not the user's home, not the server's data directory, not other sessions. Without bwrap
-(CI_MCP_SANDBOX=none, or auto where bwrap cannot run) the kernel runs as a plain child process with resource limits
-only, and the working directory stands in for /mnt/data.
+With bwrap the kernel sees: a read-only /usr and Python environment (every path its interpreter imports from, as
+`interpreter.probe` learns them), a private /tmp and /dev, its own user, PID, IPC, UTS and network namespaces (no
+network at all, loopback included), the session directory read-write at /mnt/data, and its IPC socket directory.
+It runs as uid/gid 65534 (nobody) with no capabilities and cannot create further user namespaces, whatever uid the
+server has: a server started as root (common in containers) must not hand the kernel the power to remount the
+read-only binds and change code the server imports later. Nothing else of the host: not the user's home, not the
+server's data directory, not other sessions. Without bwrap (CI_MCP_SANDBOX=none, or auto where bwrap cannot run)
+the kernel runs as a plain child process with resource limits only, and the working directory stands in for
+/mnt/data.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ _ETC_ALLOWED = (
 )
 _ENV_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 MB = 1024 * 1024
-_ROOTS_PROBE = "import sys, site; print(sys.prefix); print(sys.base_prefix); print(*site.getsitepackages(), sep='\\n')"
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,13 @@ def plan_sandbox(mode: str) -> SandboxPlan:
     )
 
 
-def kernel_env(home: str) -> dict[str, str]:
-    """A scrubbed environment: nothing of the server's (no AZURE_*, tokens, keys, CI_MCP_*) reaches the code."""
+def kernel_env(home: str, python: str | None = None) -> dict[str, str]:
+    """A scrubbed environment: nothing of the server's (no AZURE_*, tokens, keys, CI_MCP_*) reaches the code.
+    PATH starts with the kernel Python's own bin directory (`python`, default the server's)."""
 
+    bin_dir = Path(os.path.abspath(python or sys.executable)).parent
     env = {
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PATH": os.pathsep.join([str(bin_dir), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": home,
         "TMPDIR": "/tmp",
         "MPLCONFIGDIR": CONN_DIR + "/mpl",
@@ -185,30 +187,6 @@ def _user_processes() -> int:
     return count
 
 
-def python_roots(python: str) -> list[Path]:
-    """Directories the kernel's Python needs: its prefix, base prefix and the real paths of the executable."""
-    if Path(python).resolve() == Path(sys.executable).resolve():  # our own interpreter: no need to ask it
-        import site
-
-        found = {Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in site.getsitepackages())}
-        found.add(Path(python).resolve().parent.parent)
-        return sorted(r.resolve() for r in found if not str(r.resolve()).startswith("/usr/"))
-    probe = subprocess.run(
-        [
-            python,
-            "-c",
-            "import sys, site; print(sys.prefix); print(sys.base_prefix); print(*site.getsitepackages(), sep='\\n')",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    roots = {Path(line).resolve() for line in probe.stdout.splitlines() if line.strip()}
-    roots.add(Path(python).resolve().parent.parent)
-    return sorted(r for r in roots if not str(r).startswith("/usr/"))
-
-
 def build_launch(
     plan: SandboxPlan,
     *,
@@ -225,7 +203,7 @@ def build_launch(
         return KernelLaunch(
             python=python,
             cwd=workspace,
-            env=kernel_env(home=str(workspace)),
+            env=kernel_env(home=str(workspace), python=python),
             mpl_seed=mpl_cache,
             runtime_dir=runtime_dir,
             limits=kernel_limits,
@@ -284,7 +262,7 @@ def build_launch(
         DATA_MOUNT,
         "--",
     ]
-    env = kernel_env(home="/tmp")
+    env = kernel_env(home="/tmp", python=python)
     return KernelLaunch(
         mpl_seed=mpl_cache,
         python=python,

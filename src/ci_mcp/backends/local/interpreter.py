@@ -1,0 +1,139 @@
+"""What the kernel's Python is: the directories it needs inside the sandbox and the analysis libraries it has.
+
+Learned once, by asking that interpreter itself in a short subprocess with the kernel's scrubbed environment (no
+PYTHONPATH, no user site). The interpreter's own answer is the only reliable one: a virtual environment built on
+the same base Python resolves to the very same executable, yet has its own prefix, site-packages and `.pth` paths.
+`importlib.util.find_spec` locates a package without importing it, so the probe costs one interpreter start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ANALYSIS_LIBRARIES = ("numpy", "pandas", "matplotlib", "openpyxl")
+"""The libraries analyses expect (installed by the `ci-mcp[analysis]` extra)."""
+OTHER_LIBRARIES = ("scipy", "seaborn", "sklearn", "statsmodels", "pyarrow", "polars", "PIL", "xlrd")
+"""Further libraries worth telling the model about when present."""
+_ALREADY_MOUNTED = (Path("/usr"),)
+
+_PROBE = """
+import importlib.util, json, site, sys
+def has(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:
+        return False
+print(json.dumps({
+    "version": sys.version.split()[0],
+    "paths": [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages(), *sys.path],
+    "libraries": [name for name in sys.argv[1:] if has(name)],
+}))
+"""
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    python: str
+    version: str = ""
+    mounts: tuple[Path, ...] = ()
+    """Paths to bind read-only at the same place in the sandbox (prefixes, import paths, the executable's links)."""
+    libraries: frozenset[str] = frozenset()
+    """Which of ANALYSIS_LIBRARIES and OTHER_LIBRARIES the interpreter can import."""
+    error: str = ""
+    """Why the interpreter could not be examined (empty when it was)."""
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name in ANALYSIS_LIBRARIES if name not in self.libraries]
+
+
+def probe(
+    python: str, env: dict[str, str], *, not_containing: tuple[Path, ...] = (), not_inside: tuple[Path, ...] = ()
+) -> Interpreter:
+    """Ask `python` for its paths and libraries. No mount may be or contain a path of `not_containing` (the
+    user's home, the data directory, the kernels' socket directory), nor lie inside one of `not_inside` (the
+    data and socket directories); a Python environment inside the home directory is fine."""
+    with tempfile.TemporaryDirectory(prefix="ci-mcp-probe-") as home:
+        try:
+            done = subprocess.run(
+                [python, "-c", _PROBE, *ANALYSIS_LIBRARIES, *OTHER_LIBRARIES],
+                env={**env, "HOME": home},
+                cwd=home,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Interpreter(python, error=f"{python} could not be run ({exc})")
+    try:
+        facts = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        detail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return Interpreter(python, error=f"{python} could not be examined ({detail[:300]})")
+    paths = [Path(p) for p in facts.get("paths", []) if p] + _link_dirs(Path(python))
+    return Interpreter(
+        python,
+        version=str(facts.get("version", "")),
+        mounts=_mounts(paths, not_containing, not_inside),
+        libraries=frozenset(str(name) for name in facts.get("libraries", [])),
+    )
+
+
+def _link_dirs(python: Path) -> list[Path]:
+    """The directory of every link on the way from `python` to the real executable (a venv's bin/python points
+    into its base Python), so that each step of the chain exists in the sandbox."""
+    dirs = []
+    current = Path(os.path.abspath(python))
+    for _ in range(40):
+        dirs.append(current.parent)
+        if not current.is_symlink():
+            break
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return dirs
+
+
+def _mounts(paths: list[Path], not_containing: tuple[Path, ...], not_inside: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Existing paths, each as seen and as resolved, without what is already mounted or forbidden, and without
+    anything inside another chosen path."""
+    containing = [p.resolve() for p in not_containing] + [Path(os.path.abspath(p)) for p in not_containing]
+    inside = [p.resolve() for p in not_inside] + [Path(os.path.abspath(p)) for p in not_inside]
+    candidates: set[Path] = set()
+    for path in paths:
+        if not path.is_absolute() or not path.exists():
+            continue
+        for form in (Path(os.path.abspath(path)), path.resolve()):
+            if form == Path("/") or any(form.is_relative_to(m) for m in _ALREADY_MOUNTED):
+                continue
+            if any(p.is_relative_to(form) for p in containing) or any(form.is_relative_to(p) for p in inside):
+                continue
+            candidates.add(form)
+    chosen: list[Path] = []
+    for path in sorted(candidates, key=lambda p: len(p.parts)):
+        if not any(path.is_relative_to(c) for c in chosen):
+            chosen.append(path)
+    return tuple(sorted(chosen))
+
+
+def libraries_sentence(python: Interpreter) -> str:
+    """What the kernel can import, for the calling model (and the code-writing model): only what was measured."""
+    if python.error:
+        return (
+            "Which libraries the kernel has is unknown (its Python could not be examined); check with "
+            "importlib.util.find_spec before relying on one."
+        )
+    present = [name for name in (*ANALYSIS_LIBRARIES, *OTHER_LIBRARIES) if name in python.libraries]
+    text = f"Python {python.version}" + (
+        f" with {', '.join(present)} installed" if present else " with the standard library only"
+    )
+    if python.missing:
+        text += (
+            f"; NOT installed: {', '.join(python.missing)} (use the standard library instead, e.g. csv and "
+            "statistics; nothing can be installed)"
+        )
+    return text + "."
