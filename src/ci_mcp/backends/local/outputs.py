@@ -9,15 +9,21 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+import anyio
 
 from ci_mcp.backends.local.kernel import ClearEvent, DisplayEvent, ErrorEvent, KernelEvent, StreamEvent
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore
 
 SPILL_CAP = 64 * 1024 * 1024
+PICTURES = {"image/png": "png", "image/jpeg": "jpg"}
+"""Displayed pictures kept as figures, best first (a bundle's first one wins). Whether the bytes really are that
+picture is checked where they are shown (`ci_mcp.images.preview`), never trusted from the media type."""
 
 
 @dataclass
@@ -26,6 +32,8 @@ class OutputCollector:
     session_id: str
     text_limit: int
     spill_dir: Path
+    max_payload: int = 16 * 1024 * 1024
+    """Largest display payload kept, and largest picture file read for a preview."""
     items: list[OutputItem] = field(default_factory=list)
     generated: list[FileInfo] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -41,7 +49,11 @@ class OutputCollector:
         if isinstance(event, StreamEvent):
             self._text(event.text, event.name)
         elif isinstance(event, DisplayEvent):
-            self._display(event)
+            if event.data.keys() - {"text/plain"}:
+                # Decoding and storing a payload blocks: off the event loop (events stay in order: we wait).
+                await anyio.to_thread.run_sync(self._display, event)
+            else:
+                self._display(event)
         elif isinstance(event, ErrorEvent):
             self.items.append(ErrorOutput(event.name, event.value, event.traceback))
             self._write_spill(f"{event.traceback}\n")
@@ -67,24 +79,28 @@ class OutputCollector:
 
     def _display(self, event: DisplayEvent) -> None:
         data = event.data
-        png = data.get("image/png")
-        if png is not None:
+        for media_type, ext in PICTURES.items():
+            encoded = data.get(media_type)
+            if encoded is None:
+                continue
             try:
-                raw = base64.b64decode(png, validate=False)
+                raw = base64.b64decode(encoded, validate=False)
             except (binascii.Error, ValueError):
                 raw = b""
-            if raw.startswith(b"\x89PNG"):
-                self._figures += 1
-                info = self.store.put_bytes(
-                    f"figure-{self._figures}.png",
-                    raw,
-                    origin="generated",
-                    session_id=self.session_id,
-                    media_type="image/png",
-                )
-                self.generated.append(info)
-                self.items.append(ImageOutput(info, raw))
-                return
+            if not raw:
+                self.notices.append(f"A displayed {media_type} was not valid base64 and was dropped.")
+                continue
+            self._figures += 1
+            info = self.store.put_bytes(
+                f"figure-{self._figures}.{ext}",
+                raw,
+                origin="generated",
+                session_id=self.session_id,
+                media_type=media_type,
+            )
+            self.generated.append(info)
+            self.items.append(ImageOutput(info, raw))
+            return
         svg = data.get("image/svg+xml")
         if svg is not None:
             self._figures += 1
@@ -100,6 +116,16 @@ class OutputCollector:
         text = data.get("text/plain")
         if text is not None:
             self._text(text if text.endswith("\n") else text + "\n", "result")
+
+    def picture_file(self, info: FileInfo, read: Callable[[], bytes]) -> None:
+        """A picture file the run wrote: shown like a displayed one when it is small enough to read for a preview."""
+        if info.size > self.max_payload:
+            self.notices.append(
+                f"No preview of {info.name} = {info.file_id}: it is {info.size:,} bytes, over the "
+                f"{self.max_payload:,} read for a preview (CI_MCP_MAX_DISPLAY_BYTES); it is kept as a file."
+            )
+            return
+        self.items.append(ImageOutput(info, read()))
 
     def _write_spill(self, text: str) -> None:
         """Everything printed, in order: in memory while it fits in the result, then in a spill file."""
