@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     """Pictures declaring more pixels (read from the header, never decoded) get no preview; they stay files."""
     max_display_bytes: int = 16 * MB
     """Largest single display payload (figure, SVG, HTML, JSON) kept from a run, and largest picture previewed."""
+    max_display_bytes_per_run: int = 64 * MB
+    """All pictures and SVG one run displays, plus the picture files read for its previews, together."""
 
     # local backend
     kernel_pool_size: int = 1

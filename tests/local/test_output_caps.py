@@ -122,7 +122,7 @@ async def test_text_with_an_image_extension_or_media_type_is_a_file_not_a_pictur
 async def test_a_display_payload_that_is_not_base64_is_reported(sandboxed) -> None:  # type: ignore[no-untyped-def]
     client, _ = sandboxed
     result = await run(client, "from IPython.display import display\ndisplay({'image/png': '%%%'}, raw=True)")
-    assert images(result) == [] and "was not valid base64 and was dropped" in all_text(result)
+    assert images(result) == [] and "payload(s) were not valid base64 and were dropped" in all_text(result)
 
 
 async def test_pictures_are_decoded_and_stored_off_the_event_loop(  # type: ignore[no-untyped-def]
@@ -159,3 +159,69 @@ async def test_a_real_chart_still_comes_back_as_a_picture(sandboxed) -> None:  #
     result = await run(client, "import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, 2])")
     (png,) = images(result)
     assert png.startswith(b"\x89PNG"), texts(result)
+
+
+# -- 2. display payloads -------------------------------------------------------------------------------------------
+
+DISPLAY = "import base64, os\nfrom IPython.display import display, HTML\n"
+
+
+async def test_display_payloads_over_the_cap_are_dropped_with_one_note_each_kind(  # type: ignore[no-untyped-def]
+    make_settings: Callable[..., Settings],
+) -> None:
+    client, store = await open_client(make_settings(sandbox="bwrap", max_display_bytes=1_000_000))
+    code = DISPLAY + (
+        "big = base64.b64encode(b'\\x89PNG' + os.urandom(2_000_000)).decode()\n"
+        "for _ in range(50):\n"
+        "    display({'image/png': big, 'text/plain': 'plot'}, raw=True)\n"
+        "display({'image/svg+xml': '<svg>' + ' ' * 2_000_000 + '</svg>'}, raw=True)\n"
+        "display(HTML('<p>' * 1_000_001))\n"
+        "display(HTML('<b>small table</b>'))"
+    )
+    async with client:
+        result = await run(client, code)
+    store.close()
+    text = all_text(result)
+    assert images(result) == [] and generated_ids(result) == {}, text
+    assert "50 displayed image/png over 1,000,000 bytes each were dropped" in text, text
+    assert "1 displayed image/svg+xml over 1,000,000 bytes each were dropped" in text, text
+    assert "1 displayed text/html over 1,000,000 bytes each were dropped" in text, text
+    assert "CI_MCP_MAX_DISPLAY_BYTES" in text and "<b>small table</b>" in text and "<p><p>" not in text
+
+
+async def test_display_payloads_past_the_run_total_are_dropped(make_settings: Callable[..., Settings]) -> None:
+    client, store = await open_client(make_settings(sandbox="bwrap", max_display_bytes_per_run=3_000_000))
+    code = DISPLAY + (
+        "for _ in range(10):\n"
+        "    display({'image/png': base64.b64encode(b'\\x89PNG' + os.urandom(500_000)).decode()}, raw=True)"
+    )
+    async with client:
+        result = await run(client, code)
+        kept = generated_ids(result)
+        total = sum(store.get(fid).size for fid in kept.values())
+        again = await run(client, code, session_id=session_of(result))
+    store.close()
+    text = all_text(result)
+    assert 0 < len(kept) < 10 and total <= 3_000_000, (kept, total)
+    dropped = f"{10 - len(kept)} displayed image/png were dropped once the run's display payloads reached 3,000,000"
+    assert dropped in text, text
+    assert "CI_MCP_MAX_DISPLAY_BYTES_PER_RUN" in text
+    assert len(generated_ids(again)) == len(kept)  # the total is per run
+
+
+async def test_a_picture_file_too_large_to_preview_is_not_read_and_stays_a_file(  # type: ignore[no-untyped-def]
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_mcp.store import FileStore
+
+    read: list[str] = []
+    real_read = FileStore.read
+    monkeypatch.setattr(FileStore, "read", lambda self, fid: read.append(fid) or real_read(self, fid))
+    client, store = await open_client(make_settings(sandbox="bwrap", max_display_bytes=1_000_000))
+    async with client:
+        result = await run(client, "import os\nopen('big.png', 'wb').write(b'\\x89PNG' + os.urandom(2_000_000))")
+    store.close()
+    text = all_text(result)
+    assert images(result) == [] and read == [], text
+    assert "1 picture file(s) over 1,000,000 bytes got no preview; they are kept as files" in text, text
+    assert [link.name for link in links(result)] == ["big.png"]

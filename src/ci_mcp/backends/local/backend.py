@@ -372,6 +372,7 @@ class LocalBackend:
             self.settings.text_output_limit,
             self._runtime_dir,
             max_payload=self.settings.max_display_bytes,
+            max_run_payloads=self.settings.max_display_bytes_per_run,
         )
         deadline = started + timeout
         async with anyio.create_task_group() as tg:

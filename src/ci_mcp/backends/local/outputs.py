@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ SPILL_CAP = 64 * 1024 * 1024
 PICTURES = {"image/png": "png", "image/jpeg": "jpg"}
 """Displayed pictures kept as figures, best first (a bundle's first one wins). Whether the bytes really are that
 picture is checked where they are shown (`ci_mcp.images.preview`), never trusted from the media type."""
+TEXT_FALLBACKS = ("text/markdown", "text/html", "application/json", "text/latex")
+"""Shown as the result's text, in this order, when a bundle's text/plain is missing or only a placeholder."""
+_PLACEHOLDER = re.compile(r"<[\w.]+ object(?: at 0x[0-9a-f]+)?>")
 
 
 @dataclass
@@ -34,6 +38,8 @@ class OutputCollector:
     spill_dir: Path
     max_payload: int = 16 * 1024 * 1024
     """Largest display payload kept, and largest picture file read for a preview."""
+    max_run_payloads: int = 64 * 1024 * 1024
+    """All display payloads (pictures, SVG) and picture files read for a preview in one run, together."""
     items: list[OutputItem] = field(default_factory=list)
     generated: list[FileInfo] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -44,6 +50,8 @@ class OutputCollector:
     _figures: int = 0
     _pending: list[str] = field(default_factory=list)
     _pending_chars: int = 0
+    _payload_bytes: int = 0
+    _dropped: dict[str, int] = field(default_factory=dict)
 
     async def __call__(self, event: KernelEvent) -> None:
         if isinstance(event, StreamEvent):
@@ -78,17 +86,18 @@ class OutputCollector:
             self.items.append(TextOutput(piece, out_kind))
 
     def _display(self, event: DisplayEvent) -> None:
+        """Keep a bundle's picture (or SVG) as a figure file and show its best text, each payload within the caps."""
         data = event.data
         for media_type, ext in PICTURES.items():
             encoded = data.get(media_type)
-            if encoded is None:
+            if encoded is None or not self._admit(len(encoded) * 3 // 4, f"displayed {media_type}"):
                 continue
             try:
                 raw = base64.b64decode(encoded, validate=False)
             except (binascii.Error, ValueError):
                 raw = b""
             if not raw:
-                self.notices.append(f"A displayed {media_type} was not valid base64 and was dropped.")
+                self._drop(f"displayed {media_type} payload(s) were not valid base64 and were dropped")
                 continue
             self._figures += 1
             info = self.store.put_bytes(
@@ -100,32 +109,67 @@ class OutputCollector:
             )
             self.generated.append(info)
             self.items.append(ImageOutput(info, raw))
-            return
-        svg = data.get("image/svg+xml")
-        if svg is not None:
-            self._figures += 1
-            info = self.store.put_bytes(
-                f"figure-{self._figures}.svg",
-                svg.encode(),
-                origin="generated",
-                session_id=self.session_id,
-                media_type="image/svg+xml",
-            )
-            self.generated.append(info)
-            return
+            break
+        else:
+            svg = data.get("image/svg+xml")
+            if svg is not None and self._admit(len(svg), "displayed image/svg+xml"):
+                self._figures += 1
+                info = self.store.put_bytes(
+                    f"figure-{self._figures}.svg",
+                    svg.encode("utf-8", errors="replace"),
+                    origin="generated",
+                    session_id=self.session_id,
+                    media_type="image/svg+xml",
+                )
+                self.generated.append(info)
         text = data.get("text/plain")
+        if text is None or _PLACEHOLDER.fullmatch(text.strip()):
+            # `display(HTML(...))`, `display(JSON(...))`: the plain text says only "<... object>"; the model reads
+            # the markup instead, within the text limit like any output.
+            for media_type in TEXT_FALLBACKS:
+                rich = data.get(media_type)
+                if rich is not None and self._admit(len(rich), f"displayed {media_type}", counted=False):
+                    text = rich
+                    break
         if text is not None:
             self._text(text if text.endswith("\n") else text + "\n", "result")
 
     def picture_file(self, info: FileInfo, read: Callable[[], bytes]) -> None:
-        """A picture file the run wrote: shown like a displayed one when it is small enough to read for a preview."""
+        """A picture file the run wrote: shown like a displayed one when it is within the caps."""
         if info.size > self.max_payload:
-            self.notices.append(
-                f"No preview of {info.name} = {info.file_id}: it is {info.size:,} bytes, over the "
-                f"{self.max_payload:,} read for a preview (CI_MCP_MAX_DISPLAY_BYTES); it is kept as a file."
+            self._drop(
+                f"picture file(s) over {self.max_payload:,} bytes got no preview; they are kept as files "
+                "(operators: CI_MCP_MAX_DISPLAY_BYTES)"
             )
-            return
-        self.items.append(ImageOutput(info, read()))
+        elif self._payload_bytes + info.size > self.max_run_payloads:
+            self._drop(
+                f"picture file(s) got no preview once the run's pictures reached {self.max_run_payloads:,} bytes; "
+                "they are kept as files (operators: CI_MCP_MAX_DISPLAY_BYTES_PER_RUN)"
+            )
+        else:
+            self._payload_bytes += info.size
+            self.items.append(ImageOutput(info, read()))
+
+    def _admit(self, size: int, what: str, *, counted: bool = True) -> bool:
+        """Whether a payload of `size` bytes may be kept: under the per-payload cap and, when `counted`, within
+        what is left of the run's total (which it then uses up). Refusals are summed up in `finish`."""
+        if size > self.max_payload:
+            self._drop(
+                f"{what} over {self.max_payload:,} bytes each were dropped (operators: CI_MCP_MAX_DISPLAY_BYTES)"
+            )
+            return False
+        if counted and self._payload_bytes + size > self.max_run_payloads:
+            self._drop(
+                f"{what} were dropped once the run's display payloads reached {self.max_run_payloads:,} bytes "
+                "(operators: CI_MCP_MAX_DISPLAY_BYTES_PER_RUN); display fewer or smaller figures, or save them"
+            )
+            return False
+        if counted:
+            self._payload_bytes += size
+        return True
+
+    def _drop(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
     def _write_spill(self, text: str) -> None:
         """Everything printed, in order: in memory while it fits in the result, then in a spill file."""
@@ -141,7 +185,10 @@ class OutputCollector:
             self._spill.write(text.encode("utf-8", errors="replace")[: SPILL_CAP - self._spill.tell()])
 
     def finish(self, run_number: int) -> None:
-        """Close the spill; keep it as a generated file only when the result text was cut."""
+        """Close the spill; keep it as a generated file only when the result text was cut. Sum up dropped payloads."""
+        for reason, count in self._dropped.items():
+            self.notices.append(f"{count} {reason}.")
+        self._dropped.clear()
         spill, path = self._spill, self._spill_path
         self._spill = None
         if spill is None or path is None:
