@@ -225,3 +225,13 @@ async def test_a_picture_file_too_large_to_preview_is_not_read_and_stays_a_file(
     assert images(result) == [] and read == [], text
     assert "1 picture file(s) over 1,000,000 bytes got no preview; they are kept as files" in text, text
     assert [link.name for link in links(result)] == ["big.png"]
+
+
+async def test_countless_tiny_displayed_pictures_stop_at_a_count(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    tiny = "{'image/png': base64.b64encode(b'\\x89PNG').decode()}"
+    code = DISPLAY + f"for _ in range(260):\n    display({tiny}, raw=True)"
+    result = await run(client, code)
+    text = all_text(result)
+    assert len(generated_ids(result)) == 200, text[-500:]
+    assert "60 displayed image/png were dropped after the run's first 200 pictures" in text, text[-500:]

@@ -22,6 +22,8 @@ from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOu
 from ci_mcp.store import FileStore
 
 SPILL_CAP = 64 * 1024 * 1024
+MAX_PAYLOADS_PER_RUN = 200
+"""Pictures (displayed, or files read for a preview) kept per run, however small: each is a stored file."""
 PICTURES = {"image/png": "png", "image/jpeg": "jpg"}
 """Displayed pictures kept as figures, best first (a bundle's first one wins). Whether the bytes really are that
 picture is checked where they are shown (`ci_mcp.images.preview`), never trusted from the media type."""
@@ -51,6 +53,7 @@ class OutputCollector:
     _pending: list[str] = field(default_factory=list)
     _pending_chars: int = 0
     _payload_bytes: int = 0
+    _kept_payloads: int = 0
     _dropped: dict[str, int] = field(default_factory=dict)
 
     async def __call__(self, event: KernelEvent) -> None:
@@ -146,8 +149,14 @@ class OutputCollector:
                 f"picture file(s) got no preview once the run's pictures reached {self.max_run_payloads:,} bytes; "
                 "they are kept as files (operators: CI_MCP_MAX_DISPLAY_BYTES_PER_RUN)"
             )
+        elif self._kept_payloads >= MAX_PAYLOADS_PER_RUN:
+            self._drop(
+                f"picture file(s) got no preview after the run's first {MAX_PAYLOADS_PER_RUN} pictures; they are "
+                "kept as files"
+            )
         else:
             self._payload_bytes += info.size
+            self._kept_payloads += 1
             self.items.append(ImageOutput(info, read()))
 
     def _admit(self, size: int, what: str, *, counted: bool = True) -> bool:
@@ -158,6 +167,12 @@ class OutputCollector:
                 f"{what} over {self.max_payload:,} bytes each were dropped (operators: CI_MCP_MAX_DISPLAY_BYTES)"
             )
             return False
+        if counted and self._kept_payloads >= MAX_PAYLOADS_PER_RUN:
+            self._drop(
+                f"{what} were dropped after the run's first {MAX_PAYLOADS_PER_RUN} pictures; display fewer figures "
+                "(e.g. subplots in one figure)"
+            )
+            return False
         if counted and self._payload_bytes + size > self.max_run_payloads:
             self._drop(
                 f"{what} were dropped once the run's display payloads reached {self.max_run_payloads:,} bytes "
@@ -166,6 +181,7 @@ class OutputCollector:
             return False
         if counted:
             self._payload_bytes += size
+            self._kept_payloads += 1
         return True
 
     def _drop(self, reason: str) -> None:
