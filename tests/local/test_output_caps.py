@@ -235,3 +235,29 @@ async def test_countless_tiny_displayed_pictures_stop_at_a_count(sandboxed) -> N
     text = all_text(result)
     assert len(generated_ids(result)) == 200, text[-500:]
     assert "60 displayed image/png were dropped after the run's first 200 pictures" in text, text[-500:]
+
+
+# -- 3. errors -----------------------------------------------------------------------------------------------------
+
+
+async def test_a_10_mb_exception_message_is_capped_and_spilled_like_output(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, settings = sandboxed
+    result = await run(client, "print('before')\nraise ValueError('v' * 10_000_000 + 'END')")
+    text = all_text(result)
+    assert len(text) < 2 * settings.text_output_limit, len(text)
+    assert "ValueError" in text and "characters cut" in text and "before" in text, text[:2000]
+    assert "The full output is file" in text
+    fid = generated_ids(result)["output-run1.txt"]
+    fetched = await client.call_tool("fetch_generated_file", {"file_id": fid, "save_to": str(settings.allowed_dirs[0])})
+    assert not fetched.is_error, all_text(fetched)
+    full = (settings.allowed_dirs[0] / "output-run1.txt").read_text()
+    assert full.count("v") >= 10_000_000 and "END" in full and full.startswith("before")
+    await still_works(client, session_of(result))
+
+
+async def test_an_error_after_output_that_used_up_the_limit_is_still_shown(sandboxed) -> None:  # type: ignore[no-untyped-def]
+    client, settings = sandboxed
+    result = await run(client, "print('x' * 50_000)\n1 / 0")
+    text = all_text(result)
+    assert "ZeroDivisionError: division by zero" in text and "The full output is file" in text
+    assert len(text) < settings.text_output_limit + 6000

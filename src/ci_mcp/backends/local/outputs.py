@@ -22,6 +22,8 @@ from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOu
 from ci_mcp.store import FileStore
 
 SPILL_CAP = 64 * 1024 * 1024
+ERROR_ROOM = 4000
+"""Characters the first error of a run may show even when the output before it used up the text limit."""
 MAX_PAYLOADS_PER_RUN = 200
 """Pictures (displayed, or files read for a preview) kept per run, however small: each is a stored file."""
 PICTURES = {"image/png": "png", "image/jpeg": "jpg"}
@@ -54,6 +56,8 @@ class OutputCollector:
     _pending_chars: int = 0
     _payload_bytes: int = 0
     _kept_payloads: int = 0
+    _errors: int = 0
+    _error_cut: bool = False
     _dropped: dict[str, int] = field(default_factory=dict)
 
     async def __call__(self, event: KernelEvent) -> None:
@@ -66,8 +70,7 @@ class OutputCollector:
             else:
                 self._display(event)
         elif isinstance(event, ErrorEvent):
-            self.items.append(ErrorOutput(event.name, event.value, event.traceback))
-            self._write_spill(f"{event.traceback}\n")
+            self._error(event)
         elif isinstance(event, ClearEvent):
             pass
 
@@ -87,6 +90,29 @@ class OutputCollector:
             self.items[-1] = TextOutput(last.text + piece, out_kind)
         else:
             self.items.append(TextOutput(piece, out_kind))
+
+    def _error(self, event: ErrorEvent) -> None:
+        """An error is output like any other: the same limit, the whole of it in the spill file. The first error of a
+        run always gets some room, even after the output used up the limit: it is what the model needs most."""
+        full = event.traceback or f"{event.name}: {event.value}"
+        self._text_total += len(full) + 1
+        self._write_spill(full + "\n")
+        room = self.text_limit - self._text_kept
+        if not self._errors:
+            room = max(room, min(self.text_limit, ERROR_ROOM))
+        self._errors += 1
+        if room <= 0:
+            return
+        traceback = _cut(event.traceback, room)
+        # The traceback repeats the value: when it is shown whole, so may the value be; else the value gets a part.
+        value = _cut(event.value, room if traceback == event.traceback else max(200, room // 4))
+        name = _cut(event.name, 200)
+        if (name, value, traceback) != (event.name, event.value, event.traceback):
+            self._error_cut = True
+            self._text_kept += min(len(full), len(traceback) + len(value))
+        else:
+            self._text_kept += len(full) + 1
+        self.items.append(ErrorOutput(name, value, traceback))
 
     def _display(self, event: DisplayEvent) -> None:
         """Keep a bundle's picture (or SVG) as a figure file and show its best text, each payload within the caps."""
@@ -194,9 +220,18 @@ class OutputCollector:
             self._pending_chars += len(text)
             if self._pending_chars <= self.text_limit:
                 return
-            self._spill_path = self.spill_dir / f"spill-{secrets.token_hex(6)}.txt"
-            self._spill = open(self._spill_path, "wb")  # noqa: SIM115 - closed in finish()
-            text, self._pending = "".join(self._pending), []
+            self._open_spill()
+            return
+        self._spill_write(text)
+
+    def _open_spill(self) -> None:
+        self._spill_path = self.spill_dir / f"spill-{secrets.token_hex(6)}.txt"
+        self._spill = open(self._spill_path, "wb")  # noqa: SIM115 - closed in finish()
+        text, self._pending = "".join(self._pending), []
+        self._spill_write(text)
+
+    def _spill_write(self, text: str) -> None:
+        assert self._spill is not None
         if self._spill.tell() < SPILL_CAP:
             self._spill.write(text.encode("utf-8", errors="replace")[: SPILL_CAP - self._spill.tell()])
 
@@ -205,6 +240,8 @@ class OutputCollector:
         for reason, count in self._dropped.items():
             self.notices.append(f"{count} {reason}.")
         self._dropped.clear()
+        if self._spill is None and self._error_cut:
+            self._open_spill()
         spill, path = self._spill, self._spill_path
         self._spill = None
         if spill is None or path is None:
@@ -212,7 +249,7 @@ class OutputCollector:
         truncated_spill = spill.tell() >= SPILL_CAP
         spill.close()
         try:
-            if self._text_total > self._text_kept:
+            if self._text_total > self._text_kept or self._error_cut:
                 with open(path, "rb") as fh:
                     info = self.store.put_stream(
                         f"output-run{run_number}.txt",
@@ -224,7 +261,7 @@ class OutputCollector:
                     )
                 self.generated.append(info)
                 note = (
-                    f"Output was {self._text_total:,} characters; the result shows the first {self._text_kept:,}. "
+                    f"Output was {self._text_total:,} characters; the result shows {self._text_kept:,} of them. "
                     f"The full output is file {info.file_id} ({info.name})"
                 )
                 if truncated_spill:
@@ -232,3 +269,14 @@ class OutputCollector:
                 self.notices.append(note + ".")
         finally:
             path.unlink(missing_ok=True)
+
+
+def _cut(text: str, room: int) -> str:
+    """`text` if it fits in `room` characters, else its head and tail around a marker saying what was cut."""
+    if len(text) <= room:
+        return text
+    marker = "\n[... {} characters cut; the full text is in the run's output file ...]\n"
+    keep = max(0, room - len(marker) - 12)
+    head, tail = keep // 2, keep - keep // 2
+    cut = len(text) - head - tail
+    return text[:head] + marker.format(f"{cut:,}") + (text[-tail:] if tail else "")
