@@ -1,20 +1,76 @@
-"""Shrinking pictures so a tool result stays under what clients accept (Claude Desktop: about 1 MB)."""
+"""Pictures for a tool result: checked from their header before any pixel is decoded, then shrunk to fit what
+clients accept (Claude Desktop: about 1 MB).
+
+The bytes come from code the server does not trust, and the server is not sandboxed: a few hundred bytes of PNG
+can declare 50000 x 50000 pixels (10 GB decoded). So the pixel count is read from the header and checked against
+our own limit first; only a picture under it is decoded, and at most `DECODE_SLOTS` at once. Pillow's own
+`Image.MAX_IMAGE_PIXELS` check still runs inside `Image.open` (it raises above twice its value); our limit never
+exceeds Pillow's, so Pillow's warning between the two is never what decides, and it is silenced here.
+
+Everything here blocks: callers run it off the event loop (`anyio.to_thread`).
+"""
 
 from __future__ import annotations
 
 import io
+import threading
+import warnings
+from dataclasses import dataclass
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
+DECODE_SLOTS = threading.BoundedSemaphore(2)
+"""Decodes at once, whatever the number of concurrent runs and fetches: each may hold up to 4 bytes a pixel."""
 
 
-def fit_image(data: bytes, max_bytes: int) -> tuple[bytes, str, bool]:
-    """Return (bytes, media type, shrunk?) no larger than `max_bytes` where that can be done sensibly."""
-    if len(data) <= max_bytes:
-        return data, _media_type(data), False
+@dataclass(frozen=True)
+class Preview:
+    """What to show for one picture: `data` in `media_type`, or nothing and `refused` saying why."""
+
+    data: bytes
+    media_type: str
+    shrunk: bool = False
+    refused: str = ""
+
+
+def preview(data: bytes, max_bytes: int, max_pixels: int) -> Preview:
+    """A picture no larger than `max_bytes` (where that can be done sensibly), or a refusal for the model.
+
+    Refused: bytes that are not a PNG, JPEG, GIF or WebP image, pictures that declare more than `max_pixels`
+    pixels (never decoded), and pictures whose data cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    limit = max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
+    not_image = "it is not a valid PNG, JPEG, GIF or WebP image"
+    with DECODE_SLOTS:
+        try:
+            img = Image.open(io.BytesIO(data), formats=tuple(FORMATS))
+        except Image.DecompressionBombError:
+            return _refused(f"it declares more than {limit:,} pixels, too many to decode for a preview")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+            return _refused(not_image)
+        with img:
+            width, height = img.size
+            if width * height > limit:
+                return _refused(f"it is {width:,} x {height:,} pixels, more than the {limit:,} decoded for a preview")
+            try:
+                img.load()
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+                return _refused("its image data is damaged or truncated")
+            media_type = FORMATS[str(img.format)]
+            if len(data) <= max_bytes:
+                return Preview(data, media_type)
+            work = img.convert("RGBA") if img.mode not in ("RGB", "RGBA", "L", "LA") else img.copy()
+        return _shrink(work, len(data), max_bytes)
+
+
+def _shrink(work: object, size: int, max_bytes: int) -> Preview:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        work = img.convert("RGBA") if img.mode not in ("RGB", "RGBA", "L", "LA") else img.copy()
-    scale = (max_bytes / len(data)) ** 0.5
+    assert isinstance(work, Image.Image)
+    scale = (max_bytes / size) ** 0.5
+    out = io.BytesIO()
     for _ in range(8):
         width = max(64, int(work.width * scale))
         height = max(64, int(work.height * scale))
@@ -22,23 +78,15 @@ def fit_image(data: bytes, max_bytes: int) -> tuple[bytes, str, bool]:
         out = io.BytesIO()
         resized.save(out, format="PNG", optimize=True)
         if out.tell() <= max_bytes:
-            return out.getvalue(), "image/png", True
+            return Preview(out.getvalue(), "image/png", shrunk=True)
         rgb = resized.convert("RGB")
         out = io.BytesIO()
         rgb.save(out, format="JPEG", quality=80, optimize=True)
         if out.tell() <= max_bytes:
-            return out.getvalue(), "image/jpeg", True
+            return Preview(out.getvalue(), "image/jpeg", shrunk=True)
         scale *= 0.7
-    return out.getvalue(), "image/jpeg", True
+    return Preview(out.getvalue(), "image/jpeg", shrunk=True)
 
 
-def _media_type(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data.startswith(b"GIF8"):
-        return "image/gif"
-    if data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
+def _refused(why: str) -> Preview:
+    return Preview(b"", "", refused=why)

@@ -35,7 +35,7 @@ from ci_mcp import __version__, paths
 from ci_mcp.backends.base import Backend
 from ci_mcp.errors import CiMcpError, FileTooLargeError, InvalidInputError
 from ci_mcp.http import HttpPlan, principal_of
-from ci_mcp.images import fit_image
+from ci_mcp.images import preview
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, RunRequest, RunResult, TextOutput
 from ci_mcp.ownership import OwnedBackend, Owners
 from ci_mcp.settings import Settings
@@ -422,9 +422,15 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
         elif isinstance(item, ErrorOutput):
             content.append(_text(f"Error: {item.name}: {item.value}\n{item.traceback}"))
         elif isinstance(item, ImageOutput) and item in inline:
-            data, media_type, shrunk = fit_image(item.data, budget)
-            content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=media_type))
-            note = f" (shrunk for display; full size: fetch_generated_file {item.file.file_id})" if shrunk else ""
+            shown = preview(item.data, budget, settings.max_image_pixels)
+            if shown.refused:
+                why = f"{shown.refused}; it is kept as a file"
+                content.append(_text(f"[no picture for {item.file.name} = {item.file.file_id}: {why}]"))
+                continue
+            content.append(
+                ImageContent(type="image", data=base64.b64encode(shown.data).decode(), mime_type=shown.media_type)
+            )
+            note = f" (shrunk for display; full size: fetch_generated_file {item.file.file_id})" if shown.shrunk else ""
             content.append(_text(f"[image {item.file.name} = {item.file.file_id}{note}]"))
             shown_images.add(item.file.file_id)
     for info in result.generated_files:
@@ -445,12 +451,22 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
 def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: bool = True) -> CallToolResult:
     header = f"{info.file_id}: {info.name} ({info.size:,} bytes, {info.media_type})"
     if info.is_image:
-        data, media_type, shrunk = fit_image(source.read_bytes(), settings.inline_image_bytes)
-        note = " - shrunk to fit the result; pass save_to for the full-size file" if shrunk else ""
+        if info.size > settings.max_display_bytes:
+            why = f"it is over the {settings.max_display_bytes:,} bytes previewed (CI_MCP_MAX_DISPLAY_BYTES)"
+        else:
+            shown = preview(source.read_bytes(), settings.inline_image_bytes, settings.max_image_pixels)
+            if not shown.refused:
+                note = " - shrunk to fit the result; pass save_to for the full-size file" if shown.shrunk else ""
+                image = ImageContent(
+                    type="image", data=base64.b64encode(shown.data).decode(), mime_type=shown.media_type
+                )
+                return CallToolResult(content=[_text(header + note), image])
+            why = shown.refused
+        # Never handed over as bytes a client would decode as a picture: only a link, and the way to save it.
         return CallToolResult(
             content=[
-                _text(header + note),
-                ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=media_type),
+                _text(f"{header} - no picture shown: {why}. Pass save_to to write the file to disk."),
+                _link(info, info.file_id, links_ok),
             ]
         )
     if info.is_text and info.size <= settings.inline_text_fetch_bytes:

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     """An image block larger than this is shrunk for the result; the original stays fetchable."""
     inline_text_fetch_bytes: int = 100_000
     """fetch_generated_file returns text files up to this size inline; larger ones as a resource or save_to."""
+    max_image_pixels: int = 25_000_000
+    """Pictures declaring more pixels (read from the header, never decoded) get no preview; they stay files."""
+    max_display_bytes: int = 16 * MB
+    """Largest single display payload (figure, SVG, HTML, JSON) kept from a run, and largest picture previewed."""
+    max_display_bytes_per_run: int = 64 * MB
+    """All pictures and SVG one run displays, plus the picture files read for its previews, together."""
 
     # local backend
     kernel_pool_size: int = 1

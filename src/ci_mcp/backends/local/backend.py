@@ -8,6 +8,7 @@ in-memory state was lost.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -30,8 +31,6 @@ from ci_mcp.backends.local.pool import KernelPool, WarmKernel
 from ci_mcp.errors import BackendUnavailableError, CapacityError, FileTooLargeError, InvalidInputError
 from ci_mcp.models import (
     FileInfo,
-    ImageOutput,
-    OutputItem,
     ProgressCallback,
     RunRequest,
     RunResult,
@@ -431,7 +430,14 @@ class LocalBackend:
             notices.append("Input files placed in the working directory: " + ", ".join(placed) + ".")
         before = workspace.snapshot(live.workspace)
         live.runs += 1
-        collector = OutputCollector(self.store, live.session_id, self.settings.text_output_limit, self._runtime_dir)
+        collector = OutputCollector(
+            self.store,
+            live.session_id,
+            self.settings.text_output_limit,
+            self._runtime_dir,
+            max_payload=self.settings.max_display_bytes,
+            max_run_payloads=self.settings.max_display_bytes_per_run,
+        )
         deadline = started + timeout
         async with anyio.create_task_group() as tg:
             tg.start_soon(_tick, progress, started, timeout)
@@ -543,8 +549,7 @@ class LocalBackend:
                 continue
             collector.generated.append(info)
             if info.media_type == "image/png":
-                item: OutputItem = ImageOutput(info, self.store.read(info.file_id))
-                collector.items.append(item)
+                collector.picture_file(info, functools.partial(self.store.read, info.file_id))
 
 
 async def _ignore(event: object) -> None:
