@@ -7,6 +7,7 @@ tools declare no output schema, because some clients (Claude Code among them) dr
 import base64
 import binascii
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -169,15 +170,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         if content_b64 is not None:
             if not filename or not filename.strip():
                 raise InvalidInputError("`filename` is required with content_base64 (e.g. 'data.csv').")
-            if len(content_b64) > settings.max_inline_upload_bytes * 4 // 3 + 4:
-                raise FileTooLargeError(
-                    f"Inline content is over {settings.max_inline_upload_bytes:,} bytes. Upload it by `path` "
-                    "from the server's machine, or split it."
-                )
-            try:
-                data = base64.b64decode(content_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidInputError("`content_base64` is not valid base64.") from None
+            data = _decode_inline(content_b64, filename, settings.max_inline_upload_bytes)
             if not data:
                 raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
             return await backend.upload(_clean_name(filename), data)
@@ -324,6 +317,46 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         return (await backend.file_path(info.file_id)).read_bytes()
 
     return server
+
+
+_B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _decode_inline(content_b64: str, filename: str, limit: int) -> bytes:
+    """Standard base64 (line breaks and a `data:...;base64,` prefix allowed), checked exactly against `limit`
+    before anything is decoded."""
+    text = content_b64
+    if text[:5].lower() == "data:" and ";base64," in text[:200]:
+        text = text.split(";base64,", 1)[1]
+    try:
+        raw = _WHITESPACE.sub("", text).encode("ascii")
+    except UnicodeEncodeError:
+        raw = b"\x00"  # not ASCII: certainly not base64
+    problem = ""
+    if not _B64_ALPHABET.fullmatch(raw):
+        problem = "it holds characters other than A-Z, a-z, 0-9, '+', '/' and trailing '='"
+    elif len(raw) % 4:
+        problem = f"its length ({len(raw):,} characters, whitespace aside) is not a multiple of 4 (missing '='?)"
+    if problem:
+        raise InvalidInputError(
+            f"`content_base64` for '{filename}' is not valid base64: {problem}. Send the file's bytes in standard "
+            "base64 (RFC 4648, e.g. Python's base64.b64encode)."
+        )
+    size = len(raw) // 4 * 3 - raw.endswith(b"=") - raw.endswith(b"==")
+    if size > limit:
+        raise FileTooLargeError(
+            f"Inline content is over the limit of {limit:,} bytes for content_base64: '{filename}' is {size:,} "
+            "bytes once decoded. Upload it by `path` from the server's machine, or send a smaller extract."
+        )
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            f"`content_base64` for '{filename}' is not valid base64. Send the file's bytes in standard base64."
+        ) from None
+    assert len(data) == size
+    return data
 
 
 def _clean_name(name: str) -> str:

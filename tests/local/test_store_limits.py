@@ -1,0 +1,70 @@
+"""What the server does with what it stores: exact upload limits, bounded file lists and resource reads, a store
+that does not grow without bound, session-directory accounting, and a full disk. Through the in-memory MCP client."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import pytest
+
+from ci_mcp.settings import Settings
+from tests.conftest import all_text, open_client, uploaded_id
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def no_pool(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings for tests that need no kernel ahead of time."""
+
+    def make(**kw: object) -> Settings:
+        return make_settings(kernel_pool_size=0, **kw)
+
+    return make
+
+
+async def test_inline_upload_limit_is_checked_on_the_exact_decoded_size(no_pool: Callable[..., Settings]) -> None:
+    c, store = await open_client(no_pool(max_inline_upload_bytes=1000))
+    async with c:
+        at_limit = await c.call_tool(
+            "upload_file", {"content_base64": base64.b64encode(b"a" * 1000).decode(), "filename": "ok.bin"}
+        )
+        assert "1,000 bytes" in all_text(at_limit) and uploaded_id(at_limit)
+        for size in (1001, 1002):  # within the old estimate from the base64 length
+            over = await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(b"b" * size).decode(), "filename": "big.bin"}
+            )
+            assert over.is_error, all_text(over)
+            assert f"{size:,} bytes once decoded" in all_text(over) and "1,000" in all_text(over)
+        assert [f.name for f in store.list()] == ["ok.bin"]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ("YWJj$GVm", "characters other than"),
+        ("YWJjZA", "not a multiple of 4"),
+        ("YW=JjZA==", "characters other than"),
+        ("ÿÿÿÿ", "characters other than"),
+    ],
+)
+async def test_invalid_base64_gets_a_clear_error(no_pool: Callable[..., Settings], payload: str, expected: str) -> None:
+    c, store = await open_client(no_pool())
+    async with c:
+        result = await c.call_tool("upload_file", {"content_base64": payload, "filename": "x.csv"})
+        assert result.is_error and "not valid base64" in all_text(result) and expected in all_text(result)
+        assert store.list() == []
+    store.close()
+
+
+async def test_base64_with_line_breaks_or_a_data_url_prefix_is_accepted(no_pool: Callable[..., Settings]) -> None:
+    data = bytes(range(256)) * 3
+    wrapped = base64.encodebytes(data).decode()  # MIME style: a newline every 76 characters
+    c, store = await open_client(no_pool())
+    async with c:
+        for payload in (wrapped, "data:application/octet-stream;base64," + base64.b64encode(data).decode()):
+            fid = uploaded_id(await c.call_tool("upload_file", {"content_base64": payload, "filename": "d.bin"}))
+            assert store.read(fid) == data
+    store.close()
