@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 FILE_URI = "ci-mcp://files/{file_id}"
 MAX_INLINE_IMAGES = 8
 MAX_LISTED_RESOURCES = 100
+MAX_FILE_IDS = 100
 # Protocol versions that predate the `resource_link` content block: clients on them reject a whole result that
 # carries one, so links go to them as text blocks instead.
 NO_RESOURCE_LINK_VERSIONS = frozenset({"2024-11-05", "2025-03-26"})
@@ -213,7 +214,9 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
                 else "Not supported by this backend without a configured model; pass `code`."
             ),
         ] = None,
-        file_ids: Annotated[list[str] | None, Field(description="Ids from upload_file to make available.")] = None,
+        file_ids: Annotated[
+            list[str] | None, Field(description=f"Ids from upload_file to make available (at most {MAX_FILE_IDS}).")
+        ] = None,
         session_id: Annotated[str | None, Field(description="Continue this session (from an earlier result).")] = None,
         timeout_seconds: Annotated[
             float | None,
@@ -226,14 +229,14 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.report_progress(done, total, message)
 
-        req = RunRequest(
-            session_id=session_id or None,
-            code=code or None,
-            request=request or None,
-            file_ids=tuple(file_ids or ()),
-            timeout_seconds=timeout_seconds,
-        )
         try:
+            req = RunRequest(
+                session_id=session_id or None,
+                code=code or None,
+                request=request or None,
+                file_ids=_file_ids(file_ids),
+                timeout_seconds=timeout_seconds,
+            )
             result = await backend.run(req, progress)
         except CiMcpError as exc:
             return _error(exc)
@@ -357,6 +360,18 @@ def _decode_inline(content_b64: str, filename: str, limit: int) -> bytes:
         ) from None
     assert len(data) == size
     return data
+
+
+def _file_ids(given: list[str] | None) -> tuple[str, ...]:
+    """The distinct ids, in the order given; at most MAX_FILE_IDS of them."""
+    ids = tuple(dict.fromkeys(fid.strip() for fid in given or () if fid.strip()))
+    if len(ids) > MAX_FILE_IDS:
+        raise InvalidInputError(
+            f"file_ids holds {len(ids)} distinct ids; at most {MAX_FILE_IDS} may be passed to one run. Files placed "
+            "by an earlier run stay in the session's working directory, so pass the rest in a later call with the "
+            "same session_id, or upload a zip of them."
+        )
+    return ids
 
 
 def _clean_name(name: str) -> str:

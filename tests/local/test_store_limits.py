@@ -4,10 +4,14 @@ that does not grow without bound, session-directory accounting, and a full disk.
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from ci_mcp.backends.local import workspace
+from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
 from tests.conftest import all_text, open_client, uploaded_id
 
@@ -67,4 +71,39 @@ async def test_base64_with_line_breaks_or_a_data_url_prefix_is_accepted(no_pool:
         for payload in (wrapped, "data:application/octet-stream;base64," + base64.b64encode(data).decode()):
             fid = uploaded_id(await c.call_tool("upload_file", {"content_base64": payload, "filename": "d.bin"}))
             assert store.read(fid) == data
+    store.close()
+
+
+async def test_file_ids_are_deduplicated_and_placed_off_the_event_loop(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    placed_in: list[int] = []
+    real_place = workspace.place
+
+    def recording_place(source: Path, ws: Path, name: str) -> str:
+        placed_in.append(threading.get_ident())
+        return real_place(source, ws, name)
+
+    monkeypatch.setattr(workspace, "place", recording_place)
+    c, store = await open_client(make_settings())
+    async with c:
+        payload = base64.b64encode(b"k\n1\n").decode()
+        fid = uploaded_id(await c.call_tool("upload_file", {"content_base64": payload, "filename": "in.csv"}))
+        result = await c.call_tool(
+            "run_code_analysis", {"code": "print(open('in.csv').read().split())", "file_ids": [fid, fid, f" {fid} "]}
+        )
+        assert "['k', '1']" in all_text(result), all_text(result)
+        assert "placed in the working directory: in.csv." in all_text(result)
+        assert len(placed_in) == 1 and loop_thread not in placed_in
+    store.close()
+
+
+async def test_too_many_file_ids_get_a_clear_error(no_pool: Callable[..., Settings]) -> None:
+    c, store = await open_client(no_pool())
+    async with c:
+        ids = [f"file-{i:024x}" for i in range(MAX_FILE_IDS + 1)]
+        result = await c.call_tool("run_code_analysis", {"code": "print(1)", "file_ids": ids})
+        assert result.is_error and f"at most {MAX_FILE_IDS}" in all_text(result), all_text(result)
+        assert "No file with id" not in all_text(result)
     store.close()

@@ -360,12 +360,9 @@ class LocalBackend:
     ) -> RunResult:
         notices = live.pending_notices
         live.pending_notices = []
-        placed = []
-        for info in inputs:
-            placed.append(workspace.place(self.store.path(info.file_id), live.workspace, info.name))
+        placed, before = await anyio.to_thread.run_sync(self._place_inputs, live, inputs)
         if placed:
             notices.append("Input files placed in the working directory: " + ", ".join(placed) + ".")
-        before = workspace.snapshot(live.workspace)
         live.runs += 1
         collector = OutputCollector(self.store, live.session_id, self.settings.text_output_limit, self._runtime_dir)
         deadline = started + timeout
@@ -420,6 +417,11 @@ class LocalBackend:
             notices=tuple(notices + collector.notices),
             duration_seconds=time.monotonic() - started,
         )
+
+    def _place_inputs(self, live: LiveSession, inputs: list[FileInfo]) -> tuple[list[str], workspace.Snapshot]:
+        """Off the event loop: copy the run's input files into the workspace, then take the 'before' snapshot."""
+        placed = [workspace.place(self.store.path(info.file_id), live.workspace, info.name) for info in inputs]
+        return placed, workspace.snapshot(live.workspace)
 
     def _after_run(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> int:
         """Off the event loop: stop leftover processes, then register the files the run wrote."""
