@@ -56,6 +56,7 @@ class _CiMcpServer(MCPServer[Any]):
     """MCPServer whose file resource reports each file's own media type."""
 
     backend: Backend
+    ci_settings: Settings
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
         text = str(uri)
@@ -64,8 +65,7 @@ class _CiMcpServer(MCPServer[Any]):
             from mcp.server.mcpserver.exceptions import ResourceError
 
             try:
-                info = await self.backend.file_info(text[len(prefix) :])
-                data = (await self.backend.file_path(info.file_id)).read_bytes()
+                info, data = await _read_inline(self.backend, self.ci_settings, text[len(prefix) :])
             except CiMcpError as exc:
                 raise ResourceError(str(exc)) from None
             if info.is_text:
@@ -87,6 +87,37 @@ class _CiMcpServer(MCPServer[Any]):
             for f in files
         ]
         return listed + await super().list_resources()
+
+
+def resource_limit(settings: Settings) -> int:
+    """The largest file `resources/read` returns: what fetch_generated_file would return inline."""
+    return max(settings.inline_text_fetch_bytes, settings.inline_image_bytes)
+
+
+async def _read_inline(backend: Backend, settings: Settings, file_id: str) -> tuple[FileInfo, bytes]:
+    """A stored file's bytes for a resource read, if it is small enough to return inline; read off the loop."""
+    info = await backend.file_info(file_id.strip())
+    source = await backend.file_path(info.file_id)
+    limit = resource_limit(settings)
+
+    def read() -> bytes:
+        with open(source, "rb") as fh:
+            data = fh.read(limit + 1)
+        return data
+
+    if info.size <= limit:
+        data = await anyio.to_thread.run_sync(read)
+        if len(data) <= limit:
+            return info, data
+    how = (
+        f'call fetch_generated_file(file_id="{info.file_id}") for a picture shrunk to fit, or add save_to'
+        if info.is_image
+        else f'call fetch_generated_file(file_id="{info.file_id}", save_to=<a path on the server\'s machine>)'
+    )
+    raise FileTooLargeError(
+        f"{info.file_id} ({info.name}) is {info.size:,} bytes, over the {limit:,}-byte limit for reading it as a "
+        f"resource; {how} to write the full file to disk."
+    )
 
 
 async def _client_roots(ctx: Context) -> ListRoots | None:
@@ -127,6 +158,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         log_level=settings.log_level,
     )
     server.backend = backend
+    server.ci_settings = settings
     # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
     for method in ("prompts/list", "prompts/get"):
         server._lowlevel_server._request_handlers.pop(method, None)
@@ -316,8 +348,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
     )
     async def file_resource(file_id: str) -> bytes:
         # Served by _CiMcpServer.read_resource with each file's own media type; kept for resources/templates/list.
-        info = await backend.file_info(file_id)
-        return (await backend.file_path(info.file_id)).read_bytes()
+        return (await _read_inline(backend, settings, file_id))[1]
 
     return server
 
@@ -478,8 +509,8 @@ def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: boo
     return CallToolResult(
         content=[
             _text(
-                header + f" - too large to return inline. Pass save_to to write it to disk, or read the resource "
-                f"{file_uri(info.file_id)}."
+                header + " - too large to return inline. Pass save_to (a file or directory path on the server's "
+                "machine) to write it to disk."
             ),
             _link(info, info.file_id, links_ok),
         ]

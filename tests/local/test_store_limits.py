@@ -7,9 +7,13 @@ import base64
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types import TextResourceContents
 
+import ci_mcp.server as server_module
 from ci_mcp.backends.local import workspace
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
@@ -106,4 +110,39 @@ async def test_too_many_file_ids_get_a_clear_error(no_pool: Callable[..., Settin
         result = await c.call_tool("run_code_analysis", {"code": "print(1)", "file_ids": ids})
         assert result.is_error and f"at most {MAX_FILE_IDS}" in all_text(result), all_text(result)
         assert "No file with id" not in all_text(result)
+    store.close()
+
+
+async def test_resources_read_refuses_a_file_over_the_inline_limit_and_reads_off_the_loop(
+    no_pool: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    opened_in: list[int] = []
+
+    def recording_open(*args: Any, **kw: Any) -> Any:
+        opened_in.append(threading.get_ident())
+        return open(*args, **kw)
+
+    monkeypatch.setattr(server_module, "open", recording_open, raising=False)
+    c, store = await open_client(no_pool(inline_text_fetch_bytes=1000, inline_image_bytes=2000))
+    async with c:
+        small = uploaded_id(
+            await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(b"s" * 2000).decode(), "filename": "s.csv"}
+            )
+        )
+        big = uploaded_id(
+            await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(b"b" * 2001).decode(), "filename": "b.csv"}
+            )
+        )
+        (contents,) = (await c.read_resource(f"ci-mcp://files/{small}")).contents
+        assert isinstance(contents, TextResourceContents) and contents.text == "s" * 2000
+        assert opened_in and loop_thread not in opened_in
+        opened_in.clear()
+        with pytest.raises(MCPError) as refused:
+            await c.read_resource(f"ci-mcp://files/{big}")
+        message = str(refused.value)
+        assert "2,001 bytes" in message and "fetch_generated_file" in message and "save_to" in message, message
+        assert opened_in == []  # never read into memory
     store.close()
