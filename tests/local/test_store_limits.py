@@ -17,7 +17,7 @@ import ci_mcp.server as server_module
 from ci_mcp.backends.local import workspace
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, open_client, uploaded_id
+from tests.conftest import all_text, open_client, session_of, texts, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -145,4 +145,55 @@ async def test_resources_read_refuses_a_file_over_the_inline_limit_and_reads_off
         message = str(refused.value)
         assert "2,001 bytes" in message and "fetch_generated_file" in message and "save_to" in message, message
         assert opened_in == []  # never read into memory
+    store.close()
+
+
+PREALLOCATE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+fd = os.open({name!r}, os.O_WRONLY | os.O_CREAT, 0o644)
+print('fallocate', libc.fallocate(fd, 1, 0, 3 * 1024 * 1024), os.fstat(fd).st_size)  # 1 = FALLOC_FL_KEEP_SIZE
+os.close(fd)
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        PREALLOCATE.format(name="empty-looking.bin"),  # 0 bytes apparent, 3 MB allocated past the end
+        PREALLOCATE.format(name=".cache/hidden.bin").replace(
+            "import ctypes, os", "import ctypes, os; os.mkdir('.cache')"
+        ),
+        "for i in range(600):\n    open(f'tiny{i}.txt', 'w').write('x')\nprint('written')",  # 600 B apparent, ~2.4 MB
+    ],
+    ids=["preallocated", "preallocated-in-dot-dir", "many-small-files"],
+)
+async def test_the_session_directory_cap_counts_allocated_size(
+    make_settings: Callable[..., Settings], code: str
+) -> None:
+    c, store = await open_client(make_settings(max_session_dir_mb=1))
+    async with c:
+        result = await c.call_tool("run_code_analysis", {"code": code})
+        text = all_text(result)
+        assert "fallocate 0 0" in text or "written" in text, text
+        assert "grew past its limit of 1 MB" in text, text
+        du = await c.call_tool(
+            "run_code_analysis",
+            {
+                "code": "import os\nprint(sum(os.stat(os.path.join(d, f)).st_blocks * 512 "
+                "for d, _, fs in os.walk('.') for f in fs))",
+                "session_id": session_of(result),
+            },
+        )
+        assert int(texts(du)[1]) <= 1024 * 1024, all_text(du)
+    store.close()
+
+
+async def test_a_sparse_file_counts_by_its_apparent_size(make_settings: Callable[..., Settings]) -> None:
+    c, store = await open_client(make_settings(max_session_dir_mb=1))
+    async with c:
+        code = "with open('sparse.bin', 'wb') as f:\n    f.seek(5 * 1024 * 1024)\n    f.write(b'x')"
+        result = await c.call_tool("run_code_analysis", {"code": code})
+        assert "grew past its limit of 1 MB" in all_text(result) and "sparse.bin" in all_text(result)
     store.close()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -440,19 +441,25 @@ class LocalBackend:
         limit = self.settings.max_session_dir_mb * 1024 * 1024
         total = after.total_bytes
         if total > limit:
-            removed = []
+            removed: list[str] = []
+            links = Counter((e.dev, e.ino) for e in (*after.files.values(), *after.hidden.values()))
             candidates = workspace.changed(before, after, include_hidden=True)
-            for rel in sorted(candidates, key=lambda p: after.get(p).size, reverse=True):  # type: ignore[union-attr]
+            for rel in sorted(candidates, key=lambda p: after.get(p).charge, reverse=True):  # type: ignore[union-attr]
                 if total <= limit:
                     break
                 entry = after.get(rel)
                 if entry is not None and workspace.remove(live.workspace, rel, entry):
-                    total -= entry.size
                     removed.append(rel)
-            paths = [p for p in paths if p not in removed]
+                    links[(entry.dev, entry.ino)] -= 1
+                    if not links[(entry.dev, entry.ino)]:  # its last link: the space is free
+                        total -= entry.charge
+            gone = set(removed)
+            paths = [p for p in paths if p not in gone]
+            shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more" if len(removed) > 20 else "")
             collector.notices.append(
-                f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB, so these "
-                f"new files were deleted: {', '.join(removed) or '(none)'}. Write smaller outputs."
+                f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB (counting "
+                "every file by its size on disk), so these new files were deleted: "
+                f"{shown or '(none)'}. Write smaller or fewer outputs."
             )
         if len(paths) > MAX_GENERATED_PER_RUN:
             collector.notices.append(
