@@ -8,6 +8,7 @@ image blocks otherwise.
 import base64
 import binascii
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 FILE_URI = "ci-mcp://files/{file_id}"
 MAX_INLINE_IMAGES = 8
 MAX_LISTED_RESOURCES = 100
+MAX_FILE_IDS = 100
 # Protocol versions that predate the `resource_link` content block: clients on them reject a whole result that
 # carries one, so links go to them as text blocks instead.
 NO_RESOURCE_LINK_VERSIONS = frozenset({"2024-11-05", "2025-03-26"})
@@ -58,6 +60,7 @@ class _CiMcpServer(MCPServer[Any]):
     """MCPServer whose file resource reports each file's own media type."""
 
     backend: Backend
+    ci_settings: Settings
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
         text = str(uri)
@@ -66,8 +69,7 @@ class _CiMcpServer(MCPServer[Any]):
             from mcp.server.mcpserver.exceptions import ResourceError
 
             try:
-                info = await self.backend.file_info(text[len(prefix) :])
-                data = (await self.backend.file_path(info.file_id)).read_bytes()
+                info, data = await _read_inline(self.backend, self.ci_settings, text[len(prefix) :])
             except CiMcpError as exc:
                 raise ResourceError(str(exc)) from None
             if info.is_text:
@@ -94,6 +96,37 @@ class _CiMcpServer(MCPServer[Any]):
 def current_principal() -> str | None:
     """The principal of the request being served: its token's, or None without authentication."""
     return principal_of(get_access_token())
+
+
+def resource_limit(settings: Settings) -> int:
+    """The largest file `resources/read` returns: what fetch_generated_file would return inline."""
+    return max(settings.inline_text_fetch_bytes, settings.inline_image_bytes)
+
+
+async def _read_inline(backend: Backend, settings: Settings, file_id: str) -> tuple[FileInfo, bytes]:
+    """A stored file's bytes for a resource read, if it is small enough to return inline; read off the loop."""
+    info = await backend.file_info(file_id.strip())
+    source = await backend.file_path(info.file_id)
+    limit = resource_limit(settings)
+
+    def read() -> bytes:
+        with open(source, "rb") as fh:
+            data = fh.read(limit + 1)
+        return data
+
+    if info.size <= limit:
+        data = await anyio.to_thread.run_sync(read)
+        if len(data) <= limit:
+            return info, data
+    how = (
+        f'call fetch_generated_file(file_id="{info.file_id}") for a picture shrunk to fit, or add save_to'
+        if info.is_image
+        else f'call fetch_generated_file(file_id="{info.file_id}", save_to=<a path on the server\'s machine>)'
+    )
+    raise FileTooLargeError(
+        f"{info.file_id} ({info.name}) is {info.size:,} bytes, over the {limit:,}-byte limit for reading it as a "
+        f"resource; {how} to write the full file to disk."
+    )
 
 
 async def _client_roots(ctx: Context) -> ListRoots | None:
@@ -143,6 +176,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         token_verifier=http.verifier if http is not None else None,
     )
     server.backend = backend
+    server.ci_settings = settings
     # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
     for method in ("prompts/list", "prompts/get"):
         server._lowlevel_server._request_handlers.pop(method, None)
@@ -187,15 +221,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         if content_b64 is not None:
             if not filename or not filename.strip():
                 raise InvalidInputError("`filename` is required with content_base64 (e.g. 'data.csv').")
-            if len(content_b64) > settings.max_inline_upload_bytes * 4 // 3 + 4:
-                raise FileTooLargeError(
-                    f"Inline content is over {settings.max_inline_upload_bytes:,} bytes. Upload it by `path` "
-                    "from the server's machine, or split it."
-                )
-            try:
-                data = base64.b64decode(content_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidInputError("`content_base64` is not valid base64.") from None
+            data = _decode_inline(content_b64, filename, settings.max_inline_upload_bytes)
             if not data:
                 raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
             return await backend.upload(_clean_name(filename), data)
@@ -238,7 +264,9 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
                 else "Not supported by this backend without a configured model; pass `code`."
             ),
         ] = None,
-        file_ids: Annotated[list[str] | None, Field(description="Ids from upload_file to make available.")] = None,
+        file_ids: Annotated[
+            list[str] | None, Field(description=f"Ids from upload_file to make available (at most {MAX_FILE_IDS}).")
+        ] = None,
         session_id: Annotated[str | None, Field(description="Continue this session (from an earlier result).")] = None,
         timeout_seconds: Annotated[
             float | None,
@@ -251,14 +279,14 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.report_progress(done, total, message)
 
-        req = RunRequest(
-            session_id=session_id or None,
-            code=code or None,
-            request=request or None,
-            file_ids=tuple(file_ids or ()),
-            timeout_seconds=timeout_seconds,
-        )
         try:
+            req = RunRequest(
+                session_id=session_id or None,
+                code=code or None,
+                request=request or None,
+                file_ids=_file_ids(file_ids),
+                timeout_seconds=timeout_seconds,
+            )
             result = await backend.run(req, progress)
         except CiMcpError as exc:
             return _error(exc)
@@ -342,10 +370,61 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
     )
     async def file_resource(file_id: str) -> bytes:
         # Served by _CiMcpServer.read_resource with each file's own media type; kept for resources/templates/list.
-        info = await backend.file_info(file_id)
-        return (await backend.file_path(info.file_id)).read_bytes()
+        return (await _read_inline(backend, settings, file_id))[1]
 
     return server
+
+
+_B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _decode_inline(content_b64: str, filename: str, limit: int) -> bytes:
+    """Standard base64 (line breaks and a `data:...;base64,` prefix allowed), checked exactly against `limit`
+    before anything is decoded."""
+    text = content_b64
+    if text[:5].lower() == "data:" and ";base64," in text[:200]:
+        text = text.split(";base64,", 1)[1]
+    try:
+        raw = _WHITESPACE.sub("", text).encode("ascii")
+    except UnicodeEncodeError:
+        raw = b"\x00"  # not ASCII: certainly not base64
+    problem = ""
+    if not _B64_ALPHABET.fullmatch(raw):
+        problem = "it holds characters other than A-Z, a-z, 0-9, '+', '/' and trailing '='"
+    elif len(raw) % 4:
+        problem = f"its length ({len(raw):,} characters, whitespace aside) is not a multiple of 4 (missing '='?)"
+    if problem:
+        raise InvalidInputError(
+            f"`content_base64` for '{filename}' is not valid base64: {problem}. Send the file's bytes in standard "
+            "base64 (RFC 4648, e.g. Python's base64.b64encode)."
+        )
+    size = len(raw) // 4 * 3 - raw.endswith(b"=") - raw.endswith(b"==")
+    if size > limit:
+        raise FileTooLargeError(
+            f"Inline content is over the limit of {limit:,} bytes for content_base64: '{filename}' is {size:,} "
+            "bytes once decoded. Upload it by `path` from the server's machine, or send a smaller extract."
+        )
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            f"`content_base64` for '{filename}' is not valid base64. Send the file's bytes in standard base64."
+        ) from None
+    assert len(data) == size
+    return data
+
+
+def _file_ids(given: list[str] | None) -> tuple[str, ...]:
+    """The distinct ids, in the order given; at most MAX_FILE_IDS of them."""
+    ids = tuple(dict.fromkeys(fid.strip() for fid in given or () if fid.strip()))
+    if len(ids) > MAX_FILE_IDS:
+        raise InvalidInputError(
+            f"file_ids holds {len(ids)} distinct ids; at most {MAX_FILE_IDS} may be passed to one run. Files placed "
+            "by an earlier run stay in the session's working directory, so pass the rest in a later call with the "
+            "same session_id, or upload a zip of them."
+        )
+    return ids
 
 
 def _clean_name(name: str) -> str:
@@ -480,8 +559,8 @@ def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: boo
     return CallToolResult(
         content=[
             _text(
-                header + f" - too large to return inline. Pass save_to to write it to disk, or read the resource "
-                f"{file_uri(info.file_id)}."
+                header + " - too large to return inline. Pass save_to (a file or directory path on the server's "
+                "machine) to write it to disk."
             ),
             _link(info, info.file_id, links_ok),
         ]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -423,12 +424,9 @@ class LocalBackend:
     ) -> RunResult:
         notices = live.pending_notices
         live.pending_notices = []
-        placed = []
-        for info in inputs:
-            placed.append(workspace.place(self.store.path(info.file_id), live.workspace, info.name))
+        placed, before = await anyio.to_thread.run_sync(self._place_inputs, live, inputs)
         if placed:
             notices.append("Input files placed in the working directory: " + ", ".join(placed) + ".")
-        before = workspace.snapshot(live.workspace)
         live.runs += 1
         collector = OutputCollector(
             self.store,
@@ -491,6 +489,11 @@ class LocalBackend:
             duration_seconds=time.monotonic() - started,
         )
 
+    def _place_inputs(self, live: LiveSession, inputs: list[FileInfo]) -> tuple[list[str], workspace.Snapshot]:
+        """Off the event loop: copy the run's input files into the workspace, then take the 'before' snapshot."""
+        placed = [workspace.place(self.store.path(info.file_id), live.workspace, info.name) for info in inputs]
+        return placed, workspace.snapshot(live.workspace)
+
     def _after_run(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> int:
         """Off the event loop: stop leftover processes, then register the files the run wrote."""
         strays = live.kernel.kill_strays()
@@ -508,19 +511,25 @@ class LocalBackend:
         limit = self.settings.max_session_dir_mb * 1024 * 1024
         total = after.total_bytes
         if total > limit:
-            removed = []
+            removed: list[str] = []
+            links = Counter((e.dev, e.ino) for e in (*after.files.values(), *after.hidden.values()))
             candidates = workspace.changed(before, after, include_hidden=True)
-            for rel in sorted(candidates, key=lambda p: after.get(p).size, reverse=True):  # type: ignore[union-attr]
+            for rel in sorted(candidates, key=lambda p: after.get(p).charge, reverse=True):  # type: ignore[union-attr]
                 if total <= limit:
                     break
                 entry = after.get(rel)
                 if entry is not None and workspace.remove(live.workspace, rel, entry):
-                    total -= entry.size
                     removed.append(rel)
-            paths = [p for p in paths if p not in removed]
+                    links[(entry.dev, entry.ino)] -= 1
+                    if not links[(entry.dev, entry.ino)]:  # its last link: the space is free
+                        total -= entry.charge
+            gone = set(removed)
+            paths = [p for p in paths if p not in gone]
+            shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more" if len(removed) > 20 else "")
             collector.notices.append(
-                f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB, so these "
-                f"new files were deleted: {', '.join(removed) or '(none)'}. Write smaller outputs."
+                f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB (counting "
+                "every file by its size on disk), so these new files were deleted: "
+                f"{shown or '(none)'}. Write smaller or fewer outputs."
             )
         if len(paths) > MAX_GENERATED_PER_RUN:
             collector.notices.append(

@@ -31,6 +31,13 @@ class Entry:
     mtime_ns: int
     ino: int
     dev: int = 0
+    allocated: int = field(default=0, compare=False)  # st_blocks * 512; settles after the write, so not compared
+
+    @property
+    def charge(self) -> int:
+        """What the file costs on disk: its apparent or its allocated size, whichever is larger (sparse files,
+        blocks preallocated past the end, many small files)."""
+        return max(self.size, self.allocated)
 
 
 @dataclass
@@ -39,11 +46,15 @@ class Snapshot:
 
     files: dict[str, Entry] = field(default_factory=dict)
     hidden: dict[str, Entry] = field(default_factory=dict)
+    dir_bytes: int = 0  # allocated by the directories themselves
     stopped: str | None = None  # why the walk ended early, if it did
 
     @property
     def total_bytes(self) -> int:
-        return sum(e.size for e in self.files.values()) + sum(e.size for e in self.hidden.values())
+        """Disk used under the root: every regular file once per inode (hard links are one file), by its charge,
+        plus the directories."""
+        inodes = {(e.dev, e.ino): e.charge for e in (*self.files.values(), *self.hidden.values())}
+        return sum(inodes.values()) + self.dir_bytes
 
     def get(self, rel: str) -> Entry | None:
         return self.files.get(rel) or self.hidden.get(rel)
@@ -57,7 +68,9 @@ def snapshot(root: Path, *, max_entries: int = _MAX_FILES, deadline_s: float = _
     except OSError:
         return snap
     try:
-        state = _Walk(snap, os.fstat(root_fd).st_dev, max_entries, time.monotonic() + deadline_s)
+        root_st = os.fstat(root_fd)
+        snap.dir_bytes = root_st.st_blocks * 512
+        state = _Walk(snap, root_st.st_dev, max_entries, time.monotonic() + deadline_s)
         state.walk(root_fd, "", False, 0)
     finally:
         os.close(root_fd)
@@ -110,12 +123,13 @@ class _Walk:
                 try:
                     cst = os.fstat(child)
                     if stat.S_ISDIR(cst.st_mode) and cst.st_dev == self.dev:
+                        self.snap.dir_bytes += cst.st_blocks * 512
                         self.walk(child, rel + "/", hidden or name.startswith("."), depth + 1)
                 finally:
                     os.close(child)
             elif stat.S_ISREG(st.st_mode):
                 found = self.snap.hidden if hidden else self.snap.files
-                found[rel] = Entry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+                found[rel] = Entry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_blocks * 512)
 
 
 def changed(before: Snapshot, after: Snapshot, *, include_hidden: bool = False) -> list[str]:
@@ -204,5 +218,5 @@ def place(source: Path, workspace: Path, name: str) -> str:
 
 
 def size_of(root: Path) -> int:
-    """Bytes in every regular file under `root`, dot-directories included."""
+    """Disk used under `root` (every file, dot-directories included, by apparent or allocated size)."""
     return snapshot(root).total_bytes

@@ -1,0 +1,199 @@
+"""What the server does with what it stores: exact upload limits, bounded file lists and resource reads, a store
+that does not grow without bound, session-directory accounting, and a full disk. Through the in-memory MCP client."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types import TextResourceContents
+
+import ci_mcp.server as server_module
+from ci_mcp.backends.local import workspace
+from ci_mcp.server import MAX_FILE_IDS
+from ci_mcp.settings import Settings
+from tests.conftest import all_text, open_client, session_of, texts, uploaded_id
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def no_pool(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings for tests that need no kernel ahead of time."""
+
+    def make(**kw: object) -> Settings:
+        return make_settings(kernel_pool_size=0, **kw)
+
+    return make
+
+
+async def test_inline_upload_limit_is_checked_on_the_exact_decoded_size(no_pool: Callable[..., Settings]) -> None:
+    c, store = await open_client(no_pool(max_inline_upload_bytes=1000))
+    async with c:
+        at_limit = await c.call_tool(
+            "upload_file", {"content_base64": base64.b64encode(b"a" * 1000).decode(), "filename": "ok.bin"}
+        )
+        assert "1,000 bytes" in all_text(at_limit) and uploaded_id(at_limit)
+        for size in (1001, 1002):  # within the old estimate from the base64 length
+            over = await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(b"b" * size).decode(), "filename": "big.bin"}
+            )
+            assert over.is_error, all_text(over)
+            assert f"{size:,} bytes once decoded" in all_text(over) and "1,000" in all_text(over)
+        assert [f.name for f in store.list()] == ["ok.bin"]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ("YWJj$GVm", "characters other than"),
+        ("YWJjZA", "not a multiple of 4"),
+        ("YW=JjZA==", "characters other than"),
+        ("ÿÿÿÿ", "characters other than"),
+    ],
+)
+async def test_invalid_base64_gets_a_clear_error(no_pool: Callable[..., Settings], payload: str, expected: str) -> None:
+    c, store = await open_client(no_pool())
+    async with c:
+        result = await c.call_tool("upload_file", {"content_base64": payload, "filename": "x.csv"})
+        assert result.is_error and "not valid base64" in all_text(result) and expected in all_text(result)
+        assert store.list() == []
+    store.close()
+
+
+async def test_base64_with_line_breaks_or_a_data_url_prefix_is_accepted(no_pool: Callable[..., Settings]) -> None:
+    data = bytes(range(256)) * 3
+    wrapped = base64.encodebytes(data).decode()  # MIME style: a newline every 76 characters
+    c, store = await open_client(no_pool())
+    async with c:
+        for payload in (wrapped, "data:application/octet-stream;base64," + base64.b64encode(data).decode()):
+            fid = uploaded_id(await c.call_tool("upload_file", {"content_base64": payload, "filename": "d.bin"}))
+            assert store.read(fid) == data
+    store.close()
+
+
+async def test_file_ids_are_deduplicated_and_placed_off_the_event_loop(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    placed_in: list[int] = []
+    real_place = workspace.place
+
+    def recording_place(source: Path, ws: Path, name: str) -> str:
+        placed_in.append(threading.get_ident())
+        return real_place(source, ws, name)
+
+    monkeypatch.setattr(workspace, "place", recording_place)
+    c, store = await open_client(make_settings())
+    async with c:
+        payload = base64.b64encode(b"k\n1\n").decode()
+        fid = uploaded_id(await c.call_tool("upload_file", {"content_base64": payload, "filename": "in.csv"}))
+        result = await c.call_tool(
+            "run_code_analysis", {"code": "print(open('in.csv').read().split())", "file_ids": [fid, fid, f" {fid} "]}
+        )
+        assert "['k', '1']" in all_text(result), all_text(result)
+        assert "placed in the working directory: in.csv." in all_text(result)
+        assert len(placed_in) == 1 and loop_thread not in placed_in
+    store.close()
+
+
+async def test_too_many_file_ids_get_a_clear_error(no_pool: Callable[..., Settings]) -> None:
+    c, store = await open_client(no_pool())
+    async with c:
+        ids = [f"file-{i:024x}" for i in range(MAX_FILE_IDS + 1)]
+        result = await c.call_tool("run_code_analysis", {"code": "print(1)", "file_ids": ids})
+        assert result.is_error and f"at most {MAX_FILE_IDS}" in all_text(result), all_text(result)
+        assert "No file with id" not in all_text(result)
+    store.close()
+
+
+async def test_resources_read_refuses_a_file_over_the_inline_limit_and_reads_off_the_loop(
+    no_pool: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    opened_in: list[int] = []
+
+    def recording_open(*args: Any, **kw: Any) -> Any:
+        opened_in.append(threading.get_ident())
+        return open(*args, **kw)
+
+    monkeypatch.setattr(server_module, "open", recording_open, raising=False)
+    c, store = await open_client(no_pool(inline_text_fetch_bytes=1000, inline_image_bytes=2000))
+    async with c:
+        small = uploaded_id(
+            await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(b"s" * 2000).decode(), "filename": "s.csv"}
+            )
+        )
+        big = uploaded_id(
+            await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(b"b" * 2001).decode(), "filename": "b.csv"}
+            )
+        )
+        (contents,) = (await c.read_resource(f"ci-mcp://files/{small}")).contents
+        assert isinstance(contents, TextResourceContents) and contents.text == "s" * 2000
+        assert opened_in and loop_thread not in opened_in
+        opened_in.clear()
+        with pytest.raises(MCPError) as refused:
+            await c.read_resource(f"ci-mcp://files/{big}")
+        message = str(refused.value)
+        assert "2,001 bytes" in message and "fetch_generated_file" in message and "save_to" in message, message
+        assert opened_in == []  # never read into memory
+    store.close()
+
+
+PREALLOCATE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+fd = os.open({name!r}, os.O_WRONLY | os.O_CREAT, 0o644)
+print('fallocate', libc.fallocate(fd, 1, 0, 3 * 1024 * 1024), os.fstat(fd).st_size)  # 1 = FALLOC_FL_KEEP_SIZE
+os.close(fd)
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        PREALLOCATE.format(name="empty-looking.bin"),  # 0 bytes apparent, 3 MB allocated past the end
+        PREALLOCATE.format(name=".cache/hidden.bin").replace(
+            "import ctypes, os", "import ctypes, os; os.mkdir('.cache')"
+        ),
+        "for i in range(600):\n    open(f'tiny{i}.txt', 'w').write('x')\nprint('written')",  # 600 B apparent, ~2.4 MB
+    ],
+    ids=["preallocated", "preallocated-in-dot-dir", "many-small-files"],
+)
+async def test_the_session_directory_cap_counts_allocated_size(
+    make_settings: Callable[..., Settings], code: str
+) -> None:
+    c, store = await open_client(make_settings(max_session_dir_mb=1))
+    async with c:
+        result = await c.call_tool("run_code_analysis", {"code": code})
+        text = all_text(result)
+        assert "fallocate 0 0" in text or "written" in text, text
+        assert "grew past its limit of 1 MB" in text, text
+        du = await c.call_tool(
+            "run_code_analysis",
+            {
+                "code": "import os\nprint(sum(os.stat(os.path.join(d, f)).st_blocks * 512 "
+                "for d, _, fs in os.walk('.') for f in fs))",
+                "session_id": session_of(result),
+            },
+        )
+        assert int(texts(du)[1]) <= 1024 * 1024, all_text(du)
+    store.close()
+
+
+async def test_a_sparse_file_counts_by_its_apparent_size(make_settings: Callable[..., Settings]) -> None:
+    c, store = await open_client(make_settings(max_session_dir_mb=1))
+    async with c:
+        code = "with open('sparse.bin', 'wb') as f:\n    f.seek(5 * 1024 * 1024)\n    f.write(b'x')"
+        result = await c.call_tool("run_code_analysis", {"code": code})
+        assert "grew past its limit of 1 MB" in all_text(result) and "sparse.bin" in all_text(result)
+    store.close()
