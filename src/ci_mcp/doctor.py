@@ -93,7 +93,7 @@ print(json.dumps(seen))
 
 
 async def _local(settings: Settings) -> list[Check]:
-    from ci_mcp.backends.local import sandbox
+    from ci_mcp.backends.local import cgroups, sandbox
     from ci_mcp.backends.local.backend import LocalBackend
     from ci_mcp.errors import CiMcpError, ConfigError
     from ci_mcp.store import FileStore
@@ -106,6 +106,7 @@ async def _local(settings: Settings) -> list[Check]:
     checks.append(("sandbox", plan.mode == "bwrap", plan.reason))
     if plan.mode == "bwrap":
         checks.append(("privileges", *sandbox.probe_privileges()))
+    checks.append(("cgroups", True, cgroups.layout().describe()))
     with tempfile.TemporaryDirectory(prefix="ci-mcp-doctor-") as tmp:
         test_settings = settings.model_copy(update={"data_dir": Path(tmp), "kernel_pool_size": 0})
         store = FileStore(Path(tmp))

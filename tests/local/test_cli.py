@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_mcp.backends.local import sandbox
+from ci_mcp.backends.local import cgroups, sandbox
 from tests.conftest import NIFTY_CSV, REPO
 from tests.local.venvs import make_venv
 
@@ -53,6 +53,7 @@ def test_doctor_checks_the_kernel_and_the_sandbox(tmp_path: Path) -> None:
     assert {name: checks.get(name) for name in must_pass} == dict.fromkeys(must_pass, "ok"), report
     if sandbox.bwrap_works()[0]:
         assert done.returncode == 0 and "All checks passed." in done.stdout, report
+    assert cgroups.layout().describe() in done.stdout, report  # which cgroup version does what, or that none can
 
 
 def test_global_flags_are_accepted_after_the_subcommand(tmp_path: Path) -> None:

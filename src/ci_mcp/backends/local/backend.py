@@ -475,6 +475,7 @@ class LocalBackend:
         strays = await anyio.to_thread.run_sync(self._after_run, live, before, collector)
         if strays:
             await live.kernel.execute(REAP_CHILDREN, deadline=time.monotonic() + 5, sink=_ignore)
+            strays += await anyio.to_thread.run_sync(live.kernel.kill_strays)  # any started while it reaped
             notices.append(
                 f"{strays} process(es) the code started were still running after the run and were stopped: "
                 "processes do not outlive a run here (create and close process pools within one call)."

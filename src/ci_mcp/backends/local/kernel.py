@@ -174,6 +174,7 @@ class Kernel:
             raise
         self._kernel_pid = procs.find_kernel(self._process.pid, self._conn_file_marker)
         self.started_at = time.monotonic()
+        await self._freeze()
 
     async def _wait_ready(self) -> None:
         """Wait until the kernel answers on shell AND its iopub stream reaches us (SUB sockets join late)."""
@@ -241,6 +242,8 @@ class Kernel:
         grace period the caller sees "timeout" (or the cancellation) and must `restart()`.
         """
         client = self._require_client()
+        if self._cgroups is not None:
+            self._cgroups.thaw()
         msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=True)
         try:
             return await self._collect(msg_id, deadline, sink)
@@ -251,6 +254,15 @@ class Kernel:
                 if outcome == "timeout":
                     await self.restart()
             raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._freeze()
+
+    async def _freeze(self) -> None:
+        """Between runs the session's cgroup is frozen: threads the code left running get no CPU until the next
+        run thaws it (where the host has a freezer). A frozen kernel is still killed by stop()."""
+        if self._cgroups is not None and self._cgroups.can_freeze and self.alive:
+            await anyio.to_thread.run_sync(self._cgroups.freeze)
 
     async def _collect(self, msg_id: str, deadline: float, sink: EventSink) -> Outcome:
         client = self._require_client()
@@ -305,17 +317,16 @@ class Kernel:
         return outcome
 
     def kill_strays(self) -> int:
-        """Kill every process of this kernel's sandbox except the kernel; returns how many there were."""
+        """Kill every process of this kernel's sandbox except the kernel (and the sandbox processes above it);
+        returns how many there were. With cgroups, what belongs to the session is its cgroup's membership, frozen
+        while it is read, and the group stays frozen after."""
         if self._process is None or not self.alive:
             return 0
         if self._kernel_pid is None:
             return 0
         if self._cgroups is not None:
-            # Fast path: the cgroup holds the kernel's threads plus the sandbox's two bwrap processes, or less.
-            tasks, threads = self._cgroups.task_count(), procs.thread_count(self._kernel_pid)
-            wrappers = 2 if self.launch.wrapper else 0
-            if tasks is not None and threads is not None and tasks <= threads + wrappers:
-                return 0
+            keep = {self._kernel_pid, *procs.ancestors(self._kernel_pid)}
+            return self._cgroups.kill_except(keep)
         return procs.kill_strays(self._process.pid, self._kernel_pid)
 
     async def _replied(self, msg_id: str) -> bool:
@@ -351,6 +362,8 @@ class Kernel:
         self._client = None
         if client is not None:
             client.stop_channels()
+        if self._cgroups is not None:
+            self._cgroups.kill_all()  # frozen or not: every process of the session, not only the process group
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -1,7 +1,8 @@
 """Finding and ending the processes a kernel left behind, from the host side, through /proc.
 
 After each run every process in the session's sandbox other than the kernel itself is killed: a run's background
-processes do not outlive it, and a fork bomb's survivors are gone before the next call.
+processes do not outlive it, and a fork bomb's survivors are gone before the next call. Where the session has a
+cgroup, its membership says what to kill (cgroups.py); the walk of the process tree here is the fallback.
 """
 
 from __future__ import annotations
@@ -77,12 +78,17 @@ def kill_strays(root: int, kernel: int, limit_seconds: float = 2.0) -> int:
     return killed
 
 
-def thread_count(pid: int) -> int | None:
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[17])
+def ancestors(pid: int, depth: int = 16) -> list[int]:
+    """The parents of `pid` up to (not including) init, nearest first."""
+    found: list[int] = []
+    current = pid
+    for _ in range(depth):
+        parent = _ppid(current)
+        if parent is None or parent <= 1:
+            break
+        found.append(parent)
+        current = parent
+    return found
 
 
 def _zombie(pid: int) -> bool:
@@ -94,15 +100,7 @@ def _zombie(pid: int) -> bool:
 
 
 def _is_ancestor_of(pid: int, child: int) -> bool:
-    current = child
-    for _ in range(16):
-        parent = _ppid(current)
-        if parent is None or parent <= 1:
-            return False
-        if parent == pid:
-            return True
-        current = parent
-    return False
+    return pid in ancestors(child)
 
 
 def _ppid(pid: int) -> int | None:
