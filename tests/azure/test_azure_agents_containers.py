@@ -112,3 +112,21 @@ async def test_a_file_named_later_when_the_container_was_deleted_reaches_the_new
 
     assert second.status == "ok" and second.notices == (REPLACED_NOTICE,)
     assert "['a.csv', 'b.csv']" in stdout_of(second)
+
+
+async def test_a_file_the_container_accepts_but_does_not_list_is_an_error_that_says_to_start_anew(
+    mcp: Client, emu: Emulator
+) -> None:
+    first = await mcp.call_tool("run_code_analysis", {"code": "x = 1"})
+    later_file = await upload(mcp, "later.csv", b"b\n2\n")
+    ghost = {"id": "cfile_ghost", "object": "container.file", "path": "/mnt/data/later.csv", "source": "user"}
+    emu.state.faults.push(ADD, status=200, retry_after=None, body=ghost)  # answered, but nothing was added
+    mark = emu.state.mark()
+
+    second = await mcp.call_tool(
+        "run_code_analysis", {"code": "print(1)", "file_ids": [later_file], "session_id": session_of(first)}
+    )
+
+    text = all_text(second)
+    assert second.is_error and "'later.csv'" in text and "does not list it" in text and "new session" in text
+    assert emu.state.count(RESPONSES, since=mark) == 0

@@ -6,7 +6,7 @@ import pytest
 
 from ci_mcp.backends.azure.errors import failed_response_error, redact, retry_after_seconds
 from ci_mcp.backends.azure.outputs import split_logs
-from ci_mcp.backends.azure.wire import compose_message, digest_response
+from ci_mcp.backends.azure.wire import ImageRef, compose_message, digest_response, image_reference
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import ErrorOutput, FileInfo, RunRequest, TextOutput
 
@@ -91,3 +91,11 @@ def test_every_output_item_and_annotation_is_read_not_only_the_last() -> None:
     digest = digest_response(response)
     assert [c.file_id for c in digest.citations] == ["f1"] and digest.container_ids == ("c1",)
     assert len(digest.steps) == 2
+
+
+def test_an_image_url_is_a_container_file_reference_only_when_it_names_one() -> None:
+    url = "https://a.services.ai.azure.com/api/projects/p/openai/v1/containers/cntr_1/files/cfile_2/content?x=1"
+    assert image_reference(url, "cntr_9") == ImageRef("cntr_1", file_id="cfile_2")
+    assert image_reference("sandbox:/mnt/data/plot.png", "cntr_9") == ImageRef("cntr_9", path="/mnt/data/plot.png")
+    assert image_reference("sandbox:/mnt/data/../etc/passwd", "cntr_9") is None
+    assert image_reference("https://cdn.example.com/plot.png", "cntr_9") is None

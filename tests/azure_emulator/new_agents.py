@@ -311,7 +311,7 @@ class _NewAgentsApi:
             return plan
         rec = ResponseRecord(self.state.new_id("resp_"), body)
         self.state.responses[rec.id] = rec
-        run = _ResponseRun(self.state, rec, plan)
+        run = _ResponseRun(self.state, rec, plan, str(request.url).split("/openai/v1/", 1)[0])
         if body.get("stream"):
             return StreamingResponse(run.sse(), media_type="text/event-stream")
         async for _ in run.events():
@@ -439,8 +439,9 @@ def _chunks(text: str, size: int = 64) -> list[str]:
 class _ResponseRun:
     """Plays one response: emits the openai stream events in order while the code runs in a real kernel."""
 
-    def __init__(self, state: EmulatorState, rec: ResponseRecord, plan: _Plan) -> None:
+    def __init__(self, state: EmulatorState, rec: ResponseRecord, plan: _Plan, project_url: str) -> None:
         self.state = state
+        self.project_url = project_url
         self.rec = rec
         self.plan = plan
         self.seq = 0
@@ -607,11 +608,23 @@ class _ResponseRun:
         if result.logs:
             outputs.append({"type": "logs", "logs": result.logs})
         for png in result.images:
-            outputs.append({"type": "image", "url": "data:image/png;base64," + base64.b64encode(png).decode()})
+            outputs.append({"type": "image", "url": self._image_url(png)})
         item["status"] = "completed"
         item["outputs"] = outputs if self.plan.include_outputs else None
         yield self._event("response.code_interpreter_call.completed", **ids)
         yield self._event("response.output_item.done", output_index=index, item=dict(item))
+
+    def _image_url(self, png: bytes) -> str:
+        style = self.state.image_urls
+        if style == "data":
+            return "data:image/png;base64," + base64.b64encode(png).decode()
+        if style == "remote":
+            return f"https://images.example.invalid/{self.rec.id}/display.png?sig=not-for-the-model"
+        name = f".display/{self.state.new_id('img_')}.png"
+        cf = self.state.add_container_file(self.plan.container, name, png)
+        if style == "sandbox":
+            return f"sandbox:{cf.path}"
+        return f"{self.project_url}/openai/v1/containers/{cf.container_id}/files/{cf.id}/content"
 
     async def _message(
         self, template: str, logs: str, error: str, generated: list[ContainerFile]

@@ -251,6 +251,9 @@ class EmulatorState:
         self.request_latency_seconds = 0.0
         """Added before every answer, to stand for the network round trip (benchmarks)."""
         self.code_timeout_seconds = 120.0
+        self.image_urls = "data"
+        """How `code_interpreter_call.outputs` give displayed images: "data" (a data: URL), "container" (a URL of
+        a container file), "sandbox" (`sandbox:/mnt/data/...`), or "remote" (a link elsewhere, never fetched)."""
         self.runner = CodeRunner(root / "kernels")
         self.code_running = threading.Event()
         """Set while any container's kernel executes model code (tests wait on it before cancelling)."""
@@ -336,6 +339,13 @@ class EmulatorState:
         container.attached.add(stored.id)
         return self._register(container, target, "user")
 
+    def add_container_file(self, container: Container, name: str, data: bytes) -> ContainerFile:
+        """A file the service itself put in the container (e.g. a displayed image), under /mnt/data/<name>."""
+        target = container.workdir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return self._register(container, target, "assistant")
+
     def _register(self, container: Container, path: Path, source: str) -> ContainerFile:
         st = path.stat()
         mnt = "/mnt/data/" + path.relative_to(container.workdir).as_posix()
@@ -402,6 +412,7 @@ class EmulatorState:
         self.stream_delay_seconds = 0.0
         self.request_latency_seconds = 0.0
         self.code_timeout_seconds = 120.0
+        self.image_urls = "data"
 
     async def aclose(self) -> None:
         await self.runner.aclose()

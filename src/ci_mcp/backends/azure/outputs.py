@@ -5,6 +5,10 @@ Files come from the answer's `container_file_citation` annotations, plus one lis
 presents them as this run's results); an uncited file already fetched with the same size in an earlier run of the
 session is not fetched again. Containers expire after ~20 minutes idle, so everything is
 downloaded now and kept in the FileStore; a download that fails after retries becomes a notice, not an error.
+
+Displayed images (`code_interpreter_call.outputs` of type image) are decoded from `data:` URLs; a URL that names a
+container file (`…/containers/{c}/files/{f}`, or `sandbox:/mnt/data/…` found by listing) is downloaded and shown
+where it was displayed; any other link is never fetched, and a notice says the image is not shown and what to ask.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Any
 import anyio
 from openai import AsyncOpenAI
 
-from ci_mcp.backends.azure.errors import RetryPolicy, call_with_retry
-from ci_mcp.backends.azure.wire import AnswerStep, CodeStep, ResponseDigest, decode_data_url
+from ci_mcp.backends.azure.errors import RetryPolicy, call_with_retry, redact
+from ci_mcp.backends.azure.wire import AnswerStep, CodeStep, ImageRef, ResponseDigest, decode_data_url, image_reference
 from ci_mcp.errors import CiMcpError
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore, guess_media_type
@@ -35,6 +39,8 @@ class Collected:
     notices: list[str] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
     """Container file id -> size, of every file fetched (merged into the session state)."""
+    displayed: list[tuple[int, ImageRef]] = field(default_factory=list)
+    """Displayed images given as container-file references: (position in `outputs`, where), fetched later."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,11 @@ def render_steps(digest: ResponseDigest, given_code: str | None, store: FileStor
             for url in step.image_urls:
                 data = decode_data_url(url)
                 if data is None:
+                    ref = None if url.startswith("data:") else image_reference(url, step.container_id)
+                    if ref is not None:
+                        out.displayed.append((len(out.outputs), ref))
+                    else:
+                        out.notices.append(_unshown_image_notice(url))
                     continue
                 shown += 1
                 info = store.put_bytes(
@@ -98,6 +109,15 @@ def render_steps(digest: ResponseDigest, given_code: str | None, store: FileStor
         elif isinstance(step, AnswerStep) and step.text:
             out.outputs.append(TextOutput(step.text, kind="answer"))
     return out
+
+
+def _unshown_image_notice(url: str) -> str:
+    where = "a data: URL that could not be decoded" if url.startswith("data:") else f"a link ({redact(url)[:200]})"
+    return (
+        f"The code displayed an image that Azure returned as {where}, which ci-mcp does not download, so it is not "
+        "shown. Ask the agent to save the figure to /mnt/data (e.g. plt.savefig('/mnt/data/figure.png')) so it "
+        "comes back as a file."
+    )
 
 
 async def fetch_files(
@@ -111,9 +131,17 @@ async def fetch_files(
     report: Callable[[str], Awaitable[None]],
     out: Collected,
 ) -> None:
-    """Download cited and uncited generated files of the run's container(s) into the store."""
+    """Download cited and uncited generated files of the run's container(s), and displayed images given as
+    container-file references (shown where they were displayed), into the store."""
     targets = {c.file_id: _Target(c.container_id, c.file_id, c.filename) for c in digest.citations if c.container_id}
+    display: dict[str, tuple[int, int]] = {}
+    """Container file id -> (position in outputs, order displayed) of displayed images."""
+    for order, (position, ref) in enumerate(out.displayed):
+        if ref.file_id:
+            targets.setdefault(ref.file_id, _Target(ref.container_id, ref.file_id, f"display-{len(display) + 1}.png"))
+            display.setdefault(ref.file_id, (position, order))
     sizes: dict[str, int] = {}
+    by_path: dict[tuple[str, str], str] = {}
     ran_code = any(isinstance(s, CodeStep) for s in digest.steps)
     for container_id in digest.container_ids if ran_code or targets else ():
         try:
@@ -123,18 +151,36 @@ async def fetch_files(
                 policy=policy,
             ):
                 sizes[f.id] = int(getattr(f, "bytes", 0) or 0)
+                by_path[(container_id, str(f.path))] = f.id
+                name = posixpath.basename(str(f.path))
+                if f.id in display:  # a displayed image by id: its real name
+                    targets[f.id] = _Target(container_id, f.id, name)
                 if getattr(f, "source", None) == "assistant" and f.id not in targets:
-                    targets[f.id] = _Target(container_id, f.id, posixpath.basename(str(f.path)))
+                    targets[f.id] = _Target(container_id, f.id, name)
         except CiMcpError as exc:
             out.notices.append(f"Could not list the container's files ({exc}); only cited files were fetched.")
+    for order, (position, ref) in enumerate(out.displayed):
+        if ref.path:
+            found = by_path.get((ref.container_id, ref.path))
+            if found is None:
+                out.notices.append(
+                    f"The code displayed the image {ref.path}, which is not in the container's files, so it is not "
+                    "shown. Ask the agent to save the figure to /mnt/data again."
+                )
+                continue
+            targets.setdefault(found, _Target(ref.container_id, found, posixpath.basename(ref.path)))
+            display.setdefault(found, (position, order))
     cited = {c.file_id for c in digest.citations}
     todo = [
         t
         for t in targets.values()
-        if t.file_id in cited or not (t.file_id in sizes and seen.get(t.file_id) == sizes[t.file_id])
+        if t.file_id in cited
+        or t.file_id in display
+        or not (t.file_id in sizes and seen.get(t.file_id) == sizes[t.file_id])
     ]
     if todo:
         await report(f"downloading {len(todo)} generated file(s)")
+    shown: list[tuple[tuple[int, int], ImageOutput]] = []
     for target in todo:
         try:
             data = await call_with_retry(
@@ -143,20 +189,28 @@ async def fetch_files(
                 policy=policy,
             )
         except CiMcpError as exc:
+            what = "displayed an image" if target.file_id in display else f"generated '{target.name}'"
             out.notices.append(
-                f"The agent generated '{target.name}' but it could not be downloaded ({exc}). Ask the agent to "
-                "save it again, or to print its content."
+                f"The agent {what} but it could not be downloaded ({exc}). Ask the agent to save it again, or to "
+                "print its content."
             )
             continue
+        media_type = guess_media_type(target.name)
+        if target.file_id in display and not media_type.startswith("image/"):
+            media_type = "image/png"
         info = await anyio.to_thread.run_sync(
-            lambda t=target, d=data: store.put_bytes(  # type: ignore[misc]
-                t.name or t.file_id, d, origin="generated", session_id=session_id, media_type=guess_media_type(t.name)
+            lambda t=target, d=data, m=media_type: store.put_bytes(  # type: ignore[misc]
+                t.name or t.file_id, d, origin="generated", session_id=session_id, media_type=m
             )
         )
         out.seen[target.file_id] = len(data)
         out.generated.append(info)
-        if info.is_image:
+        if target.file_id in display:
+            shown.append((display[target.file_id], ImageOutput(info, data)))
+        elif info.is_image:
             out.outputs.append(ImageOutput(info, data))
+    for (position, _), image in sorted(shown, key=lambda p: p[0], reverse=True):
+        out.outputs.insert(position, image)  # from the last: earlier positions stay valid, equal ones keep order
 
 
 async def list_container_files(client: AsyncOpenAI, container_id: str) -> list[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ class CodeStep:
     code: str
     logs: tuple[str, ...] = ()
     image_urls: tuple[str, ...] = ()
+    container_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def digest_response(response: Any) -> ResponseDigest:
                     logs.append(str(_get(out, "logs")))
                 elif _get(out, "type") == "image" and _get(out, "url"):
                     urls.append(str(_get(out, "url")))
-            steps.append(CodeStep(str(_get(item, "code") or ""), tuple(logs), tuple(urls)))
+            steps.append(CodeStep(str(_get(item, "code") or ""), tuple(logs), tuple(urls), str(cid or "")))
         elif kind == "message" and _get(item, "role") in (None, "assistant"):
             texts: list[str] = []
             for part in _get(item, "content") or []:
@@ -117,6 +119,30 @@ def decode_data_url(url: str) -> bytes | None:
         return base64.b64decode(url.split(";base64,", 1)[1], validate=False)
     except (binascii.Error, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A displayed image that is a file in a container: by id (a container-file URL) or by its /mnt/data path."""
+
+    container_id: str
+    file_id: str | None = None
+    path: str | None = None
+
+
+_CONTAINER_FILE_URL = re.compile(r"/containers/([^/?#\s]+)/files/([^/?#\s]+)")
+
+
+def image_reference(url: str, container_id: str) -> ImageRef | None:
+    """Where a non-`data:` image URL points, when it is a container file: `…/containers/{c}/files/{f}[/content]`,
+    or `sandbox:/mnt/data/…` / `/mnt/data/…` in the step's container. None for anything else (never fetched)."""
+    match = _CONTAINER_FILE_URL.search(url.split("?", 1)[0])
+    if match:
+        return ImageRef(match.group(1), file_id=match.group(2))
+    path = url.removeprefix("sandbox:")
+    if container_id and path.startswith(MNT_DATA + "/") and ".." not in path.split("/"):
+        return ImageRef(container_id, path=path)
+    return None
 
 
 _STAGES = {
