@@ -225,6 +225,19 @@ async def test_a_failed_run_surfaces_its_last_error_as_a_tool_error(
         await backend.run(code("print(1)"), progress)
 
 
+async def test_an_incomplete_run_returns_what_it_produced_with_status_incomplete(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    emulator.state.faults.incomplete_next_response("max_completion_tokens")
+
+    result = await backend.run(code("print('partial answer')\nopen('kept.txt', 'w').write('x')"), progress)
+
+    assert result.status == "incomplete"
+    assert "partial answer" in " ".join(getattr(o, "text", "") for o in result.outputs)
+    assert [f.name for f in result.generated_files] == ["kept.txt"]
+    assert any("max_completion_tokens" in n for n in result.notices)
+
+
 async def test_a_rate_limited_run_is_a_transient_error_with_the_services_wait(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:

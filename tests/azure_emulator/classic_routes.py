@@ -553,6 +553,10 @@ class _RunPlayer:
         await self._answer(turn, logs, error, images, generated)
         if self.live.cancel.is_set():
             return
+        reason = self.state.faults.take_incomplete()
+        if reason is not None:
+            self.set_status("incomplete", incomplete_at=self.state.now(), incomplete_details={"reason": reason})
+            return
         self.set_status(
             "completed",
             completed_at=self.state.now(),

@@ -151,8 +151,8 @@ class Faults:
         return self._stream_errors.popleft() if self._stream_errors else None
 
     def incomplete_next_response(self, reason: str = "max_output_tokens") -> None:
-        """The next response (new agents) runs its code, streams part of the answer, then ends `incomplete` with
-        `incomplete_details.reason`."""
+        """The next response (new agents) or run (classic) runs its code, streams part of the answer, then ends
+        `incomplete` with `incomplete_details.reason`."""
         self._incomplete.append(reason)
 
     def take_incomplete(self) -> str | None:

@@ -530,7 +530,7 @@ class ClassicAgentsBackend:
             )
         if tracker.status == "incomplete":
             reason = tracker.incomplete_reason or "no reason given"
-            return "error", (
+            return "incomplete", (
                 f"The Azure run stopped before it was complete ({reason}); what it produced is shown. "
                 "Ask for a shorter answer or a smaller step.",
             )
