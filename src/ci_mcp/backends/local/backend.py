@@ -120,7 +120,7 @@ class LocalBackend:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        python = await anyio.to_thread.run_sync(self.interpreter)
+        python = await anyio.to_thread.run_sync(self.kernel_interpreter)
         if self.plan.mode == "bwrap":
             self._py_roots = list(python.mounts)
         if "matplotlib" in python.libraries:
@@ -145,7 +145,7 @@ class LocalBackend:
                 await self.codewriter.aclose()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
-    def interpreter(self) -> interpreter.Interpreter:
+    def kernel_interpreter(self) -> interpreter.Interpreter:
         """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""
         if self._interpreter is None:
             data_dir, runtime = self.store.data_dir, self._runtime_dir
@@ -184,7 +184,7 @@ class LocalBackend:
             if self.accepts_request
             else "This backend runs the Python `code` you pass; it does not accept a natural-language request alone."
         )
-        python = self.interpreter()
+        python = self.kernel_interpreter()
         figures = (
             "Figures still open when the code ends come back as images without saving them; "
             if "matplotlib" in python.libraries
@@ -402,7 +402,7 @@ class LocalBackend:
                         files,
                         live.history[-3:],
                         self.data_mount,
-                        interpreter.libraries_sentence(self.interpreter()),
+                        interpreter.libraries_sentence(self.kernel_interpreter()),
                     )
                 assert code is not None
                 result = await self._run_locked(live, code, inputs, timeout, progress, started, request.on_output)
