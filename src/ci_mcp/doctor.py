@@ -111,7 +111,7 @@ async def _local(settings: Settings) -> list[Check]:
         test_settings = settings.model_copy(update={"data_dir": Path(tmp), "kernel_pool_size": 0})
         store = FileStore(Path(tmp))
         backend = LocalBackend(test_settings, store)
-        python = backend.interpreter()
+        python = backend.kernel_interpreter()
         checks.append(
             ("interpreter", not python.error, python.error or f"{python.python} (Python {python.version}) for kernels")
         )

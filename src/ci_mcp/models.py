@@ -63,6 +63,10 @@ class ErrorOutput:
 OutputItem = TextOutput | ImageOutput | ErrorOutput
 
 
+OutputCallback = Callable[[str, str], Awaitable[None]]
+"""Live output of a run: (stream name, text)."""
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """One analysis step. `code` runs as is; `request` is natural language for a model that writes code."""
@@ -72,6 +76,9 @@ class RunRequest:
     request: str | None
     file_ids: tuple[str, ...] = ()
     timeout_seconds: float | None = None
+    on_output: OutputCallback | None = field(default=None, compare=False)
+    """Called with ("stdout" | "stderr", text) as the code prints, by backends that can stream (local); the result
+    still carries all of it. Must be cheap; what it raises is ignored."""
 
 
 RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled", "incomplete"]

@@ -189,3 +189,38 @@ async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
             gate.set()
     store.close()
     assert "cold ran" in cold_result[0], cold_result
+
+
+async def test_a_session_whose_kernel_is_starting_counts_against_the_session_limit(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(kernel_pool_size=0, max_sessions=1)
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    entered, gate = anyio.Event(), anyio.Event()
+    start_kernel = backend._start_kernel
+
+    async def gated_start(ws: Path) -> Kernel:
+        entered.set()
+        await gate.wait()
+        return await start_kernel(ws)
+
+    monkeypatch.setattr(backend, "_start_kernel", gated_start)
+    async with Client(create_server(backend, settings)) as client:
+        first: list[str] = []
+
+        async def first_call() -> None:
+            first.append(all_text(await client.call_tool("run_code_analysis", {"code": "print('first ran')"})))
+
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(first_call)
+                    await entered.wait()
+                    second = await client.call_tool("run_code_analysis", {"code": "print('second ran')"})
+                    assert second.is_error and "sessions are busy" in all_text(second), all_text(second)
+                    gate.set()
+        finally:
+            gate.set()
+    store.close()
+    assert "first ran" in first[0], first

@@ -26,12 +26,13 @@ from anyio.abc import TaskGroup
 
 from ci_mcp.backends.local import interpreter, sandbox, workspace
 from ci_mcp.backends.local.codewriter import CodeWriter
-from ci_mcp.backends.local.kernel import Kernel, KernelStartError
+from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.backends.local.pool import KernelPool, WarmKernel
 from ci_mcp.errors import BackendUnavailableError, CapacityError, FileTooLargeError, InvalidInputError
 from ci_mcp.models import (
     FileInfo,
+    OutputCallback,
     ProgressCallback,
     RunRequest,
     RunResult,
@@ -119,7 +120,7 @@ class LocalBackend:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        python = await anyio.to_thread.run_sync(self.interpreter)
+        python = await anyio.to_thread.run_sync(self.kernel_interpreter)
         if self.plan.mode == "bwrap":
             self._py_roots = list(python.mounts)
         if "matplotlib" in python.libraries:
@@ -144,7 +145,7 @@ class LocalBackend:
                 await self.codewriter.aclose()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
-    def interpreter(self) -> interpreter.Interpreter:
+    def kernel_interpreter(self) -> interpreter.Interpreter:
         """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""
         if self._interpreter is None:
             data_dir, runtime = self.store.data_dir, self._runtime_dir
@@ -183,7 +184,7 @@ class LocalBackend:
             if self.accepts_request
             else "This backend runs the Python `code` you pass; it does not accept a natural-language request alone."
         )
-        python = self.interpreter()
+        python = self.kernel_interpreter()
         figures = (
             "Figures still open when the code ends come back as images without saving them; "
             if "matplotlib" in python.libraries
@@ -401,10 +402,10 @@ class LocalBackend:
                         files,
                         live.history[-3:],
                         self.data_mount,
-                        interpreter.libraries_sentence(self.interpreter()),
+                        interpreter.libraries_sentence(self.kernel_interpreter()),
                     )
                 assert code is not None
-                result = await self._run_locked(live, code, inputs, timeout, progress, started)
+                result = await self._run_locked(live, code, inputs, timeout, progress, started, request.on_output)
                 live.history.append(code)
                 if written is not None:
                     result = replace(result, outputs=(TextOutput(written, "code"), *result.outputs))
@@ -421,6 +422,7 @@ class LocalBackend:
         timeout: float,
         progress: ProgressCallback,
         started: float,
+        on_output: OutputCallback | None = None,
     ) -> RunResult:
         notices = live.pending_notices
         live.pending_notices = []
@@ -440,7 +442,7 @@ class LocalBackend:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_tick, progress, started, timeout)
             try:
-                outcome = await live.kernel.execute(code, deadline=deadline, sink=collector)
+                outcome = await live.kernel.execute(code, deadline=deadline, sink=_tee(collector, on_output))
             finally:
                 tg.cancel_scope.cancel()
         status: RunStatus = "ok"
@@ -564,6 +566,22 @@ class LocalBackend:
 
 async def _ignore(event: object) -> None:
     return None
+
+
+def _tee(collector: OutputCollector, on_output: OutputCallback | None) -> EventSink:
+    """The collector, plus the run's live text to `on_output` when the caller wants it as it comes."""
+    if on_output is None:
+        return collector
+
+    async def sink(event: KernelEvent) -> None:
+        await collector(event)
+        if isinstance(event, StreamEvent):
+            try:
+                await on_output(event.name, event.text)
+            except Exception:  # a broken listener must not break the run
+                log.debug("live output listener failed", exc_info=True)
+
+    return sink
 
 
 async def _tick(progress: ProgressCallback, started: float, timeout: float) -> None:

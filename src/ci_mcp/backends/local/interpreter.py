@@ -19,7 +19,7 @@ ANALYSIS_LIBRARIES = ("numpy", "pandas", "matplotlib", "openpyxl")
 """The libraries analyses expect (installed by the `ci-mcp[analysis]` extra)."""
 OTHER_LIBRARIES = ("scipy", "seaborn", "sklearn", "statsmodels", "pyarrow", "polars", "PIL", "xlrd")
 """Further libraries worth telling the model about when present."""
-_ALREADY_MOUNTED = (Path("/usr"),)
+_ALREADY_MOUNTED = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64"))  # /usr and its links
 
 _PROBE = """
 import importlib.util, json, site, sys

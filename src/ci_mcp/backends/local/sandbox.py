@@ -137,7 +137,7 @@ def kernel_env(home: str, python: str | None = None) -> dict[str, str]:
     """A scrubbed environment: nothing of the server's (no AZURE_*, tokens, keys, CI_MCP_*) reaches the code.
     PATH starts with the kernel Python's own bin directory (`python`, default the server's)."""
 
-    bin_dir = Path(os.path.abspath(python or sys.executable)).parent
+    bin_dir = Path(os.path.abspath(shutil.which(python) or python if python else sys.executable)).parent
     env = {
         "PATH": os.pathsep.join([str(bin_dir), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": home,
