@@ -249,14 +249,14 @@ class LocalBackend:
 
     # -- sessions --------------------------------------------------------------------------------------------
 
-    async def _session(self, session_id: str | None) -> LiveSession:
+    async def _session(self, session_id: str | None, progress: ProgressCallback) -> LiveSession:
         """The live session for `session_id`, starting its kernel when needed (a new session when None).
 
         Finding a live session never waits: kernel starts happen outside any shared lock, so a cold start of one
         session does not hold up calls on the others. A second call on a session whose kernel is being started
         waits for that start only."""
         if session_id is None:
-            return await self._new_session()
+            return await self._new_session(progress)
         while (starting := self._starting.get(session_id)) is not None:
             await starting.wait()
         live = self._live.get(session_id)
@@ -277,6 +277,7 @@ class LocalBackend:
                     ws = self.store.workspaces_dir / secrets.token_hex(8)
                     ws.mkdir(mode=0o700)
                     self.store.update_session(session_id, state={"workspace": str(ws)})
+                await _report(progress, "starting a new Python kernel for this session")
                 kernel = await self._start_kernel(ws)
             finally:
                 self._reserved -= 1
@@ -292,11 +293,12 @@ class LocalBackend:
             del self._starting[session_id]
             done.set()
 
-    async def _new_session(self) -> LiveSession:
+    async def _new_session(self, progress: ProgressCallback) -> LiveSession:
         await self._reserve()
         try:
             warm = self.pool.take()
             if warm is None:
+                await _report(progress, "starting a Python kernel (no pre-started one was free)")
                 warm = await self._new_warm_kernel()
         finally:
             self._reserved -= 1
@@ -388,7 +390,7 @@ class LocalBackend:
             )
         inputs = [self.store.get(fid) for fid in request.file_ids]
         timeout = self.settings.run_timeout(request.timeout_seconds)
-        live = await self._session(request.session_id)
+        live = await self._session(request.session_id, progress)
         async with live.lock:
             started = time.monotonic()
             try:
@@ -582,6 +584,14 @@ def _tee(collector: OutputCollector, on_output: OutputCallback | None) -> EventS
                 log.debug("live output listener failed", exc_info=True)
 
     return sink
+
+
+async def _report(progress: ProgressCallback, message: str) -> None:
+    """One progress message with no total (a kernel start has no meaningful fraction)."""
+    try:
+        await progress(0, None, message)
+    except Exception:  # a client that cannot take progress must not break the run
+        return
 
 
 async def _tick(progress: ProgressCallback, started: float, timeout: float) -> None:
