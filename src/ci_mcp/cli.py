@@ -175,7 +175,13 @@ def _serve_http(settings: Settings) -> int:
     plan = plan_http(settings)  # a refused configuration says so before anything listens
     _check_port(settings.host, settings.port)
     app = http_app(settings, plan)
-    print(f"ci-mcp: serving MCP at {plan.url} (auth: {plan.auth_mode})", file=sys.stderr, flush=True)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening, and the backend is up: the line means "connect now"
+                print(f"ci-mcp: serving MCP at {plan.url} (auth: {plan.auth_mode})", file=sys.stderr, flush=True)
+
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-    anyio.run(uvicorn.Server(config).serve)
+    anyio.run(Server(config).serve)
     return 0
