@@ -40,6 +40,7 @@ from ci_mcp.models import (
 )
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
+from ci_mcp.textsafe import quote, storable
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +364,7 @@ class LocalBackend:
         for info in inputs:
             placed.append(workspace.place(self.store.path(info.file_id), live.workspace, info.name))
         if placed:
-            notices.append("Input files placed in the working directory: " + ", ".join(placed) + ".")
+            notices.append("Input files placed in the working directory: " + ", ".join(map(quote, placed)) + ".")
         before = workspace.snapshot(live.workspace)
         live.runs += 1
         collector = OutputCollector(
@@ -456,7 +457,7 @@ class LocalBackend:
             paths = [p for p in paths if p not in removed]
             collector.notices.append(
                 f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB, so these "
-                f"new files were deleted: {', '.join(removed) or '(none)'}. Write smaller outputs."
+                f"new files were deleted: {', '.join(map(quote, removed)) or '(none)'}. Write smaller outputs."
             )
         if len(paths) > MAX_GENERATED_PER_RUN:
             collector.notices.append(
@@ -474,14 +475,15 @@ class LocalBackend:
             try:
                 with os.fdopen(fd, "rb") as fh:
                     info = self.store.put_stream(
-                        rel,
+                        storable(rel),
                         fh,
                         origin="generated",
                         max_bytes=self.settings.max_upload_bytes,
                         session_id=live.session_id,
                     )
             except FileTooLargeError:
-                collector.notices.append(f"'{rel}' is over {self.settings.max_upload_bytes:,} bytes and was not kept.")
+                too_big = self.settings.max_upload_bytes
+                collector.notices.append(f"{quote(rel)} is over {too_big:,} bytes and was not kept.")
                 continue
             collector.generated.append(info)
             if info.media_type == "image/png":
