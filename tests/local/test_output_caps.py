@@ -159,6 +159,7 @@ async def test_a_real_chart_still_comes_back_as_a_picture(sandboxed) -> None:  #
     result = await run(client, "import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, 2])")
     (png,) = images(result)
     assert png.startswith(b"\x89PNG"), texts(result)
+    assert "<Figure size" not in all_text(result)  # the figure stands for its bundle; no placeholder text
 
 
 # -- 2. display payloads -------------------------------------------------------------------------------------------
