@@ -303,3 +303,33 @@ async def test_terminal_escapes_and_control_characters_are_stripped_from_output_
     assert "ab\ncde" in texts(result)[1] and "f" in texts(result)[1], repr(texts(result)[1])
     assert "ValueError: red boom" in text, repr(text)
     assert not [ch for ch in text if ord(ch) < 32 and ch not in "\n\t"], repr(text)
+
+
+# -- the messages themselves -----------------------------------------------------------------------------------
+
+
+async def test_an_output_message_over_the_size_limit_is_refused_unread_and_output_goes_on(  # type: ignore[no-untyped-def]
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ci_mcp.backends.local import kernel
+
+    monkeypatch.setattr(kernel._BoundedClient, "max_message_bytes", 8 * 1024 * 1024)
+    client, store = await open_client(make_settings(sandbox="bwrap"))
+    async with client:
+        result = await run(client, "import sys\nprint('before', flush=True)\nsys.stdout.write('x' * 20_000_000)")
+        text = all_text(result)
+        assert not result.is_error and "before" in text, text[:500]
+        assert "1 output message(s) were over 8 MB and were dropped unread" in text, text[:500]
+        assert "x" * 1000 not in text
+        await still_works(client, session_of(result))
+        again = await run(client, "print('small')", session_id=session_of(result))
+        assert "dropped unread" not in all_text(again) and "small" in all_text(again)
+    store.close()
+
+
+@pytest.mark.parametrize("death", ["import os; os._exit(1)", "import ctypes; ctypes.string_at(0)"])
+async def test_a_dying_kernel_is_not_reported_as_an_oversized_message(sandboxed, death: str) -> None:  # type: ignore[no-untyped-def]
+    client, _ = sandboxed
+    result = await run(client, death)
+    assert "kernel process died" in all_text(result) and "dropped unread" not in all_text(result)
+    await still_works(client, session_of(result))

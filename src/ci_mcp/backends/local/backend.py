@@ -75,6 +75,7 @@ del _os
 """
 
 MAX_GENERATED_PER_RUN = 200
+MB = 1024 * 1024
 
 
 @dataclass
@@ -376,12 +377,20 @@ class LocalBackend:
             max_run_payloads=self.settings.max_display_bytes_per_run,
         )
         deadline = started + timeout
+        dropped = live.kernel.dropped_messages
         async with anyio.create_task_group() as tg:
             tg.start_soon(_tick, progress, started, timeout)
             try:
                 outcome = await live.kernel.execute(code, deadline=deadline, sink=collector)
             finally:
                 tg.cancel_scope.cancel()
+        if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel drops its connection too
+            count, cap_mb = live.kernel.dropped_messages - dropped, live.kernel.max_message_bytes // MB
+            notices.append(
+                f"{count} output message(s) were over {cap_mb} MB "
+                "and were dropped unread, with any output sent while the server reconnected. Print or display less "
+                "at once: write large results to a file and print a summary."
+            )
         status: RunStatus = "ok"
         if outcome == "error":
             status = "error"
