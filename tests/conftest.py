@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,10 +173,12 @@ def uploaded_id(result: CallToolResult) -> str:
     return all_text(result).split(" as ")[1].split(" ")[0]
 
 
+QUOTED_NAME_ID = re.compile(r'("(?:[^"\\]|\\.)*") = (file-[0-9a-f]+)')
+
+
 def generated_ids(result: CallToolResult) -> dict[str, str]:
-    """name -> file id, from the 'Generated files' line."""
+    """name -> file id, from the 'Generated files' line (names are quoted and escaped as JSON strings)."""
     for line in all_text(result).splitlines():
         if line.startswith("Generated files (fetch_generated_file): "):
-            pairs = line.split(": ", 1)[1].split(", ")
-            return dict(p.split(" = ") for p in pairs)
+            return {json.loads(name): fid for name, fid in QUOTED_NAME_ID.findall(line)}
     return {}

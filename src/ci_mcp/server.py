@@ -40,6 +40,7 @@ from ci_mcp.images import preview
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, RunRequest, RunResult, TextOutput
 from ci_mcp.ownership import OwnedBackend, Owners
 from ci_mcp.settings import Settings
+from ci_mcp.textsafe import escaped, plain, quote
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class _CiMcpServer(MCPServer[Any]):
         listed = [
             Resource(
                 uri=file_uri(f.file_id),
-                name=f.name,
+                name=escaped(f.name),
                 description=f"{f.file_id}: {f.origin} file" + (f" of session {f.session_id}" if f.session_id else ""),
                 mime_type=f.media_type,
                 size=f.size,
@@ -317,7 +318,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
                     save_to, paths.safe_name(info.name), roots_for(roots), overwrite=overwrite
                 )
                 await anyio.to_thread.run_sync(paths.write_atomically, target, source)
-                text = f"Saved {info.file_id} ({info.name}, {info.size:,} bytes) to {target}."
+                text = f"Saved {info.file_id} ({quote(info.name)}, {info.size:,} bytes) to {target}."
                 return CallToolResult(content=[TextContent(type="text", text=text)])
             return await anyio.to_thread.run_sync(_render_file, info, source, settings, _links_ok(ctx))
         except CiMcpError as exc:
@@ -341,7 +342,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         if not files:
             return CallToolResult(content=[_text("No files stored yet." if not session_id else "No files.")])
         lines = [
-            f"{f.file_id}  {f.origin:9}  {f.size:>12,} B  {f.media_type:28}  {f.name}"
+            f"{f.file_id}  {f.origin:9}  {f.size:>12,} B  {f.media_type:28}  {quote(f.name)}"
             + (f"  (session {f.session_id})" if f.session_id and not session_id else "")
             for f in files[-200:]
         ]
@@ -461,13 +462,14 @@ def _links_ok(ctx: Context) -> bool:
 def _link(info: FileInfo, description: str, links_ok: bool = True) -> ResourceLink | TextContent:
     if not links_ok:
         return _text(
-            f"[file {info.name}: {file_uri(info.file_id)} ({info.media_type}, {info.size:,} bytes) - {description}; "
+            f"[file {quote(info.name)}: {file_uri(info.file_id)} ({info.media_type}, {info.size:,} bytes) - "
+            f"{description}; "
             f'get it with fetch_generated_file(file_id="{info.file_id}")]'
         )
     return ResourceLink(
         type="resource_link",
         uri=file_uri(info.file_id),
-        name=info.name,
+        name=escaped(info.name),
         mime_type=info.media_type,
         size=info.size,
         description=description,
@@ -497,20 +499,20 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
     for item in result.outputs:
         if isinstance(item, TextOutput):
             prefix = {"stderr": "[stderr]\n", "code": "[code]\n"}.get(item.kind, "")
-            content.append(_text(prefix + item.text))
+            content.append(_text(prefix + plain(item.text)))
         elif isinstance(item, ErrorOutput):
-            content.append(_text(f"Error: {item.name}: {item.value}\n{item.traceback}"))
+            content.append(_text(plain(f"Error: {item.name}: {item.value}\n{item.traceback}")))
         elif isinstance(item, ImageOutput) and item in inline:
             shown = preview(item.data, budget, settings.max_image_pixels)
             if shown.refused:
                 why = f"{shown.refused}; it is kept as a file"
-                content.append(_text(f"[no picture for {item.file.name} = {item.file.file_id}: {why}]"))
+                content.append(_text(f"[no picture for {quote(item.file.name)} = {item.file.file_id}: {why}]"))
                 continue
             content.append(
                 ImageContent(type="image", data=base64.b64encode(shown.data).decode(), mime_type=shown.media_type)
             )
             note = f" (shrunk for display; full size: fetch_generated_file {item.file.file_id})" if shown.shrunk else ""
-            content.append(_text(f"[image {item.file.name} = {item.file.file_id}{note}]"))
+            content.append(_text(f"[image {quote(item.file.name)} = {item.file.file_id}{note}]"))
             shown_images.add(item.file.file_id)
     for info in result.generated_files:
         if info.file_id not in shown_images:
@@ -519,7 +521,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
     if result.generated_files:
         lines.append(
             "Generated files (fetch_generated_file): "
-            + ", ".join(f"{f.name} = {f.file_id}" for f in result.generated_files)
+            + ", ".join(f"{quote(f.name)} = {f.file_id}" for f in result.generated_files)
         )
     lines.extend(result.notices)
     if lines:
@@ -528,7 +530,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
 
 
 def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: bool = True) -> CallToolResult:
-    header = f"{info.file_id}: {info.name} ({info.size:,} bytes, {info.media_type})"
+    header = f"{info.file_id}: {quote(info.name)} ({info.size:,} bytes, {info.media_type})"
     if info.is_image:
         if info.size > settings.max_display_bytes:
             why = f"it is over the {settings.max_display_bytes:,} bytes previewed (CI_MCP_MAX_DISPLAY_BYTES)"

@@ -13,7 +13,7 @@ from mcp import Client
 from mcp_types import CallToolResult
 
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, links, open_client, session_of, uploaded_id
+from tests.conftest import all_text, generated_ids, links, open_client, session_of, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -91,7 +91,7 @@ async def test_run_results_with_a_written_file_fit_the_clients_version(
             assert link.name == "report.txt"
         else:
             no_links(result)
-            fid = text.split("report.txt = ")[1].split()[0].rstrip(",")
+            fid = generated_ids(result)["report.txt"]
             assert f"ci-mcp://files/{fid}" in text and f'fetch_generated_file(file_id="{fid}")' in text
 
 

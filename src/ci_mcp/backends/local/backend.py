@@ -42,6 +42,7 @@ from ci_mcp.models import (
 )
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
+from ci_mcp.textsafe import quote, storable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ del _os
 """
 
 MAX_GENERATED_PER_RUN = 200
+MB = 1024 * 1024
 
 
 @dataclass
@@ -430,7 +432,7 @@ class LocalBackend:
         live.pending_notices = []
         placed, before = await anyio.to_thread.run_sync(self._place_inputs, live, inputs)
         if placed:
-            notices.append("Input files placed in the working directory: " + ", ".join(placed) + ".")
+            notices.append("Input files placed in the working directory: " + ", ".join(map(quote, placed)) + ".")
         live.runs += 1
         collector = OutputCollector(
             self.store,
@@ -441,12 +443,20 @@ class LocalBackend:
             max_run_payloads=self.settings.max_display_bytes_per_run,
         )
         deadline = started + timeout
+        dropped = live.kernel.dropped_messages
         async with anyio.create_task_group() as tg:
             tg.start_soon(_tick, progress, started, timeout)
             try:
                 outcome = await live.kernel.execute(code, deadline=deadline, sink=_tee(collector, on_output))
             finally:
                 tg.cancel_scope.cancel()
+        if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel drops its connection too
+            count, cap_mb = live.kernel.dropped_messages - dropped, live.kernel.max_message_bytes // MB
+            notices.append(
+                f"{count} output message(s) were over {cap_mb} MB "
+                "and were dropped unread, with any output sent while the server reconnected. Print or display less "
+                "at once: write large results to a file and print a summary."
+            )
         status: RunStatus = "ok"
         if outcome == "error":
             status = "error"
@@ -530,7 +540,9 @@ class LocalBackend:
                         total -= entry.charge
             gone = set(removed)
             paths = [p for p in paths if p not in gone]
-            shown = ", ".join(removed[:20]) + (f" and {len(removed) - 20} more" if len(removed) > 20 else "")
+            shown = ", ".join(map(quote, removed[:20])) + (
+                f" and {len(removed) - 20} more" if len(removed) > 20 else ""
+            )
             collector.notices.append(
                 f"The session directory grew past its limit of {self.settings.max_session_dir_mb} MB (counting "
                 "every file by its size on disk), so these new files were deleted: "
@@ -552,14 +564,15 @@ class LocalBackend:
             try:
                 with os.fdopen(fd, "rb") as fh:
                     info = self.store.put_stream(
-                        rel,
+                        storable(rel),
                         fh,
                         origin="generated",
                         max_bytes=self.settings.max_upload_bytes,
                         session_id=live.session_id,
                     )
             except FileTooLargeError:
-                collector.notices.append(f"'{rel}' is over {self.settings.max_upload_bytes:,} bytes and was not kept.")
+                too_big = self.settings.max_upload_bytes
+                collector.notices.append(f"{quote(rel)} is over {too_big:,} bytes and was not kept.")
                 continue
             collector.generated.append(info)
             if info.media_type == "image/png":

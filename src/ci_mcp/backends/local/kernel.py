@@ -41,6 +41,27 @@ _POLL = 0.25
 CONN_DIR = "{conn_dir}"
 
 
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Largest message the server takes from a kernel's output stream. The server is not sandboxed, and a message is
+received and parsed whole before any cap of ours applies; zmq refuses a bigger one before allocating it (and drops
+the connection, which the kernel client then opens again)."""
+
+
+class _BoundedClient(AsyncKernelClient):
+    """A kernel client whose output (iopub) socket refuses messages over `max_message_bytes`."""
+
+    max_message_bytes = MAX_MESSAGE_BYTES
+
+    def connect_iopub(self, identity: bytes | None = None) -> zmq.Socket[Any]:
+        # The option must be set before the socket connects; pyzmq applies a context's defaults at creation.
+        options = self.context.sockopts
+        options[zmq.MAXMSGSIZE] = self.max_message_bytes
+        try:
+            return super().connect_iopub(identity)
+        finally:
+            options.pop(zmq.MAXMSGSIZE, None)
+
+
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
@@ -112,7 +133,14 @@ class Kernel:
         self._kernel_pid: int | None = None
         self._conn_file_marker = ""
         self._cgroups: cgroups.KernelCgroups | None = None
+        self._iopub_monitor: zmq.asyncio.Socket | None = None
+        self.dropped_messages = 0
+        """Output messages refused for their size since the kernel started (the backend reports new ones)."""
         self.started_at = 0.0
+
+    @property
+    def max_message_bytes(self) -> int:
+        return _BoundedClient.max_message_bytes
 
     @property
     def alive(self) -> bool:
@@ -162,11 +190,12 @@ class Kernel:
         log.close()
         # One process-wide zmq context for every kernel client: a per-client context that reaches the garbage
         # collector with sockets open blocks forever in zmq_ctx_term; the shared one is never collected.
-        client = AsyncKernelClient(context=zmq.asyncio.Context.instance())
+        client = _BoundedClient(context=zmq.asyncio.Context.instance())
         client.load_connection_info(info)
         self._kernel_pid = None
         client.start_channels(hb=False)
         self._client = client
+        self._watch_iopub()
         try:
             await self._wait_ready()
         except BaseException:
@@ -216,6 +245,44 @@ class Kernel:
                 await client.get_shell_msg(timeout=0)
             except queue.Empty:
                 break
+
+    def _watch_iopub(self) -> None:
+        client = self._require_client()
+        self._iopub_monitor = client.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    async def _iopub_dropped(self) -> bool:
+        """True when the output stream's connection dropped (a message over MAX_MESSAGE_BYTES); it is then opened
+        again, so later output arrives. Messages sent meanwhile are lost; the run's end is still seen from the
+        shell reply."""
+        monitor = self._iopub_monitor
+        if monitor is None:
+            return False
+        dropped = False
+        while True:
+            try:
+                await monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            dropped = True
+        if dropped:
+            self.dropped_messages += 1
+            client = self._require_client()
+            self._close_iopub_monitor()
+            client.iopub_channel.stop()
+            client._iopub_channel = None
+            client.iopub_channel.start()
+            self._watch_iopub()
+        return dropped
+
+    def _close_iopub_monitor(self) -> None:
+        monitor, self._iopub_monitor = self._iopub_monitor, None
+        if monitor is None:
+            return
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                client.iopub_channel.socket.disable_monitor()
+        monitor.close(linger=0)
 
     def _log_tail(self) -> str:
         if self._conn_dir is None:
@@ -294,6 +361,8 @@ class Kernel:
             try:
                 msg = await client.get_iopub_msg(timeout=wait)
             except queue.Empty:
+                if await self._iopub_dropped():
+                    client = self._require_client()
                 if not replied and await self._replied(msg_id):
                     replied, replied_at = True, time.monotonic()
                     if interrupted_at is None and outcome == "ok" and self._last_reply_status == "error":
@@ -312,6 +381,7 @@ class Kernel:
                 if isinstance(event, ErrorEvent):
                     outcome = "error"
                 await sink(event)
+        await self._iopub_dropped()  # a refusal seen only as the run ended still counts for this run
         if interrupted_at is not None:
             return "interrupted"
         return outcome
@@ -358,6 +428,7 @@ class Kernel:
         await self.start()
 
     async def stop(self) -> None:
+        self._close_iopub_monitor()
         client, process = self._client, self._process
         self._client = None
         if client is not None:

@@ -115,7 +115,7 @@ class OutputCollector:
         self.items.append(ErrorOutput(name, value, traceback))
 
     def _display(self, event: DisplayEvent) -> None:
-        """Keep a bundle's picture (or SVG) as a figure file and show its best text, each payload within the caps."""
+        """Keep a bundle's picture (or SVG) as a figure file, or else show its best text; all within the caps."""
         data = event.data
         for media_type, ext in PICTURES.items():
             encoded = data.get(media_type)
@@ -138,19 +138,19 @@ class OutputCollector:
             )
             self.generated.append(info)
             self.items.append(ImageOutput(info, raw))
-            break
-        else:
-            svg = data.get("image/svg+xml")
-            if svg is not None and self._admit(len(svg), "displayed image/svg+xml"):
-                self._figures += 1
-                info = self.store.put_bytes(
-                    f"figure-{self._figures}.svg",
-                    svg.encode("utf-8", errors="replace"),
-                    origin="generated",
-                    session_id=self.session_id,
-                    media_type="image/svg+xml",
-                )
-                self.generated.append(info)
+            return  # a kept figure stands for its bundle (its text/plain is only "<Figure size ...>")
+        svg = data.get("image/svg+xml")
+        if svg is not None and self._admit(len(svg), "displayed image/svg+xml"):
+            self._figures += 1
+            info = self.store.put_bytes(
+                f"figure-{self._figures}.svg",
+                svg.encode("utf-8", errors="replace"),
+                origin="generated",
+                session_id=self.session_id,
+                media_type="image/svg+xml",
+            )
+            self.generated.append(info)
+            return
         text = data.get("text/plain")
         if text is None or _PLACEHOLDER.fullmatch(text.strip()):
             # `display(HTML(...))`, `display(JSON(...))`: the plain text says only "<... object>"; the model reads
