@@ -14,7 +14,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.local import cgroups, sandbox
+from ci_mcp.backends.local import cgroups, sandbox, workspace
 from ci_mcp.settings import Settings
 from tests.conftest import all_text, open_client, session_of
 
@@ -253,3 +253,26 @@ async def test_a_frozen_idle_session_is_stopped_by_the_idle_reaper(  # type: ign
                 await anyio.sleep(0.05)
         again = await run(client, "print('back')", session_id=session_of(result))
         assert "was not running" in all_text(again) and "back" in all_text(again), all_text(again)
+
+
+async def test_the_host_walks_the_session_directory_while_the_kernel_is_frozen(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
+) -> None:
+    layout = forced(monkeypatch, version, "freeze")
+    token = "walk" + secrets.token_hex(4)
+    states: list[bool] = []
+
+    def look(stage: str, rel: str) -> None:
+        if rel == "sub" and tasks_named(token):
+            group = group_of(layout, "freeze", token)
+            events = group / "cgroup.events"
+            if events.exists():
+                states.append("frozen 1" in events.read_text().splitlines())
+            else:
+                states.append((group / "freezer.state").read_text().strip() == "FROZEN")
+
+    monkeypatch.setattr(workspace, "pause_point", look)
+    async with open_sandboxed() as client:
+        result = await run(client, name_thread(token) + "import os\nos.makedirs('sub')")
+        assert not result.is_error, all_text(result)
+    assert states == [True]  # the walk after the run, the only one that saw sub/ with the kernel named

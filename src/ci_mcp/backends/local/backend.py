@@ -335,7 +335,8 @@ class LocalBackend:
                 written = None
                 if not code and self.codewriter is not None and request.request:
                     await progress(0, None, "writing code")
-                    files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace).files))
+                    listed = await anyio.to_thread.run_sync(workspace.snapshot, live.workspace)
+                    files = sorted({i.name for i in inputs} | set(listed.files))
                     code = written = await self.codewriter.write(
                         request.request, files, live.history[-3:], self.data_mount
                     )
@@ -365,7 +366,7 @@ class LocalBackend:
             placed.append(workspace.place(self.store.path(info.file_id), live.workspace, info.name))
         if placed:
             notices.append("Input files placed in the working directory: " + ", ".join(placed) + ".")
-        before = workspace.snapshot(live.workspace)
+        before = await anyio.to_thread.run_sync(workspace.snapshot, live.workspace)  # a big tree takes a while
         live.runs += 1
         collector = OutputCollector(self.store, live.session_id, self.settings.text_output_limit, self._runtime_dir)
         deadline = started + timeout
