@@ -5,6 +5,7 @@ A version is skipped only for the controls it cannot offer here, with the reason
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -276,3 +277,22 @@ async def test_the_host_walks_the_session_directory_while_the_kernel_is_frozen( 
         result = await run(client, name_thread(token) + "import os\nos.makedirs('sub')")
         assert not result.is_error, all_text(result)
     assert states == [True]  # the walk after the run, the only one that saw sub/ with the kernel named
+
+
+def test_groups_left_by_a_killed_server_are_removed_at_start(version: int) -> None:
+    layout = cgroups.probe((version,))
+    if not layout.hierarchies:
+        pytest.skip(f"cgroup v{version} cannot be written here")
+    parent = layout.hierarchies[0].parent
+    stale, fresh = parent / secrets.token_hex(6), parent / secrets.token_hex(6)
+    stale.mkdir()
+    fresh.mkdir()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    try:
+        cgroups.probe((version,))
+        assert not stale.exists()
+        assert fresh.exists()  # it may be a session being started right now by another server
+    finally:
+        for group in (stale, fresh):
+            if group.exists():
+                group.rmdir()

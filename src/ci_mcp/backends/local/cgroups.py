@@ -152,7 +152,21 @@ def probe(versions: Iterable[int] = (2, 1)) -> Layout:
             if version == 1 and control in v1:
                 chosen.setdefault((1, v1[control]), set()).add(control)
                 break
+    for _, parent in chosen:
+        _sweep(parent)
     return Layout(tuple(Hierarchy(v, p, frozenset(cs)) for (v, p), cs in chosen.items()))
+
+
+def _sweep(parent: Path, older_than_s: float = 60.0) -> None:
+    """Remove session groups a killed server left behind: empty and older than a kernel start could be (rmdir
+    refuses a group that still holds a process, so a live session elsewhere is never touched)."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for group in parent.iterdir():
+            if not (group.is_dir() and len(group.name) == 12 and now - group.stat().st_mtime > older_than_s):
+                continue
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 @cache
