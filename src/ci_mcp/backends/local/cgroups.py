@@ -287,16 +287,17 @@ class KernelCgroups:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
-            if self._version("freeze") == 1:
-                self.thaw()  # a task frozen by the v1 freezer acts on SIGKILL only once thawed
+            freezer = self._group("freeze")
+            if freezer is not None and freezer.version == 1:
+                # A task frozen by the v1 freezer acts on SIGKILL only once thawed: move the killed ones out to the
+                # (thawed) parent group, where they die at once, and leave the kernel frozen.
+                for pid in strays:
+                    with contextlib.suppress(OSError):
+                        (freezer.path.parent / "cgroup.procs").write_text(str(pid))
             _wait_exited(strays, deadline)
             if time.monotonic() > deadline:
                 self.freeze()
                 return killed
-
-    def _version(self, control: Control) -> int | None:
-        group = self._group(control)
-        return None if group is None else group.version
 
     def kill_all(self) -> None:
         """SIGKILL every task of the session, frozen or not."""
