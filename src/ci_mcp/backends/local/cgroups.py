@@ -222,17 +222,6 @@ class KernelCgroups:
             return int((group.path / "memory.failcnt").read_text()) > 0
         return False
 
-    def cpu_usage_ns(self) -> int | None:
-        """CPU time used by every task of the session so far, in nanoseconds."""
-        group = self._group("cpu")
-        if group is None:
-            return None
-        if group.version == 2:
-            return _counter(group.path / "cpu.stat", "usage_usec") * 1000
-        with contextlib.suppress(OSError, ValueError):
-            return int((group.path / "cpuacct.usage").read_text())
-        return None
-
     def frozen(self) -> bool:
         group = self._group("freeze")
         if group is None:
