@@ -5,8 +5,9 @@ A version is skipped only for the controls it cannot offer here, with the reason
 
 from __future__ import annotations
 
-import os
 import secrets
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -279,20 +280,43 @@ async def test_the_host_walks_the_session_directory_while_the_kernel_is_frozen( 
     assert states == [True]  # the walk after the run, the only one that saw sub/ with the kernel named
 
 
+def _session_groups(layout: cgroups.Layout, name: str) -> cgroups.KernelCgroups:
+    return cgroups.KernelCgroups(
+        tuple(cgroups.Group(h.version, h.parent / name, h.controls) for h in layout.hierarchies)
+    )
+
+
+def _group_with_sleeper(layout: cgroups.Layout, name: str) -> tuple[cgroups.KernelCgroups, subprocess.Popen[bytes]]:
+    """A session group called `name` in every hierarchy of `layout`, holding a `sleep`, frozen where it can be."""
+    groups = _session_groups(layout, name)
+    sleeper = subprocess.Popen(["sleep", "600"])
+    for group in groups.dirs:
+        group.mkdir()
+        (group / "cgroup.procs").write_text(str(sleeper.pid))
+    groups.freeze()
+    return groups, sleeper
+
+
 def test_groups_left_by_a_killed_server_are_removed_at_start(version: int) -> None:
     layout = cgroups.probe((version,))
     if not layout.hierarchies:
         pytest.skip(f"cgroup v{version} cannot be written here")
-    parent = layout.hierarchies[0].parent
-    stale, fresh = parent / secrets.token_hex(6), parent / secrets.token_hex(6)
-    stale.mkdir()
-    fresh.mkdir()
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    mine = cgroups._owner_tag()
+    pid, started = mine[1:].split("-")
+    dead_server = f"s{pid}-{int(started) + 1}-{secrets.token_hex(4)}"  # this pid, another start: a reused pid
+    dead, orphan = _group_with_sleeper(layout, dead_server)
+    live, kept = _group_with_sleeper(layout, f"{mine}-{secrets.token_hex(4)}")
     try:
+        orphan.kill()  # what a dead server's kernel gets (PDEATHSIG); frozen by the v1 freezer, it is not acted on
+        reaped: list[int] = []
+        reaper = threading.Thread(target=lambda: reaped.append(orphan.wait()))  # as init reaps an orphan
+        reaper.start()
         cgroups.probe((version,))
-        assert not stale.exists()
-        assert fresh.exists()  # it may be a session being started right now by another server
+        reaper.join(timeout=10)
+        assert reaped == [-9]
+        assert not any(g.exists() for g in dead.dirs)
+        assert all(g.exists() for g in live.dirs) and kept.poll() is None  # a live server's session is left alone
     finally:
-        for group in (stale, fresh):
-            if group.exists():
-                group.rmdir()
+        for groups, proc in ((dead, orphan), (live, kept)):
+            groups.remove()
+            proc.wait(timeout=10)

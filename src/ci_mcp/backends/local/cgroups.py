@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import time
@@ -152,21 +153,64 @@ def probe(versions: Iterable[int] = (2, 1)) -> Layout:
             if version == 1 and control in v1:
                 chosen.setdefault((1, v1[control]), set()).add(control)
                 break
-    for _, parent in chosen:
-        _sweep(parent)
+    _sweep([parent for _, parent in chosen])
     return Layout(tuple(Hierarchy(v, p, frozenset(cs)) for (v, p), cs in chosen.items()))
 
 
-def _sweep(parent: Path, older_than_s: float = 60.0) -> None:
-    """Remove session groups a killed server left behind: empty and older than a kernel start could be (rmdir
-    refuses a group that still holds a process, so a live session elsewhere is never touched)."""
-    now = time.time()
-    with contextlib.suppress(OSError):
-        for group in parent.iterdir():
-            if not (group.is_dir() and len(group.name) == 12 and now - group.stat().st_mtime > older_than_s):
-                continue
+def _sweep(parents: Iterable[Path]) -> None:
+    """Remove the session groups of servers that are gone (killed, so they could not clean up): their processes are
+    killed and thawed first (a task frozen by the v1 freezer ignores even the SIGKILL its dead parent sent it until
+    it is thawed). A group is named after the server that made it; groups of live servers are never touched."""
+    dead: list[Path] = []
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            for group in parent.iterdir():
+                owner = _OWNED.match(group.name)
+                if group.is_dir() and owner is not None and not _alive(int(owner[1]), int(owner[2])):
+                    dead.append(group)
+    for group in dead:  # every hierarchy first: the processes die only once their freezer group is thawed too
+        with contextlib.suppress(OSError):
+            (group / "cgroup.kill").write_text("1")
+        with contextlib.suppress(OSError, ValueError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
             with contextlib.suppress(OSError):
+                (group / name).write_text(value)
+    deadline = time.monotonic() + 0.5
+    for group in dead:
+        while True:
+            try:
                 group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # still exiting: the next start removes it
+                time.sleep(0.005)
+
+
+_OWNED = re.compile(r"^s(\d+)-(\d+)-[0-9a-f]+$")
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int, started: int) -> bool:
+    return _start_time(pid) == started
+
+
+@cache
+def _owner_tag() -> str:
+    """This server in a group name: its pid and start time (a reused pid has another start time)."""
+    return f"s{os.getpid()}-{_start_time(os.getpid())}"
 
 
 @cache
@@ -321,7 +365,7 @@ def create(memory_bytes: int, max_processes: int) -> KernelCgroups | None:
     chosen = layout()
     if not chosen.hierarchies:
         return None
-    name = secrets.token_hex(6)
+    name = f"{_owner_tag()}-{secrets.token_hex(4)}"
     made: list[Group] = []
     try:
         for h in chosen.hierarchies:
