@@ -6,6 +6,8 @@ A version is skipped only for the controls it cannot offer here, with the reason
 from __future__ import annotations
 
 import secrets
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,7 +16,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.local import cgroups, sandbox
+from ci_mcp.backends.local import cgroups, sandbox, workspace
 from ci_mcp.settings import Settings
 from tests.conftest import all_text, open_client, session_of
 
@@ -253,3 +255,68 @@ async def test_a_frozen_idle_session_is_stopped_by_the_idle_reaper(  # type: ign
                 await anyio.sleep(0.05)
         again = await run(client, "print('back')", session_id=session_of(result))
         assert "was not running" in all_text(again) and "back" in all_text(again), all_text(again)
+
+
+async def test_the_host_walks_the_session_directory_while_the_kernel_is_frozen(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
+) -> None:
+    layout = forced(monkeypatch, version, "freeze")
+    token = "walk" + secrets.token_hex(4)
+    states: list[bool] = []
+
+    def look(stage: str, rel: str) -> None:
+        if rel == "sub" and tasks_named(token):
+            group = group_of(layout, "freeze", token)
+            events = group / "cgroup.events"
+            if events.exists():
+                states.append("frozen 1" in events.read_text().splitlines())
+            else:
+                states.append((group / "freezer.state").read_text().strip() == "FROZEN")
+
+    monkeypatch.setattr(workspace, "pause_point", look)
+    async with open_sandboxed() as client:
+        result = await run(client, name_thread(token) + "import os\nos.makedirs('sub')")
+        assert not result.is_error, all_text(result)
+    assert states == [True]  # the walk after the run, the only one that saw sub/ with the kernel named
+
+
+def _session_groups(layout: cgroups.Layout, name: str) -> cgroups.KernelCgroups:
+    return cgroups.KernelCgroups(
+        tuple(cgroups.Group(h.version, h.parent / name, h.controls) for h in layout.hierarchies)
+    )
+
+
+def _group_with_sleeper(layout: cgroups.Layout, name: str) -> tuple[cgroups.KernelCgroups, subprocess.Popen[bytes]]:
+    """A session group called `name` in every hierarchy of `layout`, holding a `sleep`, frozen where it can be."""
+    groups = _session_groups(layout, name)
+    sleeper = subprocess.Popen(["sleep", "600"])
+    for group in groups.dirs:
+        group.mkdir()
+        (group / "cgroup.procs").write_text(str(sleeper.pid))
+    groups.freeze()
+    return groups, sleeper
+
+
+def test_groups_left_by_a_killed_server_are_removed_at_start(version: int) -> None:
+    layout = cgroups.probe((version,))
+    if not layout.hierarchies:
+        pytest.skip(f"cgroup v{version} cannot be written here")
+    mine = cgroups._owner_tag()
+    pid, started = mine[1:].split("-")
+    dead_server = f"s{pid}-{int(started) + 1}-{secrets.token_hex(4)}"  # this pid, another start: a reused pid
+    dead, orphan = _group_with_sleeper(layout, dead_server)
+    live, kept = _group_with_sleeper(layout, f"{mine}-{secrets.token_hex(4)}")
+    try:
+        orphan.kill()  # what a dead server's kernel gets (PDEATHSIG); frozen by the v1 freezer, it is not acted on
+        reaped: list[int] = []
+        reaper = threading.Thread(target=lambda: reaped.append(orphan.wait()))  # as init reaps an orphan
+        reaper.start()
+        cgroups.probe((version,))
+        reaper.join(timeout=10)
+        assert reaped == [-9]
+        assert not any(g.exists() for g in dead.dirs)
+        assert all(g.exists() for g in live.dirs) and kept.poll() is None  # a live server's session is left alone
+    finally:
+        for groups, proc in ((dead, orphan), (live, kept)):
+            groups.remove()
+            proc.wait(timeout=10)

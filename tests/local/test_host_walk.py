@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local import cgroups, sandbox, workspace
 from ci_mcp.backends.local.backend import LocalBackend
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.settings import Settings
@@ -133,42 +134,106 @@ def test_the_walk_is_bounded_in_entries(tmp_path: Path) -> None:
     assert snap.stopped and len(snap.files) <= 5
 
 
-SWAPPER = """
+RESPONDER = """
 import os, threading, time
-target = {target!r}
-def swap():
-    end = time.monotonic() + 4
-    while time.monotonic() < end:
-        try:
-            os.makedirs('sub', exist_ok=True)
-            open('sub/out.txt', 'w').write('mine')
-            os.rename('sub', 'sub.real')
-            os.symlink(target, 'sub')
-            os.unlink('sub')
-            os.rename('sub.real', 'sub')
-        except OSError:
-            pass
-threading.Thread(target=swap, daemon=True).start()
-print('swapping')
+def respond():
+    k = 0
+    while True:
+        k += 1
+        while not os.path.exists(f'.race/go-{{k}}'):
+            time.sleep(0.001)
+        how = open(f'.race/go-{{k}}').read()
+        if how == 'link':
+            os.rename('sub', '.race/sub.real')
+            os.symlink({target!r}, 'sub')
+        elif how == 'fifo':
+            os.unlink('sub/out.txt')
+            os.mkfifo('sub/out.txt')
+        open(f'.race/done-{{k}}', 'w').close()
+os.makedirs('.race', exist_ok=True)
+os.makedirs('sub', exist_ok=True)
+threading.Thread(target=respond, daemon=True).start()
+open('sub/out.txt', 'wb').write(b'm' * {size})
+print('ready')
 """
+
+
+class Race:
+    """At the walk's pause point `stage` for a path in sub/, ask the kernel to swap (`how`) and wait until it has:
+    the swap lands exactly between the host looking and acting, every time."""
+
+    def __init__(self, stage: str, how: str) -> None:
+        self.stage, self.how = stage, how
+        self.armed = False
+        self.swapped: list[str] = []
+
+    def __call__(self, stage: str, rel: str) -> None:
+        if not (self.armed and stage == self.stage and rel.startswith("sub")):
+            return
+        self.armed = False
+        ws = next(p.parent for p in Path(self.data_dir, "workspaces").glob("*/.race"))
+        k = len(self.swapped) + 1
+        (ws / ".race" / "go.tmp").write_text(self.how)
+        (ws / ".race" / "go.tmp").rename(ws / ".race" / f"go-{k}")
+        deadline = time.monotonic() + 20
+        while not (ws / ".race" / f"done-{k}").exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if (ws / ".race" / f"done-{k}").exists():
+            self.swapped.append(rel)
+
+    data_dir = ""
 
 
 @pytest.mark.anyio
 @pytest.mark.skipif(not sandbox.bwrap_works()[0], reason="bubblewrap unavailable")
-async def test_a_kernel_swapping_a_directory_for_a_host_symlink_gets_nothing(
-    make_settings: Callable[..., Settings], tmp_path: Path
+@pytest.mark.parametrize(
+    ("stage", "how", "size"),
+    [("descend", "link", 10), ("open", "link", 10), ("open", "fifo", 10), ("remove", "link", 2 * 1024 * 1024)],
+)
+async def test_a_kernel_swapping_while_the_host_walks_gets_nothing(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+    how: str,
+    size: int,
 ) -> None:
     _, outside = _setup(tmp_path)
-    client, store = await open_client(make_settings(sandbox="bwrap", max_session_dir_mb=1))
+    full = cgroups.layout()  # without a freezer, so the kernel can run while the host walks
+    thawed = cgroups.Layout(tuple(h for h in full.hierarchies if "freeze" not in h.controls))
+    monkeypatch.setattr(cgroups, "layout", lambda: thawed)
+    race = Race(stage, how)
+    monkeypatch.setattr(workspace, "pause_point", race)
+    settings = make_settings(sandbox="bwrap", max_session_dir_mb=1)
+    race.data_dir = str(settings.data_dir)
+    client, store = await open_client(settings)
     async with client:
-        result = await client.call_tool("run_code_analysis", {"code": SWAPPER.format(target=str(outside))})
-        assert "swapping" in all_text(result), all_text(result)
+        race.armed = True
+        code = RESPONDER.format(target=str(outside), size=size)
+        result = await client.call_tool("run_code_analysis", {"code": code})
+        assert "ready" in all_text(result), all_text(result)
+        assert race.swapped, f"the kernel did not swap at {stage}"  # the race was hit, not hoped for
         for fid in generated_ids(result).values():
             assert SECRET not in store.read(fid)
         assert (outside / "out.txt").read_bytes() == SECRET
-        after = await client.call_tool(
-            "run_code_analysis", {"code": "import time; time.sleep(4); print(6 * 7)", "session_id": session_of(result)}
-        )
+        assert sorted(p.name for p in outside.iterdir()) == ["out.txt"]
+        after = await client.call_tool("run_code_analysis", {"code": "print(6 * 7)", "session_id": session_of(result)})
         assert "42" in all_text(after), all_text(after)
-    assert (outside / "out.txt").read_bytes() == SECRET
     store.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not sandbox.bwrap_works()[0], reason="bubblewrap unavailable")
+async def test_the_walk_before_a_run_is_off_the_event_loop(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    monkeypatch.setattr(workspace, "pause_point", lambda stage, rel: seen.append(threading.get_ident()))
+    client, store = await open_client(make_settings(sandbox="bwrap"))
+    async with client:
+        first = await client.call_tool("run_code_analysis", {"code": "import os; os.makedirs('sub')"})
+        seen.clear()
+        await client.call_tool("run_code_analysis", {"code": "print(1)", "session_id": session_of(first)})
+    store.close()
+    assert seen and loop_thread not in seen

@@ -98,7 +98,7 @@ async def test_file_ids_are_deduplicated_and_placed_off_the_event_loop(
             "run_code_analysis", {"code": "print(open('in.csv').read().split())", "file_ids": [fid, fid, f" {fid} "]}
         )
         assert "['k', '1']" in all_text(result), all_text(result)
-        assert "placed in the working directory: in.csv." in all_text(result)
+        assert 'placed in the working directory: "in.csv".' in all_text(result)
         assert len(placed_in) == 1 and loop_thread not in placed_in
     store.close()
 

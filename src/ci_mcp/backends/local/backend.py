@@ -400,7 +400,8 @@ class LocalBackend:
                 written = None
                 if not code and self.codewriter is not None and request.request:
                     await progress(0, None, "writing code")
-                    files = sorted({i.name for i in inputs} | set(workspace.snapshot(live.workspace).files))
+                    listed = await anyio.to_thread.run_sync(workspace.snapshot, live.workspace)
+                    files = sorted({i.name for i in inputs} | set(listed.files))
                     code = written = await self.codewriter.write(
                         request.request,
                         files,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import time
@@ -152,7 +153,64 @@ def probe(versions: Iterable[int] = (2, 1)) -> Layout:
             if version == 1 and control in v1:
                 chosen.setdefault((1, v1[control]), set()).add(control)
                 break
+    _sweep([parent for _, parent in chosen])
     return Layout(tuple(Hierarchy(v, p, frozenset(cs)) for (v, p), cs in chosen.items()))
+
+
+def _sweep(parents: Iterable[Path]) -> None:
+    """Remove the session groups of servers that are gone (killed, so they could not clean up): their processes are
+    killed and thawed first (a task frozen by the v1 freezer ignores even the SIGKILL its dead parent sent it until
+    it is thawed). A group is named after the server that made it; groups of live servers are never touched."""
+    dead: list[Path] = []
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            for group in parent.iterdir():
+                owner = _OWNED.match(group.name)
+                if group.is_dir() and owner is not None and not _alive(int(owner[1]), int(owner[2])):
+                    dead.append(group)
+    for group in dead:  # every hierarchy first: the processes die only once their freezer group is thawed too
+        with contextlib.suppress(OSError):
+            (group / "cgroup.kill").write_text("1")
+        with contextlib.suppress(OSError, ValueError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            with contextlib.suppress(OSError):
+                (group / name).write_text(value)
+    deadline = time.monotonic() + 0.5
+    for group in dead:
+        while True:
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # still exiting: the next start removes it
+                time.sleep(0.005)
+
+
+_OWNED = re.compile(r"^s(\d+)-(\d+)-[0-9a-f]+$")
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int, started: int) -> bool:
+    return _start_time(pid) == started
+
+
+@cache
+def _owner_tag() -> str:
+    """This server in a group name: its pid and start time (a reused pid has another start time)."""
+    return f"s{os.getpid()}-{_start_time(os.getpid())}"
 
 
 @cache
@@ -208,17 +266,6 @@ class KernelCgroups:
             return int((group.path / "memory.failcnt").read_text()) > 0
         return False
 
-    def cpu_usage_ns(self) -> int | None:
-        """CPU time used by every task of the session so far, in nanoseconds."""
-        group = self._group("cpu")
-        if group is None:
-            return None
-        if group.version == 2:
-            return _counter(group.path / "cpu.stat", "usage_usec") * 1000
-        with contextlib.suppress(OSError, ValueError):
-            return int((group.path / "cpuacct.usage").read_text())
-        return None
-
     def frozen(self) -> bool:
         group = self._group("freeze")
         if group is None:
@@ -273,16 +320,17 @@ class KernelCgroups:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
-            if self._version("freeze") == 1:
-                self.thaw()  # a task frozen by the v1 freezer acts on SIGKILL only once thawed
+            freezer = self._group("freeze")
+            if freezer is not None and freezer.version == 1:
+                # A task frozen by the v1 freezer acts on SIGKILL only once thawed: move the killed ones out to the
+                # (thawed) parent group, where they die at once, and leave the kernel frozen.
+                for pid in strays:
+                    with contextlib.suppress(OSError):
+                        (freezer.path.parent / "cgroup.procs").write_text(str(pid))
             _wait_exited(strays, deadline)
             if time.monotonic() > deadline:
                 self.freeze()
                 return killed
-
-    def _version(self, control: Control) -> int | None:
-        group = self._group(control)
-        return None if group is None else group.version
 
     def kill_all(self) -> None:
         """SIGKILL every task of the session, frozen or not."""
@@ -317,7 +365,7 @@ def create(memory_bytes: int, max_processes: int) -> KernelCgroups | None:
     chosen = layout()
     if not chosen.hierarchies:
         return None
-    name = secrets.token_hex(6)
+    name = f"{_owner_tag()}-{secrets.token_hex(4)}"
     made: list[Group] = []
     try:
         for h in chosen.hierarchies:

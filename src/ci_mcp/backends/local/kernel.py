@@ -4,7 +4,8 @@ This module is the boundary for jupyter_client: kernel messages are parsed here 
 and only JSON from the kernel is ever decoded (the kernel is untrusted). The process is ours (not
 jupyter_client's KernelManager) so that it can be wrapped by the sandbox launcher; kernels talk over IPC
 sockets in a private runtime directory, and interrupts go as `interrupt_request` messages on the control
-channel, which works through a PID namespace.
+channel, which works through a PID namespace. Where the host gives the kernel a cgroup (cgroups.py), it is frozen
+from the end of one execution to the start of the next.
 """
 
 from __future__ import annotations

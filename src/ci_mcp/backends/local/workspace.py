@@ -25,6 +25,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+def pause_point(stage: str, rel: str) -> None:
+    """Called between looking at `rel` and acting on it ("descend", "open", "remove"): the moment a kernel racing
+    the walk would swap something. Does nothing; tests replace it to make that race happen every time."""
+
+
 @dataclass(frozen=True)
 class Entry:
     size: int
@@ -116,6 +121,7 @@ class _Walk:
             if stat.S_ISDIR(st.st_mode):
                 if depth >= _MAX_DEPTH:
                     continue
+                pause_point("descend", rel)
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except OSError:
@@ -166,6 +172,7 @@ def open_generated(workspace: Path, rel: str, expected: Entry) -> int:
 
     Raises OSError (and opens nothing) for a symlink anywhere on the path, a FIFO or device, or another inode.
     """
+    pause_point("open", rel)
     parent, name = _parent_fd(workspace, rel)
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
@@ -182,6 +189,7 @@ def open_generated(workspace: Path, rel: str, expected: Entry) -> int:
 
 def remove(workspace: Path, rel: str, expected: Entry) -> bool:
     """Delete `rel` if it is still the recorded regular file; never follows a link. True if removed."""
+    pause_point("remove", rel)
     try:
         parent, name = _parent_fd(workspace, rel)
     except OSError:
