@@ -30,6 +30,10 @@ class FileTooLargeError(CiMcpError):
     """An upload or inline content over the configured size limit."""
 
 
+class StorageFullError(CiMcpError):
+    """The file store's quota is reached, or the disk holding the data directory is full."""
+
+
 class RunTimeoutError(CiMcpError):
     """A run that exceeded its time limit and could not be brought back with its state."""
 

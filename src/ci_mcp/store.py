@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ci_mcp.errors import FileTooLargeError, NotFoundError
+from ci_mcp.errors import FileTooLargeError, NotFoundError, StorageFullError
 from ci_mcp.models import FileInfo, FileOrigin, SessionInfo
 
 _CHUNK = 1024 * 1024
+MB = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -91,8 +93,11 @@ class SessionRecord:
 class FileStore:
     """Files and session metadata on disk. Methods are synchronous and quick; call them from any thread."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, max_bytes: int | None = None) -> None:
+        """`max_bytes`: the store's quota (distinct content counted once); None for no quota."""
         self.data_dir = data_dir
+        self.max_bytes = max_bytes
+        self._commit_lock = threading.Lock()
         self.files_dir = data_dir / "files"
         self.tmp_dir = data_dir / "tmp"
         self.workspaces_dir = data_dir / "workspaces"
@@ -149,15 +154,77 @@ class FileStore:
         session_id: str | None,
         media_type: str | None,
     ) -> FileInfo:
-        fh.flush()
-        os.fsync(fh.fileno())
-        file_id = new_file_id()
-        os.replace(tmp, self.files_dir / file_id)
+        """Keep the staged bytes as a file. Identical content is stored once: the same name, origin and session
+        get the existing record back (a file that was only touched again); another name gets a new id whose blob
+        is a hard link to the existing one. New content past the quota is refused."""
+        media_type = media_type or guess_media_type(name)
+        with self._commit_lock:
+            same = self._db.execute(
+                "SELECT * FROM files WHERE sha256 = ? AND size = ? ORDER BY created_at", (sha256, size)
+            ).fetchall()
+            for row in same:
+                known = _file_from_row(row)
+                if (known.name, known.origin, known.session_id, known.media_type) == (
+                    name,
+                    origin,
+                    session_id,
+                    media_type,
+                ) and (self.files_dir / known.file_id).exists():
+                    fh.close()
+                    tmp.unlink(missing_ok=True)
+                    return known
+            file_id = new_file_id()
+            if not any(self._link(row[0], file_id) for row in same):
+                self._check_quota(name, size)
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.replace(tmp, self.files_dir / file_id)
+            else:
+                fh.close()
+                tmp.unlink(missing_ok=True)
+            return self._insert(file_id, name, size, sha256, origin, session_id, media_type)
+
+    def _link(self, existing_id: str, file_id: str) -> bool:
+        try:
+            os.link(self.files_dir / existing_id, self.files_dir / file_id)
+        except OSError:
+            return False
+        return True
+
+    def used_bytes(self) -> int:
+        """Bytes the store holds, each distinct content once."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM files GROUP BY sha256)"
+        )
+        return int(row.fetchone()[0])
+
+    def _check_quota(self, name: str, size: int) -> None:
+        if self.max_bytes is None:
+            return
+        used = self.used_bytes()
+        if used + size > self.max_bytes:
+            raise StorageFullError(
+                f"The file store is full: keeping '{name}' ({size:,} bytes) would take it past its quota of "
+                f"{self.max_bytes // MB:,} MB ({used:,} bytes in use), so it was not kept. Nothing you can pass "
+                "fixes this: ask the operator to raise CI_MCP_MAX_STORE_MB, or to delete files no longer needed "
+                f"from {self.files_dir} (the server forgets them at its next start)."
+            )
+
+    def _insert(
+        self,
+        file_id: str,
+        name: str,
+        size: int,
+        sha256: str,
+        origin: FileOrigin,
+        session_id: str | None,
+        media_type: str,
+    ) -> FileInfo:
         info = FileInfo(
             file_id=file_id,
             name=name,
             size=size,
-            media_type=media_type or guess_media_type(name),
+            media_type=media_type,
             origin=origin,
             sha256=sha256,
             created_at=time.time(),

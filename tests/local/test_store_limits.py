@@ -4,6 +4,7 @@ that does not grow without bound, session-directory accounting, and a full disk.
 from __future__ import annotations
 
 import base64
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,13 +12,14 @@ from typing import Any
 
 import pytest
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextResourceContents
+from mcp_types import CallToolResult, TextResourceContents
 
 import ci_mcp.server as server_module
 from ci_mcp.backends.local import workspace
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, open_client, session_of, texts, uploaded_id
+from ci_mcp.store import FileStore
+from tests.conftest import all_text, generated_ids, open_client, session_of, texts, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -196,4 +198,65 @@ async def test_a_sparse_file_counts_by_its_apparent_size(make_settings: Callable
         code = "with open('sparse.bin', 'wb') as f:\n    f.seek(5 * 1024 * 1024)\n    f.write(b'x')"
         result = await c.call_tool("run_code_analysis", {"code": code})
         assert "grew past its limit of 1 MB" in all_text(result) and "sparse.bin" in all_text(result)
+    store.close()
+
+
+def _blob_bytes(store: FileStore) -> int:
+    """Disk used by the store's blobs, each inode once."""
+    inodes = {}
+    for blob in store.files_dir.iterdir():
+        st = blob.stat()
+        inodes[st.st_ino] = st.st_blocks * 512
+    return sum(inodes.values())
+
+
+async def test_a_file_only_touched_again_does_not_grow_the_store(make_settings: Callable[..., Settings]) -> None:
+    c, store = await open_client(make_settings())
+    async with c:
+        first = await c.call_tool(
+            "run_code_analysis", {"code": "import os\nopen('data.bin', 'wb').write(os.urandom(1024 * 1024))"}
+        )
+        sid = session_of(first)
+        ids = {generated_ids(first)["data.bin"]}
+        used = _blob_bytes(store)
+        for _ in range(3):
+            again = await c.call_tool(
+                "run_code_analysis", {"code": "import os; os.utime('data.bin')", "session_id": sid}
+            )
+            ids.add(generated_ids(again)["data.bin"])  # still reported: it changed on disk
+        assert len(ids) == 1 and len(store.list(sid)) == 1
+        copy = await c.call_tool(
+            "run_code_analysis", {"code": "import shutil; shutil.copy('data.bin', 'copy.bin')", "session_id": sid}
+        )
+        copy_id = generated_ids(copy)["copy.bin"]
+        assert copy_id not in ids and store.read(copy_id) == store.read(ids.pop())
+        assert _blob_bytes(store) == used  # same bytes under another name: stored once
+    store.close()
+
+
+async def test_the_store_quota_refuses_new_content_with_a_message_naming_the_setting(
+    make_settings: Callable[..., Settings],
+) -> None:
+    c, store = await open_client(make_settings(max_store_mb=1))
+    async with c:
+
+        async def upload(data: bytes, name: str) -> CallToolResult:
+            return await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(data).decode(), "filename": name}
+            )
+
+        a, b = os.urandom(600 * 1024), os.urandom(600 * 1024)
+        first = uploaded_id(await upload(a, "a.bin"))
+        refused = await upload(b, "b.bin")
+        assert refused.is_error and "CI_MCP_MAX_STORE_MB" in all_text(refused) and "b.bin" in all_text(refused)
+        assert uploaded_id(await upload(a, "a.bin")) == first  # identical content costs nothing
+        assert uploaded_id(await upload(a, "renamed.bin")) != first
+        run = await c.call_tool(
+            "run_code_analysis",
+            {"code": "import os\nopen('new.bin', 'wb').write(os.urandom(600 * 1024))\nprint('done')"},
+        )
+        text = all_text(run)
+        assert not run.is_error and "done" in text and session_of(run)
+        assert "new.bin" in text and "CI_MCP_MAX_STORE_MB" in text and "new.bin" not in generated_ids(run)
+        assert store.used_bytes() <= 1024 * 1024
     store.close()

@@ -28,7 +28,13 @@ from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import Kernel, KernelStartError
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.backends.local.pool import KernelPool, WarmKernel
-from ci_mcp.errors import BackendUnavailableError, CapacityError, FileTooLargeError, InvalidInputError
+from ci_mcp.errors import (
+    BackendUnavailableError,
+    CapacityError,
+    FileTooLargeError,
+    InvalidInputError,
+    StorageFullError,
+)
 from ci_mcp.models import (
     FileInfo,
     ImageOutput,
@@ -467,6 +473,8 @@ class LocalBackend:
                 "registered. Write fewer, larger files (e.g. a zip)."
             )
             paths = paths[:MAX_GENERATED_PER_RUN]
+        not_kept: list[str] = []
+        full: StorageFullError | None = None
         for rel in paths:
             if rel.startswith(".ci-mcp-"):
                 continue
@@ -486,10 +494,18 @@ class LocalBackend:
             except FileTooLargeError:
                 collector.notices.append(f"'{rel}' is over {self.settings.max_upload_bytes:,} bytes and was not kept.")
                 continue
+            except StorageFullError as exc:
+                not_kept.append(rel)
+                full = exc
+                continue
             collector.generated.append(info)
             if info.media_type == "image/png":
                 item: OutputItem = ImageOutput(info, self.store.read(info.file_id))
                 collector.items.append(item)
+        if full is not None:
+            collector.notices.append(
+                f"Not kept as generated files (they are still in the working directory): {', '.join(not_kept)}. {full}"
+            )
 
 
 async def _ignore(event: object) -> None:
