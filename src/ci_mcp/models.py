@@ -74,7 +74,8 @@ class RunRequest:
     timeout_seconds: float | None = None
 
 
-RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled"]
+RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled", "server_error"]
+"""`server_error`: the server itself failed during the run (not the code); the output up to then is kept."""
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,8 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             info = await _upload(path, content_base64, filename, roots_for(roots))
         except CiMcpError as exc:
             return _error(exc)
+        except Exception as exc:
+            return _unexpected("upload_file", exc)
         where = f"{backend.data_mount}/{info.name}" if backend.data_mount else ""
         text = (
             f"Uploaded '{info.name}' as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
@@ -272,6 +274,8 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             result = await backend.run(req, progress)
         except CiMcpError as exc:
             return _error(exc)
+        except Exception as exc:
+            return _unexpected("run_code_analysis", exc)
         return await anyio.to_thread.run_sync(_render_run, result, settings, _links_ok(ctx))
 
     @server.tool(
@@ -303,6 +307,8 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             return await anyio.to_thread.run_sync(_render_file, info, source, settings, _links_ok(ctx))
         except CiMcpError as exc:
             return _error(exc)
+        except Exception as exc:
+            return _unexpected("fetch_generated_file", exc)
 
     @server.tool(
         description=(
@@ -414,10 +420,24 @@ def _clean_name(name: str) -> str:
 
 def _error(exc: CiMcpError) -> CallToolResult:
     text = f"Error: {exc}"
+    if exc.session_id:
+        text = f"session_id: {exc.session_id} | {text}"
     if exc.transient:
         retry_after = getattr(exc, "retry_after", None)
         text += " (temporary: try again" + (f" in {retry_after:g} s" if retry_after else " shortly") + ")"
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def _unexpected(tool: str, exc: Exception) -> CallToolResult:
+    """A failure nothing anticipated: logged with its traceback, and said plainly (never a bare protocol error)."""
+    log.exception("%s failed unexpectedly", tool)
+    detail = f"{type(exc).__name__}: {exc}"[:500]
+    return _error(
+        CiMcpError(
+            f"{tool} failed inside the server ({detail}). This is not caused by the arguments; trying again may "
+            "work, and the server log has the details for the operator."
+        )
+    )
 
 
 def _links_ok(ctx: Context) -> bool:
@@ -457,6 +477,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
         "timeout": "stopped at the time limit",
         "kernel_died": "the kernel died",
         "cancelled": "cancelled",
+        "server_error": "the server failed during the run (see the notices); the output up to then is below",
     }[result.status]
     content.append(_text(f"session_id: {result.session_id} | {status_text} | {result.duration_seconds:.2f} s"))
     shown_images: set[str] = set()
@@ -484,7 +505,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
     lines.extend(result.notices)
     if lines:
         content.append(_text("\n".join(lines)))
-    return CallToolResult(content=content, is_error=result.status in ("timeout", "kernel_died", "cancelled"))
+    return CallToolResult(content=content, is_error=result.status not in ("ok", "error"))
 
 
 def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: bool = True) -> CallToolResult:

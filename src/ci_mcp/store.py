@@ -8,6 +8,7 @@ leaves at worst an orphan blob, which `open()` removes; never a row without its 
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import json
 import mimetypes
@@ -131,14 +132,31 @@ class FileStore:
 
     # -- files -----------------------------------------------------------------------------------------------
 
+    def no_space(self, what: str, lost: str = "") -> StorageFullError:
+        """The error for a full disk under the data directory: what was lost, where, and what to do."""
+        where = f"No space left on the disk holding the data directory {self.data_dir}"
+        advice = "Nothing you can pass fixes this: ask the operator to free space on that disk or to point "
+        advice += "CI_MCP_DATA_DIR at a larger one."
+        return StorageFullError(f"{where}, so {what}. {advice}", lost=lost, cause=f"{where}. {advice}")
+
     @contextmanager
-    def _staged(self) -> Iterator[tuple[Path, BinaryIO]]:
+    def _disk(self, what: str, lost: str = "") -> Iterator[None]:
+        """Turn a full disk (ENOSPC, EDQUOT, SQLite's 'disk is full') into `no_space(what)`."""
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as exc:
+            if is_disk_full(exc):
+                raise self.no_space(what, lost) from exc
+            raise
+
+    @contextmanager
+    def _staged(self, name: str) -> Iterator[tuple[Path, BinaryIO]]:
         tmp = self.tmp_dir / secrets.token_hex(8)
-        with open(tmp, "wb") as fh:
+        with self._disk(f"'{name}' was not kept", lost=name):
             try:
-                yield tmp, fh
+                with open(tmp, "wb") as fh:
+                    yield tmp, fh
             except BaseException:
-                fh.close()
                 tmp.unlink(missing_ok=True)
                 raise
 
@@ -182,7 +200,11 @@ class FileStore:
             else:
                 fh.close()
                 tmp.unlink(missing_ok=True)
-            return self._insert(file_id, name, size, sha256, origin, session_id, media_type)
+            try:
+                return self._insert(file_id, name, size, sha256, origin, session_id, media_type)
+            except BaseException:
+                (self.files_dir / file_id).unlink(missing_ok=True)  # never a blob without its row
+                raise
 
     def _link(self, existing_id: str, file_id: str) -> bool:
         try:
@@ -203,11 +225,13 @@ class FileStore:
             return
         used = self.used_bytes()
         if used + size > self.max_bytes:
+            full = f"The file store is at its quota of {self.max_bytes // MB:,} MB ({used:,} bytes in use)"
+            advice = (
+                "Nothing you can pass fixes this: ask the operator to raise CI_MCP_MAX_STORE_MB, or to delete files "
+                f"no longer needed from {self.files_dir} (the server forgets them at its next start)."
+            )
             raise StorageFullError(
-                f"The file store is full: keeping '{name}' ({size:,} bytes) would take it past its quota of "
-                f"{self.max_bytes // MB:,} MB ({used:,} bytes in use), so it was not kept. Nothing you can pass "
-                "fixes this: ask the operator to raise CI_MCP_MAX_STORE_MB, or to delete files no longer needed "
-                f"from {self.files_dir} (the server forgets them at its next start)."
+                f"{full}, so '{name}' ({size:,} bytes) was not kept. {advice}", lost=name, cause=f"{full}. {advice}"
             )
 
     def _insert(
@@ -254,7 +278,7 @@ class FileStore:
         session_id: str | None = None,
         media_type: str | None = None,
     ) -> FileInfo:
-        with self._staged() as (tmp, fh):
+        with self._staged(name) as (tmp, fh):
             fh.write(data)
             return self._commit(
                 tmp,
@@ -295,7 +319,7 @@ class FileStore:
     ) -> FileInfo:
         digest = hashlib.sha256()
         size = 0
-        with self._staged() as (tmp, fh):
+        with self._staged(name) as (tmp, fh):
             while chunk := src.read(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
@@ -349,10 +373,11 @@ class FileStore:
     def create_session(self, backend: str, state: dict[str, object] | None = None) -> SessionRecord:
         now = time.time()
         rec = SessionRecord(new_session_id(), backend, now, now, state or {}, False)
-        self._db.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, 0)",
-            (rec.session_id, backend, now, now, json.dumps(rec.state)),
-        )
+        with self._disk("no new session could be recorded"):
+            self._db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, 0)",
+                (rec.session_id, backend, now, now, json.dumps(rec.state)),
+            )
         return rec
 
     def session(self, session_id: str) -> SessionRecord:
@@ -368,15 +393,16 @@ class FileStore:
         self, session_id: str, *, state: dict[str, object] | None = None, closed: bool | None = None
     ) -> None:
         now = time.time()
-        if state is not None:
-            self._db.execute(
-                "UPDATE sessions SET state = ?, last_used_at = ? WHERE session_id = ?",
-                (json.dumps(state), now, session_id),
-            )
-        else:
-            self._db.execute("UPDATE sessions SET last_used_at = ? WHERE session_id = ?", (now, session_id))
-        if closed is not None:
-            self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
+        with self._disk(f"session {session_id} could not be updated"):
+            if state is not None:
+                self._db.execute(
+                    "UPDATE sessions SET state = ?, last_used_at = ? WHERE session_id = ?",
+                    (json.dumps(state), now, session_id),
+                )
+            else:
+                self._db.execute("UPDATE sessions SET last_used_at = ? WHERE session_id = ?", (now, session_id))
+            if closed is not None:
+                self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
 
     def sessions(self, backend: str | None = None) -> builtins.list[SessionRecord]:
         rows = self._db.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
@@ -394,6 +420,15 @@ class FileStore:
             live=live,
             file_ids=tuple(f.file_id for f in self.list(rec.session_id)),
         )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota: ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+    return False
 
 
 def _file_from_row(row: tuple[object, ...]) -> FileInfo:

@@ -4,11 +4,12 @@ that does not grow without bound, session-directory accounting, and a full disk.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -16,6 +17,7 @@ from mcp_types import CallToolResult, TextResourceContents
 
 import ci_mcp.server as server_module
 from ci_mcp.backends.local import workspace
+from ci_mcp.backends.local.kernel import Kernel
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
@@ -259,4 +261,108 @@ async def test_the_store_quota_refuses_new_content_with_a_message_naming_the_set
         assert not run.is_error and "done" in text and session_of(run)
         assert "new.bin" in text and "CI_MCP_MAX_STORE_MB" in text and "new.bin" not in generated_ids(run)
         assert store.used_bytes() <= 1024 * 1024
+    store.close()
+
+
+def _disk_full(*args: object, **kw: object) -> NoReturn:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_disk_on_upload_says_so_and_names_the_data_directory(
+    no_pool: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = no_pool()
+    monkeypatch.setattr(FileStore, "_commit", _disk_full)
+    c, store = await open_client(settings)
+    async with c:
+        result = await c.call_tool(
+            "upload_file", {"content_base64": base64.b64encode(b"a,b\n").decode(), "filename": "a.csv"}
+        )
+        text = all_text(result)
+        assert result.is_error and "No space left" in text and str(settings.data_dir) in text, text
+        assert "Error executing tool" not in text
+        assert store.list() == [] and list(store.tmp_dir.iterdir()) == []
+    store.close()
+
+
+FULL_RUN = """
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+print('before the disk filled')
+print('x' * 300)
+open('out.csv', 'w').write('a,b\\n1,2\\n')
+plt.plot([1, 2, 3])
+print('after')
+"""
+
+
+async def test_a_full_disk_during_a_run_keeps_the_output_and_the_session(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(text_output_limit=200)
+    c, store = await open_client(settings)
+    async with c:
+        with monkeypatch.context() as m:
+            m.setattr(FileStore, "_commit", _disk_full)
+            result = await c.call_tool("run_code_analysis", {"code": FULL_RUN})
+        text = all_text(result)
+        assert "Error executing tool" not in text
+        sid = session_of(result)
+        assert "before the disk filled" in text, text
+        assert "No space left" in text and str(settings.data_dir) in text, text
+        assert "out.csv" in text  # named among the files not kept
+        assert store.list() == []
+        again = await c.call_tool("run_code_analysis", {"code": "print(open('out.csv').read())", "session_id": sid})
+        assert "a,b" in all_text(again) and not again.is_error, all_text(again)
+    store.close()
+
+
+async def test_a_full_disk_while_placing_inputs_returns_the_session_id(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    c, store = await open_client(settings)
+    async with c:
+        fid = uploaded_id(
+            await c.call_tool("upload_file", {"content_base64": base64.b64encode(b"k\n").decode(), "filename": "k.csv"})
+        )
+        with monkeypatch.context() as m:
+            m.setattr(workspace, "place", _disk_full)
+            result = await c.call_tool("run_code_analysis", {"code": "print(1)", "file_ids": [fid]})
+        text = all_text(result)
+        assert result.is_error and "No space left" in text and str(settings.data_dir) in text, text
+        sid = session_of(result)
+        again = await c.call_tool("run_code_analysis", {"code": "print(6 * 7)", "file_ids": [fid], "session_id": sid})
+        assert "42" in all_text(again), all_text(again)
+    store.close()
+
+
+async def test_an_unexpected_error_inside_a_run_keeps_the_session_id_and_the_output(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_execute = Kernel.execute
+    broken = {"left": 1}
+
+    async def execute_then_fail(self: Kernel, code: str, **kw: Any) -> Any:
+        outcome = await real_execute(self, code, **kw)
+        if "BREAK" in code and broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("the kernel channel went away")
+        return outcome
+
+    def bookkeeping_fails(self: FileStore, session_id: str, **kw: Any) -> None:
+        raise self.no_space("session could not be updated")
+
+    monkeypatch.setattr(Kernel, "execute", execute_then_fail)
+    monkeypatch.setattr(FileStore, "update_session", bookkeeping_fails)
+    c, store = await open_client(make_settings())
+    async with c:
+        result = await c.call_tool("run_code_analysis", {"code": "print('partial output')  # BREAK"})
+        text = all_text(result)
+        sid = session_of(result)
+        assert result.is_error and "partial output" in text, text
+        assert "RuntimeError: the kernel channel went away" in text and "Error executing tool" not in text
+        again = await c.call_tool("run_code_analysis", {"code": "print(6 * 7)", "session_id": sid})
+        assert "42" in all_text(again) and not again.is_error, all_text(again)
     store.close()
