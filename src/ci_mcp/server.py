@@ -186,20 +186,31 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
         roots: ClientRoots = None,
     ) -> CallToolResult:
         try:
-            info = await _upload(path, content_base64, filename, roots_for(roots))
+            info, given = await _upload(path, content_base64, filename, roots_for(roots))
         except CiMcpError as exc:
             return _error(exc)
         except Exception as exc:
             return _unexpected("upload_file", exc)
-        where = f"{backend.data_mount}/{info.name}" if backend.data_mount else ""
-        text = (
-            f"Uploaded '{info.name}' as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
-            f'Pass file_ids=["{info.file_id}"] to run_code_analysis'
-            + (f"; the code will find it at {where}." if where else "; the code will find it by its name.")
+        where = (
+            f"at {backend.data_mount}/{info.name}"
+            if backend.data_mount
+            else f"as {info.name!r} in its working directory"
         )
+        text = (
+            f"Uploaded {info.name!r} as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
+            f'Pass file_ids=["{info.file_id}"] to run_code_analysis; the code will find it {where}.'
+        )
+        if info.name != given:
+            text += (
+                f" The name {given!r} was changed to {info.name!r}: a file name there cannot hold directories, "
+                "control characters or more than 255 bytes, nor be '.' or '..'."
+            )
         return CallToolResult(content=[TextContent(type="text", text=text)])
 
-    async def _upload(path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]) -> FileInfo:
+    async def _upload(
+        path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]
+    ) -> tuple[FileInfo, str]:
+        """The stored file and the name it was given (the stored name is what the code sees)."""
         if (path is None) == (content_b64 is None):
             raise InvalidInputError("Pass exactly one of `path` or `content_base64` (with `filename`).")
         if content_b64 is not None:
@@ -208,7 +219,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
             data = _decode_inline(content_b64, filename, settings.max_inline_upload_bytes)
             if not data:
                 raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
-            return await backend.upload(_clean_name(filename), data)
+            return await backend.upload(_clean_name(filename), data), filename
         assert path is not None
         real = paths.resolve_readable(path, roots)
         size = real.stat().st_size
@@ -219,7 +230,7 @@ def create_server(backend: Backend, settings: Settings) -> MCPServer[Any]:
                 f"'{path}' is {size:,} bytes, over the limit of {settings.max_upload_bytes:,}. Upload a smaller "
                 "extract (e.g. filter rows or columns first)."
             )
-        return await backend.upload(_clean_name(filename or real.name), real)
+        return await backend.upload(_clean_name(filename or real.name), real), filename or real.name
 
     run_description = (
         "Run one analysis step and get back its text output, errors (with traceback), every chart as an image, "
@@ -412,10 +423,11 @@ def _file_ids(given: list[str] | None) -> tuple[str, ...]:
 
 
 def _clean_name(name: str) -> str:
+    """The name the code will see (paths.workspace_name); a name with nothing usable in it is refused."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
     if not base or base in (".", ".."):
         raise InvalidInputError("`filename` must be a plain file name such as 'data.csv'.")
-    return base
+    return paths.workspace_name(base)
 
 
 def _error(exc: CiMcpError) -> CallToolResult:

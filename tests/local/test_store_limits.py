@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextResourceContents
 
 import ci_mcp.server as server_module
-from ci_mcp.backends.local import workspace
+from ci_mcp.backends.local import sandbox, workspace
 from ci_mcp.backends.local.kernel import Kernel
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
@@ -365,4 +365,36 @@ async def test_an_unexpected_error_inside_a_run_keeps_the_session_id_and_the_out
         assert "RuntimeError: the kernel channel went away" in text and "Error executing tool" not in text
         again = await c.call_tool("run_code_analysis", {"code": "print(6 * 7)", "session_id": sid})
         assert "42" in all_text(again) and not again.is_error, all_text(again)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "seen"),
+    [
+        ("données (1) – été.csv", None),
+        ("数据 #2.xlsx", None),
+        ("report\x1b[31m\nred.txt", "report_[31m_red.txt"),
+        ("C:\\Users\\me\\sales.csv", "sales.csv"),
+        (".ci-mcp-trick.tmp", "_ci-mcp-trick.tmp"),
+    ],
+)
+async def test_upload_reports_the_exact_name_the_code_sees(
+    make_settings: Callable[..., Settings], given: str, seen: str | None
+) -> None:
+    c, store = await open_client(make_settings())
+    async with c:
+        payload = base64.b64encode(b"k\n1\n").decode()
+        up = await c.call_tool("upload_file", {"content_base64": payload, "filename": given})
+        text = all_text(up)
+        name = seen or given
+        where = f"at /mnt/data/{name}" if sandbox.bwrap_works()[0] else f"as {name!r} in its working directory"
+        assert where in text, text
+        assert ("was changed to" in text) == (seen is not None), text
+        if seen is not None:
+            assert repr(given) in text and "\x1b" not in text
+        listing = await c.call_tool(
+            "run_code_analysis",
+            {"code": "import os; print(repr(sorted(os.listdir('.'))))", "file_ids": [uploaded_id(up)]},
+        )
+        assert repr([name]) in all_text(listing), all_text(listing)
     store.close()
