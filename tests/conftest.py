@@ -130,7 +130,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 async def open_client(settings: Settings, **client_kwargs: Any) -> tuple[Client, FileStore]:
-    store = FileStore(settings.data_dir)
+    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
     server = create_server(create_backend(settings, store), settings)
     return Client(server, **client_kwargs), store
 

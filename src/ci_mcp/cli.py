@@ -144,7 +144,7 @@ def _serve(settings: Settings) -> int:
     from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
-    store = FileStore(settings.data_dir)
+    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
     server = create_server(create_backend(settings, store), settings)
     server.run("stdio")
     return 0

@@ -12,6 +12,8 @@ class CiMcpError(Exception):
     """A failure the calling model can act on. The message says what to try next."""
 
     transient: bool = False
+    session_id: str | None = None
+    """The session the failed call ran in, when there was one: the model can continue it."""
 
 
 class NotFoundError(CiMcpError):
@@ -28,6 +30,17 @@ class PathNotAllowedError(CiMcpError):
 
 class FileTooLargeError(CiMcpError):
     """An upload or inline content over the configured size limit."""
+
+
+class StorageFullError(CiMcpError):
+    """The file store's quota is reached, or the disk holding the data directory is full.
+
+    `lost` names what was not kept; `cause` is the message without it, so several losses can be reported once."""
+
+    def __init__(self, message: str, *, lost: str = "", cause: str = "") -> None:
+        super().__init__(message)
+        self.lost = lost
+        self.cause = cause or message
 
 
 class RunTimeoutError(CiMcpError):

@@ -81,8 +81,9 @@ class RunRequest:
     still carries all of it. Must be cheap; what it raises is ignored."""
 
 
-RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled", "incomplete"]
-"""`incomplete`: a remote run stopped early (e.g. an output-token limit); what it produced is returned."""
+RunStatus = Literal["ok", "error", "timeout", "kernel_died", "cancelled", "incomplete", "server_error"]
+"""`incomplete`: a remote run stopped early (e.g. an output-token limit); what it produced is returned.
+`server_error`: the server itself failed during the run (not the code); the output up to then is kept."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,32 @@ def safe_name(name: str) -> str:
     return base[:200] or "file"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_NAME_MAX_BYTES = 255  # one path component on Linux file systems
+RESERVED_PREFIX = ".ci-mcp-"  # the server's own temporaries in a session directory
+
+
+def workspace_name(name: str) -> str:
+    """The name a file gets in a session directory: the given name, changed only where it must be: the part after
+    the last separator, control characters as '_', at most 255 UTF-8 bytes (the extension kept), never '.', '..',
+    empty or the server's own temporary prefix. Non-ASCII letters, spaces and punctuation are kept."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = base.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates from a client
+    base = _CONTROL.sub("_", base).strip()
+    if base in ("", ".", ".."):
+        return "file"
+    if base.startswith(RESERVED_PREFIX):
+        base = "_" + base[1:]
+    if len(base.encode()) > _NAME_MAX_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        suffix = dot + ext if dot and stem and len(ext.encode()) <= 16 else ""
+        stem = base[: len(base) - len(suffix)]
+        room = _NAME_MAX_BYTES - len(suffix.encode())
+        stem = stem.encode()[:room].decode("utf-8", errors="ignore")
+        base = stem + suffix
+    return base
+
+
 def _is_secret(path: Path) -> bool:
     parts = path.parts
     if any(p in SECRET_PARTS for p in parts):

@@ -205,18 +205,31 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         roots: ClientRoots = None,
     ) -> CallToolResult:
         try:
-            info = await _upload(path, content_base64, filename, roots_for(roots))
+            info, given = await _upload(path, content_base64, filename, roots_for(roots))
         except CiMcpError as exc:
             return _error(exc)
-        where = f"{backend.data_mount}/{info.name}" if backend.data_mount else ""
-        text = (
-            f"Uploaded '{info.name}' as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
-            f'Pass file_ids=["{info.file_id}"] to run_code_analysis'
-            + (f"; the code will find it at {where}." if where else "; the code will find it by its name.")
+        except Exception as exc:
+            return _unexpected("upload_file", exc)
+        where = (
+            f"at {backend.data_mount}/{info.name}"
+            if backend.data_mount
+            else f"as {quote(info.name)} in its working directory"
         )
+        text = (
+            f"Uploaded {quote(info.name)} as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
+            f'Pass file_ids=["{info.file_id}"] to run_code_analysis; the code will find it {where}.'
+        )
+        if info.name != given:
+            text += (
+                f" The name {quote(given)} was changed to {quote(info.name)}: a file name there cannot hold "
+                "directories, control characters or more than 255 bytes, nor be '.' or '..'."
+            )
         return _with_ids(CallToolResult(content=[TextContent(type="text", text=text)]), None, [info])
 
-    async def _upload(path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]) -> FileInfo:
+    async def _upload(
+        path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]
+    ) -> tuple[FileInfo, str]:
+        """The stored file and the name it was given (the stored name is what the code sees)."""
         if (path is None) == (content_b64 is None):
             raise InvalidInputError("Pass exactly one of `path` or `content_base64` (with `filename`).")
         if content_b64 is not None:
@@ -225,7 +238,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
             data = _decode_inline(content_b64, filename, settings.max_inline_upload_bytes)
             if not data:
                 raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
-            return await backend.upload(_clean_name(filename), data)
+            return await backend.upload(_clean_name(filename), data), filename
         assert path is not None
         real = paths.resolve_readable(path, roots)
         size = real.stat().st_size
@@ -236,7 +249,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
                 f"'{path}' is {size:,} bytes, over the limit of {settings.max_upload_bytes:,}. Upload a smaller "
                 "extract (e.g. filter rows or columns first)."
             )
-        return await backend.upload(_clean_name(filename or real.name), real)
+        return await backend.upload(_clean_name(filename or real.name), real), filename or real.name
 
     run_description = (
         "Run one analysis step and get back its text output, errors (with traceback), every chart as an image, "
@@ -291,6 +304,8 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
             result = await backend.run(req, progress)
         except CiMcpError as exc:
             return _error(exc)
+        except Exception as exc:
+            return _unexpected("run_code_analysis", exc)
         rendered = await anyio.to_thread.run_sync(_render_run, result, settings, _links_ok(ctx))
         return _with_ids(rendered, result.session_id, result.generated_files)
 
@@ -323,6 +338,8 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
             return await anyio.to_thread.run_sync(_render_file, info, source, settings, _links_ok(ctx))
         except CiMcpError as exc:
             return _error(exc)
+        except Exception as exc:
+            return _unexpected("fetch_generated_file", exc)
 
     @server.tool(
         description=(
@@ -429,10 +446,11 @@ def _file_ids(given: list[str] | None) -> tuple[str, ...]:
 
 
 def _clean_name(name: str) -> str:
+    """The name the code will see (paths.workspace_name); a name with nothing usable in it is refused."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
     if not base or base in (".", ".."):
         raise InvalidInputError("`filename` must be a plain file name such as 'data.csv'.")
-    return base
+    return paths.workspace_name(base)
 
 
 META_KEY = "ci-mcp/ids"
@@ -448,10 +466,24 @@ def _with_ids(result: CallToolResult, session_id: str | None, files: Sequence[Fi
 
 def _error(exc: CiMcpError) -> CallToolResult:
     text = f"Error: {exc}"
+    if exc.session_id:
+        text = f"session_id: {exc.session_id} | {text}"
     if exc.transient:
         retry_after = getattr(exc, "retry_after", None)
         text += " (temporary: try again" + (f" in {retry_after:g} s" if retry_after else " shortly") + ")"
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def _unexpected(tool: str, exc: Exception) -> CallToolResult:
+    """A failure nothing anticipated: logged with its traceback, and said plainly (never a bare protocol error)."""
+    log.exception("%s failed unexpectedly", tool)
+    detail = f"{type(exc).__name__}: {exc}"[:500]
+    return _error(
+        CiMcpError(
+            f"{tool} failed inside the server ({detail}). This is not caused by the arguments; trying again may "
+            "work, and the server log has the details for the operator."
+        )
+    )
 
 
 def _links_ok(ctx: Context) -> bool:
@@ -493,6 +525,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
         "kernel_died": "the kernel died",
         "cancelled": "cancelled",
         "incomplete": "stopped before it was complete (see the notes below)",
+        "server_error": "the server failed during the run (see the notices); the output up to then is below",
     }[result.status]
     content.append(_text(f"session_id: {result.session_id} | {status_text} | {result.duration_seconds:.2f} s"))
     shown_images: set[str] = set()
@@ -526,7 +559,7 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
     lines.extend(result.notices)
     if lines:
         content.append(_text("\n".join(lines)))
-    return CallToolResult(content=content, is_error=result.status in ("timeout", "kernel_died", "cancelled"))
+    return CallToolResult(content=content, is_error=result.status not in ("ok", "error"))
 
 
 def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: bool = True) -> CallToolResult:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 512 * MB
     max_inline_upload_bytes: int = 20 * MB
+    max_store_mb: int = 8192
+    """Total size of the file store (uploads and generated files, identical content counted once)."""
     run_timeout_seconds: float = 120.0
     max_run_timeout_seconds: float = 900.0
     idle_session_seconds: float = 1800.0
@@ -172,3 +174,5 @@ class Settings(BaseSettings):
             raise ConfigError("CI_MCP_KERNEL_POOL_SIZE must be 0 or more.")
         if self.max_sessions < 1:
             raise ConfigError("CI_MCP_MAX_SESSIONS must be at least 1.")
+        if self.max_store_mb < 1:
+            raise ConfigError("CI_MCP_MAX_STORE_MB must be at least 1.")

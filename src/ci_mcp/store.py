@@ -8,6 +8,7 @@ leaves at worst an orphan blob, which `open()` removes; never a row without its 
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import json
 import mimetypes
@@ -15,6 +16,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ci_mcp.errors import FileTooLargeError, NotFoundError
+from ci_mcp.errors import FileTooLargeError, NotFoundError, StorageFullError
 from ci_mcp.models import FileInfo, FileOrigin, SessionInfo
 
 _CHUNK = 1024 * 1024
+MB = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -106,8 +109,11 @@ class SessionRecord:
 class FileStore:
     """Files and session metadata on disk. Methods are synchronous and quick; call them from any thread."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, max_bytes: int | None = None) -> None:
+        """`max_bytes`: the store's quota (distinct content counted once); None for no quota."""
         self.data_dir = data_dir
+        self.max_bytes = max_bytes
+        self._commit_lock = threading.Lock()
         self.files_dir = data_dir / "files"
         self.tmp_dir = data_dir / "tmp"
         self.workspaces_dir = data_dir / "workspaces"
@@ -141,14 +147,31 @@ class FileStore:
 
     # -- files -----------------------------------------------------------------------------------------------
 
+    def no_space(self, what: str, lost: str = "") -> StorageFullError:
+        """The error for a full disk under the data directory: what was lost, where, and what to do."""
+        where = f"No space left on the disk holding the data directory {self.data_dir}"
+        advice = "Nothing you can pass fixes this: ask the operator to free space on that disk or to point "
+        advice += "CI_MCP_DATA_DIR at a larger one."
+        return StorageFullError(f"{where}, so {what}. {advice}", lost=lost, cause=f"{where}. {advice}")
+
     @contextmanager
-    def _staged(self) -> Iterator[tuple[Path, BinaryIO]]:
+    def _disk(self, what: str, lost: str = "") -> Iterator[None]:
+        """Turn a full disk (ENOSPC, EDQUOT, SQLite's 'disk is full') into `no_space(what)`."""
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as exc:
+            if is_disk_full(exc):
+                raise self.no_space(what, lost) from exc
+            raise
+
+    @contextmanager
+    def _staged(self, name: str) -> Iterator[tuple[Path, BinaryIO]]:
         tmp = self.tmp_dir / secrets.token_hex(8)
-        with open(tmp, "wb") as fh:
+        with self._disk(f"'{name}' was not kept", lost=name):
             try:
-                yield tmp, fh
+                with open(tmp, "wb") as fh:
+                    yield tmp, fh
             except BaseException:
-                fh.close()
                 tmp.unlink(missing_ok=True)
                 raise
 
@@ -164,15 +187,83 @@ class FileStore:
         session_id: str | None,
         media_type: str | None,
     ) -> FileInfo:
-        fh.flush()
-        os.fsync(fh.fileno())
-        file_id = new_file_id()
-        os.replace(tmp, self.files_dir / file_id)
+        """Keep the staged bytes as a file. Identical content is stored once: the same name, origin and session
+        get the existing record back (a file that was only touched again); another name gets a new id whose blob
+        is a hard link to the existing one. New content past the quota is refused."""
+        media_type = media_type or guess_media_type(name)
+        with self._commit_lock:
+            same = self._db.execute(
+                "SELECT * FROM files WHERE sha256 = ? AND size = ? ORDER BY created_at", (sha256, size)
+            ).fetchall()
+            for row in same:
+                known = _file_from_row(row)
+                if (known.name, known.origin, known.session_id, known.media_type) == (
+                    name,
+                    origin,
+                    session_id,
+                    media_type,
+                ) and (self.files_dir / known.file_id).exists():
+                    fh.close()
+                    tmp.unlink(missing_ok=True)
+                    return known
+            file_id = new_file_id()
+            if not any(self._link(row[0], file_id) for row in same):
+                self._check_quota(name, size)
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.replace(tmp, self.files_dir / file_id)
+            else:
+                fh.close()
+                tmp.unlink(missing_ok=True)
+            try:
+                return self._insert(file_id, name, size, sha256, origin, session_id, media_type)
+            except BaseException:
+                (self.files_dir / file_id).unlink(missing_ok=True)  # never a blob without its row
+                raise
+
+    def _link(self, existing_id: str, file_id: str) -> bool:
+        try:
+            os.link(self.files_dir / existing_id, self.files_dir / file_id)
+        except OSError:
+            return False
+        return True
+
+    def used_bytes(self) -> int:
+        """Bytes the store holds, each distinct content once."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM files GROUP BY sha256)"
+        )
+        return int(row.fetchone()[0])
+
+    def _check_quota(self, name: str, size: int) -> None:
+        if self.max_bytes is None:
+            return
+        used = self.used_bytes()
+        if used + size > self.max_bytes:
+            full = f"The file store is at its quota of {self.max_bytes // MB:,} MB ({used:,} bytes in use)"
+            advice = (
+                "Nothing you can pass fixes this: ask the operator to raise CI_MCP_MAX_STORE_MB, or to delete files "
+                f"no longer needed from {self.files_dir} (the server forgets them at its next start)."
+            )
+            raise StorageFullError(
+                f"{full}, so '{name}' ({size:,} bytes) was not kept. {advice}", lost=name, cause=f"{full}. {advice}"
+            )
+
+    def _insert(
+        self,
+        file_id: str,
+        name: str,
+        size: int,
+        sha256: str,
+        origin: FileOrigin,
+        session_id: str | None,
+        media_type: str,
+    ) -> FileInfo:
         info = FileInfo(
             file_id=file_id,
             name=name,
             size=size,
-            media_type=media_type or guess_media_type(name),
+            media_type=media_type,
             origin=origin,
             sha256=sha256,
             created_at=time.time(),
@@ -202,7 +293,7 @@ class FileStore:
         session_id: str | None = None,
         media_type: str | None = None,
     ) -> FileInfo:
-        with self._staged() as (tmp, fh):
+        with self._staged(name) as (tmp, fh):
             fh.write(data)
             return self._commit(
                 tmp,
@@ -243,7 +334,7 @@ class FileStore:
     ) -> FileInfo:
         digest = hashlib.sha256()
         size = 0
-        with self._staged() as (tmp, fh):
+        with self._staged(name) as (tmp, fh):
             while chunk := src.read(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
@@ -291,10 +382,11 @@ class FileStore:
     def create_session(self, backend: str, state: dict[str, object] | None = None) -> SessionRecord:
         now = time.time()
         rec = SessionRecord(new_session_id(), backend, now, now, state or {}, False)
-        self._db.execute(
-            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, 0)",
-            (rec.session_id, backend, now, now, json.dumps(rec.state)),
-        )
+        with self._disk("no new session could be recorded"):
+            self._db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, 0)",
+                (rec.session_id, backend, now, now, json.dumps(rec.state)),
+            )
         return rec
 
     def session(self, session_id: str) -> SessionRecord:
@@ -307,15 +399,16 @@ class FileStore:
         self, session_id: str, *, state: dict[str, object] | None = None, closed: bool | None = None
     ) -> None:
         now = time.time()
-        if state is not None:
-            self._db.execute(
-                "UPDATE sessions SET state = ?, last_used_at = ? WHERE session_id = ?",
-                (json.dumps(state), now, session_id),
-            )
-        else:
-            self._db.execute("UPDATE sessions SET last_used_at = ? WHERE session_id = ?", (now, session_id))
-        if closed is not None:
-            self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
+        with self._disk(f"session {session_id} could not be updated"):
+            if state is not None:
+                self._db.execute(
+                    "UPDATE sessions SET state = ?, last_used_at = ? WHERE session_id = ?",
+                    (json.dumps(state), now, session_id),
+                )
+            else:
+                self._db.execute("UPDATE sessions SET last_used_at = ? WHERE session_id = ?", (now, session_id))
+            if closed is not None:
+                self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
 
     def sessions(self, backend: str | None = None) -> builtins.list[SessionRecord]:
         rows = self._db.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
@@ -333,6 +426,15 @@ class FileStore:
             live=live,
             file_ids=tuple(f.file_id for f in self.list(rec.session_id)),
         )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota: ENOSPC/EDQUOT, or SQLite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+    return False
 
 
 def _file_from_row(row: tuple[object, ...]) -> FileInfo:

@@ -63,7 +63,7 @@ async def run_once(
     for path in files:
         if not path.is_file():
             raise InvalidInputError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
-    store = FileStore(settings.data_dir)
+    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
     backend = create_backend(settings, store)
     await backend.start()
     try:

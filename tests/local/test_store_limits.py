@@ -4,20 +4,24 @@ that does not grow without bound, session-directory accounting, and a full disk.
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextResourceContents
+from mcp_types import CallToolResult, TextResourceContents
 
 import ci_mcp.server as server_module
-from ci_mcp.backends.local import workspace
+from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local.kernel import Kernel
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, open_client, session_of, texts, uploaded_id
+from ci_mcp.store import FileStore
+from tests.conftest import all_text, generated_ids, open_client, session_of, texts, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -196,4 +200,201 @@ async def test_a_sparse_file_counts_by_its_apparent_size(make_settings: Callable
         code = "with open('sparse.bin', 'wb') as f:\n    f.seek(5 * 1024 * 1024)\n    f.write(b'x')"
         result = await c.call_tool("run_code_analysis", {"code": code})
         assert "grew past its limit of 1 MB" in all_text(result) and "sparse.bin" in all_text(result)
+    store.close()
+
+
+def _blob_bytes(store: FileStore) -> int:
+    """Disk used by the store's blobs, each inode once."""
+    inodes = {}
+    for blob in store.files_dir.iterdir():
+        st = blob.stat()
+        inodes[st.st_ino] = st.st_blocks * 512
+    return sum(inodes.values())
+
+
+async def test_a_file_only_touched_again_does_not_grow_the_store(make_settings: Callable[..., Settings]) -> None:
+    c, store = await open_client(make_settings())
+    async with c:
+        first = await c.call_tool(
+            "run_code_analysis", {"code": "import os\nopen('data.bin', 'wb').write(os.urandom(1024 * 1024))"}
+        )
+        sid = session_of(first)
+        ids = {generated_ids(first)["data.bin"]}
+        used = _blob_bytes(store)
+        for _ in range(3):
+            again = await c.call_tool(
+                "run_code_analysis", {"code": "import os; os.utime('data.bin')", "session_id": sid}
+            )
+            ids.add(generated_ids(again)["data.bin"])  # still reported: it changed on disk
+        assert len(ids) == 1 and len(store.list(sid)) == 1
+        copy = await c.call_tool(
+            "run_code_analysis", {"code": "import shutil; shutil.copy('data.bin', 'copy.bin')", "session_id": sid}
+        )
+        copy_id = generated_ids(copy)["copy.bin"]
+        assert copy_id not in ids and store.read(copy_id) == store.read(ids.pop())
+        assert _blob_bytes(store) == used  # same bytes under another name: stored once
+    store.close()
+
+
+async def test_the_store_quota_refuses_new_content_with_a_message_naming_the_setting(
+    make_settings: Callable[..., Settings],
+) -> None:
+    c, store = await open_client(make_settings(max_store_mb=1))
+    async with c:
+
+        async def upload(data: bytes, name: str) -> CallToolResult:
+            return await c.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(data).decode(), "filename": name}
+            )
+
+        a, b = os.urandom(600 * 1024), os.urandom(600 * 1024)
+        first = uploaded_id(await upload(a, "a.bin"))
+        refused = await upload(b, "b.bin")
+        assert refused.is_error and "CI_MCP_MAX_STORE_MB" in all_text(refused) and "b.bin" in all_text(refused)
+        assert uploaded_id(await upload(a, "a.bin")) == first  # identical content costs nothing
+        assert uploaded_id(await upload(a, "renamed.bin")) != first
+        run = await c.call_tool(
+            "run_code_analysis",
+            {"code": "import os\nopen('new.bin', 'wb').write(os.urandom(600 * 1024))\nprint('done')"},
+        )
+        text = all_text(run)
+        assert not run.is_error and "done" in text and session_of(run)
+        assert "new.bin" in text and "CI_MCP_MAX_STORE_MB" in text and "new.bin" not in generated_ids(run)
+        assert store.used_bytes() <= 1024 * 1024
+    store.close()
+
+
+def _disk_full(*args: object, **kw: object) -> NoReturn:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_disk_on_upload_says_so_and_names_the_data_directory(
+    no_pool: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = no_pool()
+    monkeypatch.setattr(FileStore, "_commit", _disk_full)
+    c, store = await open_client(settings)
+    async with c:
+        result = await c.call_tool(
+            "upload_file", {"content_base64": base64.b64encode(b"a,b\n").decode(), "filename": "a.csv"}
+        )
+        text = all_text(result)
+        assert result.is_error and "No space left" in text and str(settings.data_dir) in text, text
+        assert "Error executing tool" not in text
+        assert store.list() == [] and list(store.tmp_dir.iterdir()) == []
+    store.close()
+
+
+FULL_RUN = """
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+print('before the disk filled')
+print('x' * 300)
+open('out.csv', 'w').write('a,b\\n1,2\\n')
+plt.plot([1, 2, 3])
+print('after')
+"""
+
+
+async def test_a_full_disk_during_a_run_keeps_the_output_and_the_session(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(text_output_limit=200)
+    c, store = await open_client(settings)
+    async with c:
+        with monkeypatch.context() as m:
+            m.setattr(FileStore, "_commit", _disk_full)
+            result = await c.call_tool("run_code_analysis", {"code": FULL_RUN})
+        text = all_text(result)
+        assert "Error executing tool" not in text
+        sid = session_of(result)
+        assert "before the disk filled" in text, text
+        assert "No space left" in text and str(settings.data_dir) in text, text
+        assert "out.csv" in text  # named among the files not kept
+        assert store.list() == []
+        again = await c.call_tool("run_code_analysis", {"code": "print(open('out.csv').read())", "session_id": sid})
+        assert "a,b" in all_text(again) and not again.is_error, all_text(again)
+    store.close()
+
+
+async def test_a_full_disk_while_placing_inputs_returns_the_session_id(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    c, store = await open_client(settings)
+    async with c:
+        fid = uploaded_id(
+            await c.call_tool("upload_file", {"content_base64": base64.b64encode(b"k\n").decode(), "filename": "k.csv"})
+        )
+        with monkeypatch.context() as m:
+            m.setattr(workspace, "place", _disk_full)
+            result = await c.call_tool("run_code_analysis", {"code": "print(1)", "file_ids": [fid]})
+        text = all_text(result)
+        assert result.is_error and "No space left" in text and str(settings.data_dir) in text, text
+        sid = session_of(result)
+        again = await c.call_tool("run_code_analysis", {"code": "print(6 * 7)", "file_ids": [fid], "session_id": sid})
+        assert "42" in all_text(again), all_text(again)
+    store.close()
+
+
+async def test_an_unexpected_error_inside_a_run_keeps_the_session_id_and_the_output(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_execute = Kernel.execute
+    broken = {"left": 1}
+
+    async def execute_then_fail(self: Kernel, code: str, **kw: Any) -> Any:
+        outcome = await real_execute(self, code, **kw)
+        if "BREAK" in code and broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("the kernel channel went away")
+        return outcome
+
+    def bookkeeping_fails(self: FileStore, session_id: str, **kw: Any) -> None:
+        raise self.no_space("session could not be updated")
+
+    monkeypatch.setattr(Kernel, "execute", execute_then_fail)
+    monkeypatch.setattr(FileStore, "update_session", bookkeeping_fails)
+    c, store = await open_client(make_settings())
+    async with c:
+        result = await c.call_tool("run_code_analysis", {"code": "print('partial output')  # BREAK"})
+        text = all_text(result)
+        sid = session_of(result)
+        assert result.is_error and "partial output" in text, text
+        assert "RuntimeError: the kernel channel went away" in text and "Error executing tool" not in text
+        again = await c.call_tool("run_code_analysis", {"code": "print(6 * 7)", "session_id": sid})
+        assert "42" in all_text(again) and not again.is_error, all_text(again)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "seen"),
+    [
+        ("données (1) – été.csv", None),
+        ("数据 #2.xlsx", None),
+        ("report\x1b[31m\nred.txt", "report_[31m_red.txt"),
+        ("C:\\Users\\me\\sales.csv", "sales.csv"),
+        (".ci-mcp-trick.tmp", "_ci-mcp-trick.tmp"),
+    ],
+)
+async def test_upload_reports_the_exact_name_the_code_sees(
+    make_settings: Callable[..., Settings], given: str, seen: str | None
+) -> None:
+    c, store = await open_client(make_settings())
+    async with c:
+        payload = base64.b64encode(b"k\n1\n").decode()
+        up = await c.call_tool("upload_file", {"content_base64": payload, "filename": given})
+        text = all_text(up)
+        name = seen or given
+        where = f"at /mnt/data/{name}" if sandbox.bwrap_works()[0] else f"as {name!r} in its working directory"
+        assert where in text, text
+        assert ("was changed to" in text) == (seen is not None), text
+        if seen is not None:
+            assert repr(given) in text and "\x1b" not in text
+        listing = await c.call_tool(
+            "run_code_analysis",
+            {"code": "import os; print(repr(sorted(os.listdir('.'))))", "file_ids": [uploaded_id(up)]},
+        )
+        assert repr([name]) in all_text(listing), all_text(listing)
     store.close()

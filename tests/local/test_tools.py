@@ -61,7 +61,7 @@ async def test_upload_by_path_returns_id_size_and_media_type(client: Client, all
     assert not result.is_error
     assert uploaded_id(result).startswith("file-")
     assert "8 bytes" in text and "text/csv" in text
-    where = "/mnt/data/data.csv" if sandbox.bwrap_works()[0] else "by its name"
+    where = "/mnt/data/data.csv" if sandbox.bwrap_works()[0] else "as 'data.csv' in its working directory"
     assert where in text
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,14 @@ from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.backends.local.pool import KernelPool, WarmKernel
-from ci_mcp.errors import BackendUnavailableError, CapacityError, FileTooLargeError, InvalidInputError
+from ci_mcp.errors import (
+    BackendUnavailableError,
+    CapacityError,
+    CiMcpError,
+    FileTooLargeError,
+    InvalidInputError,
+    StorageFullError,
+)
 from ci_mcp.models import (
     FileInfo,
     OutputCallback,
@@ -41,7 +49,7 @@ from ci_mcp.models import (
     TextOutput,
 )
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore
+from ci_mcp.store import FileStore, is_disk_full
 from ci_mcp.textsafe import quote, storable
 
 log = logging.getLogger(__name__)
@@ -365,7 +373,8 @@ class LocalBackend:
 
     async def upload(self, name: str, source: Path | bytes) -> FileInfo:
         if isinstance(source, bytes):
-            return self.store.put_bytes(name, source, origin="upload")
+            data = source
+            return await anyio.to_thread.run_sync(lambda: self.store.put_bytes(name, data, origin="upload"))
         return await anyio.to_thread.run_sync(
             lambda: self.store.put_path(name, source, origin="upload", max_bytes=self.settings.max_upload_bytes)
         )
@@ -415,9 +424,23 @@ class LocalBackend:
                 if written is not None:
                     result = replace(result, outputs=(TextOutput(written, "code"), *result.outputs))
                 return result
+            except CiMcpError as exc:
+                exc.session_id = exc.session_id or live.session_id
+                raise
+            except Exception as exc:
+                log.exception("run in session %s failed", live.session_id)
+                failed = CiMcpError(
+                    f"The run could not start inside the server ({_describe(exc)}). This is not caused by the "
+                    "code; try again, and the operator finds the details in the server log."
+                )
+                failed.session_id = live.session_id
+                raise failed from exc
             finally:
                 live.last_used = time.monotonic()
-                self.store.update_session(live.session_id)
+                try:
+                    self.store.update_session(live.session_id)
+                except (CiMcpError, sqlite3.Error) as exc:  # bookkeeping only: never lose the result for it
+                    log.warning("could not record the use of session %s: %s", live.session_id, exc)
 
     async def _run_locked(
         self,
@@ -443,12 +466,37 @@ class LocalBackend:
             max_payload=self.settings.max_display_bytes,
             max_run_payloads=self.settings.max_display_bytes_per_run,
         )
+        failures: list[str] = []  # what the server could not do for this run, for the notices
+        lost: dict[str, list[str]] = {}  # why -> outputs not kept for that reason
+
+        def failed(exc: Exception, what: str) -> None:
+            if isinstance(exc, StorageFullError) and exc.lost:
+                lost.setdefault(exc.cause, []).append(exc.lost)
+                return
+            if not isinstance(exc, CiMcpError):
+                log.error("session %s: %s failed", live.session_id, what, exc_info=exc)
+            text = str(exc) if isinstance(exc, CiMcpError) else f"{what} failed inside the server ({_describe(exc)})"
+            if text not in failures:
+                failures.append(text)
+
+        collect = _tee(collector, on_output)
+
+        async def sink(event: KernelEvent) -> None:
+            try:
+                await collect(event)
+            except Exception as exc:  # a full disk must not stop the run or lose the rest of its output
+                failed(exc, "keeping an output")
+
         deadline = started + timeout
         dropped = live.kernel.dropped_messages
+        outcome: str
         async with anyio.create_task_group() as tg:
             tg.start_soon(_tick, progress, started, timeout)
             try:
-                outcome = await live.kernel.execute(code, deadline=deadline, sink=_tee(collector, on_output))
+                outcome = await live.kernel.execute(code, deadline=deadline, sink=sink)
+            except Exception as exc:
+                failed(exc, "following the run")
+                outcome = "server_error"
             finally:
                 tg.cancel_scope.cancel()
         if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel drops its connection too
@@ -459,7 +507,14 @@ class LocalBackend:
                 "at once: write large results to a file and print a summary."
             )
         status: RunStatus = "ok"
-        if outcome == "error":
+        if outcome == "server_error":
+            status = "server_error"
+            try:
+                await self._restart(live.kernel)
+                notices.append("The kernel was restarted: variables and imports are gone; files are kept.")
+            except Exception as exc:
+                failed(exc, "restarting the kernel")
+        elif outcome == "error":
             status = "error"
         elif outcome == "interrupted":
             status = "timeout"
@@ -487,36 +542,60 @@ class LocalBackend:
                 f"The kernel process died during the run (exit code {code_}); {cause}. A new kernel was started: "
                 "variables and imports are gone; files in the working directory are kept."
             )
-        strays = await anyio.to_thread.run_sync(self._after_run, live, before, collector)
-        if strays:
-            await live.kernel.execute(REAP_CHILDREN, deadline=time.monotonic() + 5, sink=_ignore)
-            strays += await anyio.to_thread.run_sync(live.kernel.kill_strays)  # any started while it reaped
-            notices.append(
-                f"{strays} process(es) the code started were still running after the run and were stopped: "
-                "processes do not outlive a run here (create and close process pools within one call)."
-            )
-        collector.finish(live.runs)
+        try:
+            strays = await anyio.to_thread.run_sync(self._after_run, live, before, collector, lost)
+            if strays:
+                await live.kernel.execute(REAP_CHILDREN, deadline=time.monotonic() + 5, sink=_ignore)
+                strays += await anyio.to_thread.run_sync(live.kernel.kill_strays)  # any started while it reaped
+                notices.append(
+                    f"{strays} process(es) the code started were still running after the run and were stopped: "
+                    "processes do not outlive a run here (create and close process pools within one call)."
+                )
+        except Exception as exc:
+            failed(exc, "collecting the files the run wrote")
+        try:
+            collector.finish(live.runs)
+        except Exception as exc:
+            failed(exc, "keeping the full output")
+        for cause, names in lost.items():
+            failures.append(f"Not kept: {_names(names)} (files the code wrote stay in its working directory). {cause}")
         return RunResult(
             session_id=live.session_id,
             status=status,
             outputs=tuple(collector.items),
             generated_files=tuple(collector.generated),
-            notices=tuple(notices + collector.notices),
+            notices=tuple(notices + collector.notices + failures),
             duration_seconds=time.monotonic() - started,
         )
 
     def _place_inputs(self, live: LiveSession, inputs: list[FileInfo]) -> tuple[list[str], workspace.Snapshot]:
         """Off the event loop: copy the run's input files into the workspace, then take the 'before' snapshot."""
-        placed = [workspace.place(self.store.path(info.file_id), live.workspace, info.name) for info in inputs]
+        try:
+            placed = [workspace.place(self.store.path(info.file_id), live.workspace, info.name) for info in inputs]
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise self.store.no_space("the input files could not be copied into the working directory") from exc
+            raise
         return placed, workspace.snapshot(live.workspace)
 
-    def _after_run(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> int:
+    def _after_run(
+        self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector, lost: dict[str, list[str]]
+    ) -> int:
         """Off the event loop: stop leftover processes, then register the files the run wrote."""
         strays = live.kernel.kill_strays()
-        self._collect_files(live, before, collector)
+        self._collect_files(live, before, collector, lost)
         return strays
 
-    def _collect_files(self, live: LiveSession, before: workspace.Snapshot, collector: OutputCollector) -> None:
+    def _collect_files(
+        self,
+        live: LiveSession,
+        before: workspace.Snapshot,
+        collector: OutputCollector,
+        lost: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Register the files the run wrote; those the store cannot keep go to `lost` (why -> names)."""
+        own = lost is None
+        lost = {} if lost is None else lost
         after = workspace.snapshot(live.workspace)
         if after.stopped:
             collector.notices.append(
@@ -575,9 +654,23 @@ class LocalBackend:
                 too_big = self.settings.max_upload_bytes
                 collector.notices.append(f"{quote(rel)} is over {too_big:,} bytes and was not kept.")
                 continue
+            except StorageFullError as exc:
+                lost.setdefault(exc.cause, []).append(rel)
+                continue
             collector.generated.append(info)
             if info.media_type == "image/png":
                 collector.picture_file(info, functools.partial(self.store.read, info.file_id))
+        if own:
+            collector.notices.extend(f"Not kept: {_names(names)}. {cause}" for cause, names in lost.items())
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(quote(n) for n in names[:20])
+    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 async def _ignore(event: object) -> None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ci_mcp.paths import safe_name
+from ci_mcp.paths import workspace_name
 
 _MAX_FILES = 10_000  # entries looked at per walk (files and directories)
 _MAX_DEPTH = 64
@@ -206,13 +206,13 @@ def remove(workspace: Path, rel: str, expected: Entry) -> bool:
 
 
 def place(source: Path, workspace: Path, name: str) -> str:
-    """Copy a stored file into the workspace under a safe name; returns the name used.
+    """Copy a stored file into the workspace under its name (paths.workspace_name); returns the name used.
 
     The workspace is writable by untrusted code, so nothing there is followed: the copy goes to a fresh
     temporary opened with O_EXCL|O_NOFOLLOW and is renamed over whatever the name held (a rename replaces a
     symlink itself, never its target).
     """
-    target_name = safe_name(name)
+    target_name = workspace_name(name)
     tmp = workspace / f".ci-mcp-{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
