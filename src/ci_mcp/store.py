@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS files (
     session_id TEXT
 );
 CREATE INDEX IF NOT EXISTS files_by_session ON files(session_id);
+CREATE INDEX IF NOT EXISTS files_by_content ON files(sha256);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     backend TEXT NOT NULL,

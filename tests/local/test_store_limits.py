@@ -17,10 +17,12 @@ from mcp_types import CallToolResult, TextResourceContents
 
 import ci_mcp.server as server_module
 from ci_mcp.backends.local import sandbox, workspace
+from ci_mcp.backends.local.backend import LocalBackend
 from ci_mcp.backends.local.kernel import Kernel
 from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
+from ci_mcp.textsafe import quote
 from tests.conftest import all_text, generated_ids, open_client, session_of, texts, uploaded_id
 
 pytestmark = pytest.mark.anyio
@@ -387,14 +389,37 @@ async def test_upload_reports_the_exact_name_the_code_sees(
         up = await c.call_tool("upload_file", {"content_base64": payload, "filename": given})
         text = all_text(up)
         name = seen or given
-        where = f"at /mnt/data/{name}" if sandbox.bwrap_works()[0] else f"as {name!r} in its working directory"
+        where = f"at /mnt/data/{name}" if sandbox.bwrap_works()[0] else f"as {quote(name)} in its working directory"
         assert where in text, text
         assert ("was changed to" in text) == (seen is not None), text
         if seen is not None:
-            assert repr(given) in text and "\x1b" not in text
+            assert quote(given) in text and "\x1b" not in text
         listing = await c.call_tool(
             "run_code_analysis",
             {"code": "import os; print(repr(sorted(os.listdir('.'))))", "file_ids": [uploaded_id(up)]},
         )
         assert repr([name]) in all_text(listing), all_text(listing)
+    store.close()
+
+
+async def test_a_failed_kernel_restart_after_a_crash_keeps_the_result(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_execute = Kernel.execute
+
+    async def execute_then_die(self: Kernel, code: str, **kw: Any) -> Any:
+        outcome = await real_execute(self, code, **kw)
+        return "died" if "DIE" in code else outcome
+
+    async def restart_fails(self: LocalBackend, kernel: Kernel) -> None:
+        raise RuntimeError("no kernel could be started")
+
+    monkeypatch.setattr(Kernel, "execute", execute_then_die)
+    monkeypatch.setattr(LocalBackend, "_restart", restart_fails)
+    c, store = await open_client(make_settings())
+    async with c:
+        result = await c.call_tool("run_code_analysis", {"code": "print('seen before')  # DIE"})
+        text = all_text(result)
+        assert session_of(result) and result.is_error and "seen before" in text, text
+        assert "restarting the kernel failed" in text and "no kernel could be started" in text, text
     store.close()

@@ -487,6 +487,14 @@ class LocalBackend:
             except Exception as exc:  # a full disk must not stop the run or lose the rest of its output
                 failed(exc, "keeping an output")
 
+        async def restarted() -> bool:
+            try:
+                await self._restart(live.kernel)
+            except Exception as exc:  # say so, and keep the output: the next call starts a kernel again
+                failed(exc, "restarting the kernel")
+                return False
+            return True
+
         deadline = started + timeout
         dropped = live.kernel.dropped_messages
         outcome: str
@@ -509,11 +517,8 @@ class LocalBackend:
         status: RunStatus = "ok"
         if outcome == "server_error":
             status = "server_error"
-            try:
-                await self._restart(live.kernel)
+            if await restarted():
                 notices.append("The kernel was restarted: variables and imports are gone; files are kept.")
-            except Exception as exc:
-                failed(exc, "restarting the kernel")
         elif outcome == "error":
             status = "error"
         elif outcome == "interrupted":
@@ -524,7 +529,7 @@ class LocalBackend:
             )
         elif outcome == "timeout":
             status = "timeout"
-            await self._restart(live.kernel)
+            await restarted()
             notices.append(
                 f"The run exceeded its time limit of {timeout:g} s and did not respond to an interrupt, so the "
                 "kernel was restarted: variables and imports are gone; files in the working directory are kept."
@@ -537,7 +542,7 @@ class LocalBackend:
                 if live.kernel.out_of_memory
                 else "common causes are running out of memory, os._exit() or a crash in native code"
             )
-            await self._restart(live.kernel)
+            await restarted()
             notices.append(
                 f"The kernel process died during the run (exit code {code_}); {cause}. A new kernel was started: "
                 "variables and imports are gone; files in the working directory are kept."
