@@ -41,6 +41,7 @@ from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, RunRequest, RunRes
 from ci_mcp.ownership import OwnedBackend, Owners
 from ci_mcp.settings import Settings
 from ci_mcp.textsafe import escaped, plain, quote
+from ci_mcp.uploads import ChunkedUploads, Progress
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
     closes the backend. With an HTTP plan that authenticates callers, every session and file belongs to the
     principal that created it (`ownership.py`)."""
     owners: Owners | None = None
+    chunks = ChunkedUploads(settings.data_dir, settings.max_upload_bytes)
     if http is not None and http.verifier is not None:
         owners = Owners(settings.data_dir)
         backend = OwnedBackend(backend, owners, current_principal, settings.max_sessions_per_principal)
@@ -193,7 +195,9 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
             "Make a file available to run_code_analysis. Give either `path` (a file on the machine running this "
             "server, inside its allowed directories) or `content_base64` with `filename` (for clients on another "
             f"machine; at most {settings.max_inline_upload_bytes // (1024 * 1024)} MB). Local files may be up to "
-            f"{settings.max_upload_bytes // (1024 * 1024)} MB. Returns a file id to pass in file_ids."
+            f"{settings.max_upload_bytes // (1024 * 1024)} MB. Returns a file id to pass in file_ids. A larger "
+            "file from another machine goes in chunks: the first with `filename` and more=true returns an "
+            "upload_id; then each chunk with upload_id and its offset; the last with more=false and `sha256`."
         ),
         annotations=ToolAnnotations(title="Upload a file", read_only_hint=False, open_world_hint=False),
         structured_output=False,
@@ -202,10 +206,28 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         path: Annotated[str | None, Field(description="Absolute path of a local file to upload.")] = None,
         content_base64: Annotated[str | None, Field(description="The file's bytes, base64-encoded.")] = None,
         filename: Annotated[str | None, Field(description="Name for the file (required with content_base64).")] = None,
+        more: Annotated[
+            bool,
+            Field(
+                description="Chunked upload, for files over the inline limit: true while more chunks follow. The "
+                "first chunk (no upload_id) returns an upload_id."
+            ),
+        ] = False,
+        upload_id: Annotated[str | None, Field(description="The chunked upload this chunk continues.")] = None,
+        offset: Annotated[int, Field(description="Where this chunk starts in the file (bytes sent so far).")] = 0,
+        sha256: Annotated[
+            str | None, Field(description="With the last chunk (more=false): hex SHA-256 of the whole file.")
+        ] = None,
         roots: ClientRoots = None,
     ) -> CallToolResult:
         try:
-            info, given = await _upload(path, content_base64, filename, roots_for(roots))
+            if more or upload_id is not None:
+                chunked = await _chunk(content_base64, filename, path, more, upload_id, offset, sha256)
+                if isinstance(chunked, Progress):
+                    return CallToolResult(content=[_text(_chunk_progress(chunked))])
+                info, given = chunked
+            else:
+                info, given = await _upload(path, content_base64, filename, roots_for(roots))
         except CiMcpError as exc:
             return _error(exc)
         except Exception as exc:
@@ -250,6 +272,40 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
                 "extract (e.g. filter rows or columns first)."
             )
         return await backend.upload(_clean_name(filename or real.name), real), filename or real.name
+
+    async def _chunk(
+        content_b64: str | None,
+        filename: str | None,
+        path: str | None,
+        more: bool,
+        upload_id: str | None,
+        offset: int,
+        sha256: str | None,
+    ) -> Progress | tuple[FileInfo, str]:
+        """One chunk of a chunked upload; the stored file once the last chunk's checksum matched."""
+        if path is not None or content_b64 is None:
+            raise InvalidInputError("A chunked upload sends each chunk as `content_base64` (no `path`).")
+        data = _decode_inline(content_b64, filename or upload_id or "the chunk", settings.max_inline_upload_bytes)
+        principal = current_principal()
+        if upload_id is None:
+            if not filename or not filename.strip():
+                raise InvalidInputError("`filename` is required with the first chunk (e.g. 'data.csv').")
+            if offset:
+                raise InvalidInputError("The first chunk starts at offset 0; pass upload_id to continue an upload.")
+            started = await anyio.to_thread.run_sync(chunks.begin, filename, data, principal)
+            if more:
+                return started
+            upload_id = started.upload_id
+        elif data or more:
+            progress = await anyio.to_thread.run_sync(chunks.append, upload_id.strip(), offset, data, principal)
+            if more:
+                return progress
+        done = await anyio.to_thread.run_sync(chunks.finish, upload_id.strip(), sha256, principal)
+        try:
+            info = await backend.upload(_clean_name(done.name), done.path)
+        finally:
+            await anyio.to_thread.run_sync(chunks.discard, upload_id.strip())
+        return info, done.name
 
     run_description = (
         "Run one analysis step and get back its text output, errors (with traceback), every chart as an image, "
@@ -443,6 +499,14 @@ def _file_ids(given: list[str] | None) -> tuple[str, ...]:
             "same session_id, or upload a zip of them."
         )
     return ids
+
+
+def _chunk_progress(progress: Progress) -> str:
+    return (
+        f"Chunk received: upload {progress.upload_id} has {progress.received:,} bytes so far (nothing is a file yet). "
+        f'Send the next chunk with upload_id="{progress.upload_id}", offset={progress.received} and more=true; '
+        "with the last one pass more=false and sha256 (the hex SHA-256 of the whole file)."
+    )
 
 
 def _clean_name(name: str) -> str:

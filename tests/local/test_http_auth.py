@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from ci_mcp.cli import http_app
 from ci_mcp.errors import ConfigError
@@ -326,3 +327,77 @@ async def test_progress_and_cancellation_work_over_http(http_settings: Callable[
         with anyio.fail_after(30):
             after = await alice.call_tool("run_code_analysis", {"code": "print(kept)", "session_id": session})
         assert "still here" in all_text(after), all_text(after)
+
+
+async def test_a_file_larger_than_one_request_goes_in_chunks_and_nothing_partial_is_visible(
+    http_settings: Callable[..., Settings],
+) -> None:
+    import hashlib
+
+    settings = http_settings(http_tokens=[f"alice:{ALICE}", f"bob:{BOB}"], max_inline_upload_bytes=1024 * 1024)
+    data = bytes(range(256)) * (3 * 4096 + 17)  # about 3 MiB: three requests' worth
+    parts = [data[i : i + 1024 * 1024] for i in range(0, len(data), 1024 * 1024)]
+    b64 = [base64.b64encode(p).decode() for p in parts]
+    async with serving(settings) as url, client_for(url, ALICE) as alice, client_for(url, BOB) as bob:
+        with pytest.raises(MCPError):  # one request with the whole file is over the body limit
+            await alice.call_tool(
+                "upload_file", {"content_base64": base64.b64encode(data).decode(), "filename": "big.bin"}
+            )
+
+        first = await alice.call_tool("upload_file", {"content_base64": b64[0], "filename": "big.bin", "more": True})
+        assert not first.is_error, all_text(first)
+        upload_id = all_text(first).split("upload ")[1].split(" ")[0]
+        offset = len(parts[0])
+        for part, chunk in zip(parts[1:-1], b64[1:-1], strict=True):
+            step = await alice.call_tool(
+                "upload_file", {"content_base64": chunk, "upload_id": upload_id, "offset": offset, "more": True}
+            )
+            assert not step.is_error, all_text(step)
+            again = await alice.call_tool(  # the same chunk again, as after a lost answer: accepted once
+                "upload_file", {"content_base64": chunk, "upload_id": upload_id, "offset": offset, "more": True}
+            )
+            assert not again.is_error, all_text(again)
+            offset += len(part)
+        wrong_offset = await alice.call_tool(
+            "upload_file", {"content_base64": b64[-1], "upload_id": upload_id, "offset": offset + 5, "more": True}
+        )
+        assert wrong_offset.is_error and f"offset={offset}" in all_text(wrong_offset)
+        stolen = await bob.call_tool(
+            "upload_file", {"content_base64": b64[-1], "upload_id": upload_id, "offset": offset, "more": True}
+        )
+        assert stolen.is_error and "No unfinished upload" in all_text(stolen)
+        assert "big.bin" not in all_text(await alice.call_tool("list_files", {}))  # nothing partial is a file
+
+        done = await alice.call_tool(
+            "upload_file",
+            {
+                "content_base64": b64[-1],
+                "upload_id": upload_id,
+                "offset": offset,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
+        )
+        assert not done.is_error, all_text(done)
+        file_id = uploaded_id(done)
+        check = await alice.call_tool(
+            "run_code_analysis",
+            {
+                "code": "import hashlib; print(hashlib.sha256(open('big.bin','rb').read()).hexdigest())",
+                "file_ids": [file_id],
+            },
+        )
+        assert hashlib.sha256(data).hexdigest() in all_text(check), all_text(check)
+
+        # A wrong checksum stores nothing and drops the partial upload.
+        begun = await alice.call_tool("upload_file", {"content_base64": b64[0], "filename": "bad.bin", "more": True})
+        bad_id = all_text(begun).split("upload ")[1].split(" ")[0]
+        bad = await alice.call_tool(
+            "upload_file",
+            {"content_base64": b64[1], "upload_id": bad_id, "offset": len(parts[0]), "sha256": "0" * 64},
+        )
+        assert bad.is_error and "does not match its sha256" in all_text(bad)
+        assert "bad.bin" not in all_text(await alice.call_tool("list_files", {}))
+        gone = await alice.call_tool(
+            "upload_file", {"content_base64": b64[1], "upload_id": bad_id, "offset": len(parts[0]), "more": True}
+        )
+        assert gone.is_error and "No unfinished upload" in all_text(gone)

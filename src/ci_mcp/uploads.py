@@ -1,0 +1,155 @@
+"""Chunked uploads: files larger than one request body, sent as `content_base64` chunks appended by offset.
+
+A client sends the first chunk with `more=true` and gets an upload id; each next chunk names the id and the offset it
+starts at (the bytes received so far); the last has `more=false` and the SHA-256 of the whole file. Until that last
+chunk is checked, nothing is a file: the bytes wait in `<data_dir>/uploads/<id>/`, invisible to every tool, and are
+dropped when the checksum does not match or the upload is left for `STALE_SECONDS`. A chunk sent again after a lost
+answer (same offset, same bytes) is accepted once. An upload belongs to the principal that began it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ci_mcp.errors import FileTooLargeError, InvalidInputError, NotFoundError
+
+STALE_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Progress:
+    upload_id: str
+    received: int
+
+
+@dataclass(frozen=True)
+class Complete:
+    path: Path
+    name: str
+    size: int
+
+
+def no_such_upload(upload_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"No unfinished upload with id '{upload_id}' (finished, expired after a day, or never begun). Start again: "
+        "send the first chunk with more=true and no upload_id."
+    )
+
+
+class ChunkedUploads:
+    """Partial uploads on disk. Synchronous and quick per chunk; call from a worker thread."""
+
+    def __init__(self, data_dir: Path, max_bytes: int) -> None:
+        self.root = data_dir / "uploads"
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.drop_stale()
+
+    def drop_stale(self, now: float | None = None) -> None:
+        cutoff = (now if now is not None else time.time()) - STALE_SECONDS
+        for entry in self.root.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                continue
+
+    def _dir(self, upload_id: str) -> Path:
+        if not upload_id.startswith("up-") or not upload_id[3:].isalnum():
+            raise no_such_upload(upload_id)
+        return self.root / upload_id
+
+    def _meta(self, where: Path, upload_id: str, principal: str | None) -> dict[str, object]:
+        try:
+            meta: dict[str, object] = json.loads((where / "meta.json").read_text())
+        except (OSError, ValueError):
+            raise no_such_upload(upload_id) from None
+        if meta.get("principal") != principal:
+            raise no_such_upload(upload_id)
+        return meta
+
+    def begin(self, name: str, chunk: bytes, principal: str | None) -> Progress:
+        self._check_size(name, len(chunk))
+        upload_id = "up-" + secrets.token_hex(12)
+        where = self.root / upload_id
+        where.mkdir(mode=0o700)
+        with open(where / "data", "wb") as fh:
+            fh.write(chunk)
+        meta = {"name": name, "principal": principal, "created_at": time.time(), "last": _digest(chunk, 0)}
+        (where / "meta.json").write_text(json.dumps(meta))
+        return Progress(upload_id, len(chunk))
+
+    def append(self, upload_id: str, offset: int, chunk: bytes, principal: str | None) -> Progress:
+        where = self._dir(upload_id)
+        with self._lock:
+            meta = self._meta(where, upload_id, principal)
+            data = where / "data"
+            received = data.stat().st_size
+            if offset != received:
+                if chunk and _digest(chunk, offset) == meta.get("last") and offset + len(chunk) == received:
+                    return Progress(upload_id, received)  # the last chunk again, after a lost answer
+                raise InvalidInputError(
+                    f"Upload {upload_id} has {received:,} bytes so far; send the chunk that starts at "
+                    f"offset={received} (this one said offset={offset})."
+                )
+            try:
+                self._check_size(str(meta["name"]), received + len(chunk))
+            except FileTooLargeError:
+                shutil.rmtree(where, ignore_errors=True)
+                raise
+            with open(data, "ab") as fh:
+                fh.write(chunk)
+            meta["last"] = _digest(chunk, offset)
+            (where / "meta.json").write_text(json.dumps(meta))
+            os.utime(where)
+            return Progress(upload_id, received + len(chunk))
+
+    def finish(self, upload_id: str, sha256: str | None, principal: str | None) -> Complete:
+        """Check the whole file against `sha256`; on a match the caller stores `path` and calls `discard`."""
+        where = self._dir(upload_id)
+        with self._lock:
+            meta = self._meta(where, upload_id, principal)
+            if not sha256:
+                raise InvalidInputError(
+                    f"The last chunk of upload {upload_id} needs `sha256`: the hex SHA-256 of the whole file "
+                    "(e.g. hashlib.sha256(data).hexdigest()), so a lost or doubled chunk cannot pass unnoticed."
+                )
+            data = where / "data"
+            digest = hashlib.sha256()
+            with open(data, "rb") as fh:
+                for block in iter(lambda: fh.read(1024 * 1024), b""):
+                    digest.update(block)
+            size = data.stat().st_size
+            if digest.hexdigest() != sha256.strip().lower():
+                shutil.rmtree(where, ignore_errors=True)
+                raise InvalidInputError(
+                    f"Upload {upload_id} does not match its sha256 ({size:,} bytes received hash to "
+                    f"{digest.hexdigest()}); it was discarded. Send the file again from the first chunk."
+                )
+            if size == 0:
+                shutil.rmtree(where, ignore_errors=True)
+                raise InvalidInputError(f"'{meta['name']}' is empty (0 bytes); there is nothing to analyse.")
+            return Complete(data, str(meta["name"]), size)
+
+    def discard(self, upload_id: str) -> None:
+        shutil.rmtree(self._dir(upload_id), ignore_errors=True)
+
+    def _check_size(self, name: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise FileTooLargeError(
+                f"'{name}' would be {size:,} bytes, over the upload limit of {self.max_bytes:,} "
+                "(CI_MCP_MAX_UPLOAD_BYTES). Send a smaller extract."
+            )
+
+
+def _digest(chunk: bytes, offset: int) -> str:
+    return f"{offset}:{hashlib.sha256(chunk).hexdigest()}"
