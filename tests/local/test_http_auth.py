@@ -80,6 +80,9 @@ def http_settings(make_settings: Callable[..., Settings]) -> Callable[..., Setti
     return make
 
 
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
 async def status_of(url: str, headers: dict[str, str], body: bytes | None = None) -> int:
     message = body or INITIALIZE
     async with httpx2.AsyncClient() as http:
@@ -401,3 +404,96 @@ async def test_a_file_larger_than_one_request_goes_in_chunks_and_nothing_partial
             "upload_file", {"content_base64": b64[1], "upload_id": bad_id, "offset": len(parts[0]), "more": True}
         )
         assert gone.is_error and "No unfinished upload" in all_text(gone)
+
+
+async def test_a_public_bind_with_a_token_still_refuses_foreign_host_and_origin(
+    http_settings: Callable[..., Settings],
+) -> None:
+    settings = http_settings(host="0.0.0.0", http_tokens=[ALICE], http_allowed_hosts=["ci.example"])
+    auth = {"Authorization": f"Bearer {ALICE}"}
+    async with serving(settings):
+        url = f"http://127.0.0.1:{settings.port}/mcp"
+        assert await status_of(url, {**auth, "Host": "evil.example"}) in (400, 403, 421)
+        assert await status_of(url, {**auth, "Host": "ci.example", "Origin": "http://evil.example"}) in (400, 403)
+        assert await status_of(url, {**auth, "Host": "ci.example", "Origin": "https://ci.example"}) == 200
+        assert await status_of(url, {"Host": "ci.example"}) == 401
+
+
+async def test_an_abandoned_chunked_upload_leaves_nothing_behind(http_settings: Callable[..., Settings]) -> None:
+    import time
+
+    from ci_mcp.uploads import STALE_SECONDS, ChunkedUploads
+
+    settings = http_settings()
+    async with serving(settings) as url, client_for(url, None) as client:
+        begun = await client.call_tool(
+            "upload_file", {"content_base64": base64.b64encode(b"a" * 1000).decode(), "filename": "x.bin", "more": True}
+        )
+        upload_id = all_text(begun).split("upload ")[1].split(" ")[0]
+        assert (settings.data_dir / "uploads" / upload_id).is_dir()
+        # The client goes away. The next server start (or any later sweep) drops uploads left for a day.
+        ChunkedUploads(settings.data_dir, settings.max_upload_bytes).drop_stale(now=time.time() + STALE_SECONDS + 1)
+        assert not any((settings.data_dir / "uploads").iterdir())
+        resumed = await client.call_tool(
+            "upload_file", {"content_base64": "YQ==", "upload_id": upload_id, "offset": 1000, "sha256": "0" * 64}
+        )
+        assert resumed.is_error and "No unfinished upload" in all_text(resumed)
+        assert "x.bin" not in all_text(await client.call_tool("list_files", {}))
+
+
+async def test_sessions_a_client_abandons_are_reaped_and_their_kernels_stopped(
+    http_settings: Callable[..., Settings],
+) -> None:
+    settings = http_settings(http_tokens=[ALICE], http_session_idle_seconds=0.5, idle_session_seconds=0.5)
+    headers = {"Authorization": f"Bearer {ALICE}"}
+    async with serving(settings) as url:
+        # A client that never ends its MCP session (no DELETE on exit), then disappears.
+        http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60))
+        async with http, Client(streamable_http_client(url, http_client=http, terminate_on_close=False)) as gone:
+            session = session_of(await gone.call_tool("run_code_analysis", {"code": "state = 1"}))
+        workspace = _workspace_of(settings, session)
+        assert _kernel_processes(workspace), "the session's kernel should be running"
+        with anyio.fail_after(30):  # the idle reaper stops the kernel, however long the machine takes
+            while _kernel_processes(workspace):
+                await anyio.sleep(0.1)
+
+        # The MCP HTTP session itself is ended too: its id is refused once idle.
+        async with httpx2.AsyncClient(headers=headers) as raw:
+            opened = await raw.post(url, content=INITIALIZE, headers=JSON_HEADERS)
+            mcp_session = opened.headers["mcp-session-id"]
+            with anyio.fail_after(30):
+                while True:  # each ping counts as use: leave it idle past the timeout before asking again
+                    await anyio.sleep(4 * settings.http_session_idle_seconds)
+                    ping = await raw.post(
+                        url,
+                        content=b'{"jsonrpc":"2.0","id":2,"method":"ping"}',
+                        headers={**JSON_HEADERS, "mcp-session-id": mcp_session, "mcp-protocol-version": "2025-06-18"},
+                    )
+                    if ping.status_code == 404:
+                        break
+
+        async with client_for(url, ALICE) as back:
+            again = await back.call_tool("run_code_analysis", {"code": "print('fresh')", "session_id": session})
+        assert "was not running" in all_text(again), all_text(again)
+
+
+def _workspace_of(settings: Settings, session_id: str) -> str:
+    import json
+    import sqlite3
+
+    with sqlite3.connect(settings.data_dir / "meta.sqlite3") as db:
+        (state,) = db.execute("SELECT state FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    return str(json.loads(state)["workspace"])
+
+
+def _kernel_processes(workspace: str) -> list[int]:
+    """Processes whose command line names the session's workspace (its sandbox and kernel)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if workspace.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
