@@ -12,7 +12,7 @@ import anyio.to_thread
 import pytest
 from PIL import Image
 
-from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, NotFoundError, RunFailedError
 from ci_mcp.models import ImageOutput, RunRequest, RunResult, TextOutput
 from tests.azure_classic.conftest import Progress, Sleeps, code
@@ -392,7 +392,7 @@ async def test_a_restarted_server_does_not_upload_a_known_file_again(
 async def test_doctor_reaches_the_classic_api_with_the_credential(
     make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, tmp_path: Path
 ) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
 
     settings = Settings(backend="azure-classic", azure_endpoint=emulator.endpoint, data_dir=tmp_path)
@@ -410,7 +410,7 @@ async def test_doctor_reaches_the_classic_api_with_the_credential(
 async def test_doctor_looks_the_model_deployment_up_in_the_project(
     emulator: Emulator, tmp_path: Path, deployment: str, model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
 
     monkeypatch.setitem(emulator.state.deployments, deployment, model)
@@ -430,7 +430,7 @@ async def test_doctor_looks_the_model_deployment_up_in_the_project(
 
 
 async def test_doctor_fails_a_model_deployment_the_project_does_not_have(emulator: Emulator, tmp_path: Path) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
 
     settings = Settings(
@@ -448,7 +448,7 @@ async def test_doctor_fails_a_model_deployment_the_project_does_not_have(emulato
 
 
 async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: Emulator, tmp_path: Path) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
     from tests.azure_emulator.credential import EmulatorCredential
 
@@ -526,7 +526,7 @@ async def test_a_warm_call_costs_a_message_a_run_one_listing_and_one_download_pe
 async def test_a_full_page_of_the_runs_messages_is_followed_by_the_next_page(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ci_mcp.backends.azure import classic
+    from ci_mcp.backends.azure.classic import backend as classic
 
     monkeypatch.setattr(classic, "_MESSAGES_PAGE", 1)  # the run's one answer fills a page
     mark = emulator.state.mark()

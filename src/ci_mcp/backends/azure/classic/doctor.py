@@ -1,9 +1,10 @@
 """`ci-mcp doctor` checks for the azure-classic backend.
 
 `offline_checks` needs no network: the extra, the endpoint's form, the model name, the days to retirement.
-`diagnose` adds the credential (shared with the `azure` backend's doctor), one call to the classic agents API and the
-lookup of the model deployment in the project. Each check is (name, ok, message in plain words); a warning is ok with
-its advice in the message; a check that could not be made is not ok and says "not checked" and why.
+`diagnose` adds the credential (`azure/checks.py`, shared with the `azure` backend's doctor), one call to the classic
+agents API and the lookup of the model deployment in the project. Each check is (name, ok, message in plain words);
+a warning is ok with its advice in the message; a check that could not be made is not ok and says "not checked" and
+why.
 """
 
 from __future__ import annotations
@@ -12,31 +13,22 @@ import datetime as dt
 from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import anyio
 
-from ci_mcp.backends.azure.classic_client import (
-    DEFAULT_CLIENT_OPTIONS,
-    MISSING_EXTRA,
-    build_client,
-    default_credential,
-    sdk_version,
-)
-from ci_mcp.backends.azure.classic_errors import RetryPolicy, call_sdk
+from ci_mcp.backends.azure.checks import TIMEOUT, Check, check_credential, check_project_endpoint
+from ci_mcp.backends.azure.classic.calls import RetryPolicy, call_sdk
+from ci_mcp.backends.azure.classic.client import DEFAULT_CLIENT_OPTIONS, MISSING_EXTRA, build_client, sdk_version
+from ci_mcp.backends.azure.credential import default_credential
 from ci_mcp.errors import CiMcpError, NotFoundError
 from ci_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-Check = tuple[str, bool, str]
-
 RETIREMENT_DATE = dt.date(2027, 3, 31)
 MIGRATION_DOC = "docs/classic-backend.md"
-ENDPOINT_FORM = "https://<account>.services.ai.azure.com/api/projects/<project>"
 _NO_CODE_INTERPRETER = frozenset({"o1", "o1-mini", "o3-mini", "gpt-5-pro", "gpt-5-chat"})
-_TIMEOUT = 30.0
 
 
 def offline_checks(settings: Settings, *, today: dt.date | None = None) -> list[Check]:
@@ -52,7 +44,7 @@ def offline_checks(settings: Settings, *, today: dt.date | None = None) -> list[
 
 
 def _prerequisites(settings: Settings, today: dt.date | None) -> list[Check]:
-    return [_sdk(), _endpoint(settings), _retirement(today or dt.date.today())]
+    return [_sdk(), check_project_endpoint(settings), _retirement(today or dt.date.today())]
 
 
 async def diagnose(
@@ -71,8 +63,6 @@ async def diagnose(
             ("classic agents API", False, "skipped: fix the checks above first"),
             by_name or ("model deployment", False, "not checked: fix the checks above first"),
         ]
-    from ci_mcp.backends.azure.doctor import check_credential
-
     cred = credential if credential is not None else default_credential()
     checks.append(await check_credential(cred))
     if not checks[-1][1]:
@@ -101,7 +91,7 @@ async def _agents_api(
         return None
 
     try:
-        with anyio.fail_after(_TIMEOUT):
+        with anyio.fail_after(TIMEOUT):
             found = await call_sdk(
                 find,
                 what="listing classic agents",
@@ -109,7 +99,7 @@ async def _agents_api(
                 policy=RetryPolicy(attempts=1),
             )
     except TimeoutError:
-        return "classic agents API", False, f"no answer within {_TIMEOUT:.0f} s from {endpoint}"
+        return "classic agents API", False, f"no answer within {TIMEOUT:.0f} s from {endpoint}"
     except CiMcpError as exc:
         return "classic agents API", False, str(exc)
     finally:
@@ -125,30 +115,6 @@ def _sdk() -> Check:
     if version.split(".", 1)[0] != "1":
         return "azure-ai-agents", True, f"warning: version {version} is installed; ci-mcp is tested with 1.x (>=1.1)"
     return "azure-ai-agents", True, f"version {version}"
-
-
-def _endpoint(settings: Settings) -> Check:
-    endpoint = settings.azure_endpoint
-    if not endpoint:
-        if settings.project_connection_string:
-            return (
-                "project endpoint",
-                False,
-                "PROJECT_CONNECTION_STRING (the 2024 hub format) is not supported by any current Azure AI SDK. "
-                f"Set AZURE_AI_PROJECT_ENDPOINT={ENDPOINT_FORM}",
-            )
-        return "project endpoint", False, f"not set: set AZURE_AI_PROJECT_ENDPOINT={ENDPOINT_FORM}"
-    url = urlparse(endpoint)
-    if url.scheme != "https":
-        return "project endpoint", False, f"{endpoint} is not https; Azure bearer-token auth refuses plain http."
-    if "/api/projects/" not in url.path:
-        return (
-            "project endpoint",
-            True,
-            f"warning: {endpoint} does not look like a Foundry project endpoint ({ENDPOINT_FORM}); copy it from "
-            "the project's overview page.",
-        )
-    return "project endpoint", True, endpoint
 
 
 def _model_name(settings: Settings) -> Check | None:
@@ -178,7 +144,7 @@ async def _deployment(
         return None
 
     try:
-        with anyio.fail_after(_TIMEOUT):
+        with anyio.fail_after(TIMEOUT):
             deployment = await call_sdk(
                 partial(project.deployments.get, model),
                 what="looking up the model deployment",
@@ -186,7 +152,7 @@ async def _deployment(
                 policy=RetryPolicy(attempts=1),
             )
     except TimeoutError:
-        return "model deployment", False, f"not checked: no answer within {_TIMEOUT:.0f} s from {endpoint}"
+        return "model deployment", False, f"not checked: no answer within {TIMEOUT:.0f} s from {endpoint}"
     except NotFoundError:
         return (
             "model deployment",

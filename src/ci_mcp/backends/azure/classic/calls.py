@@ -1,7 +1,7 @@
 """Calling the synchronous azure-ai-agents SDK through the shared error boundary (`azure/errors.py`).
 
 azure-core's own retry policy is off for this client (`retry_total=0`), so every retry happens in
-`errors.call_with_retry`, honouring `Retry-After` against the run's deadline with an injectable sleep. The SDK's
+`azure/errors.call_with_retry`, honouring `Retry-After` against the run's deadline with an injectable sleep. The SDK's
 async flavour needs aiohttp, so each blocking call runs in a worker thread.
 """
 

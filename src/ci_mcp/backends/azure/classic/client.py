@@ -18,7 +18,7 @@ MISSING_EXTRA = (
 )
 
 DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = {
-    "retry_total": 0,  # retries happen in errors.call_with_retry, against the run's deadline
+    "retry_total": 0,  # retries happen in azure/errors.call_with_retry, against the run's deadline
     "connection_timeout": 15,
     "read_timeout": 120,
     "user_agent": "ci-mcp",
@@ -49,9 +49,3 @@ def build_client(endpoint: str, credential: TokenCredential, options: Mapping[st
 
     kwargs = {**DEFAULT_CLIENT_OPTIONS, **(options or {})}
     return AgentsClient(endpoint, credential, **kwargs)
-
-
-def default_credential() -> TokenCredential:
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()

@@ -10,7 +10,7 @@ The flow of the original Azure walk-through, served through the three tools:
 - Classic agents retire on 2027-03-31; `docs/classic-backend.md` says how to move to the `azure` backend.
 
 The SDK is synchronous (its async flavour needs aiohttp): every call runs in a worker thread through
-`classic_errors.call_sdk`, the one place that retries and translates errors.
+`calls.call_sdk`, the one place that retries and translates errors.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from ci_mcp.backends.azure.classic_client import build_client, default_credential, require_sdk
-from ci_mcp.backends.azure.classic_doctor import diagnose
-from ci_mcp.backends.azure.classic_errors import RetryPolicy, Sleep, call_sdk, failed_run_error
-from ci_mcp.backends.azure.classic_files import Clock, StillProcessingError, wait_until_processed
-from ci_mcp.backends.azure.classic_outputs import Collected, OutputCollector, plan_outputs
-from ci_mcp.backends.azure.classic_prompt import Attached, compose_message
-from ci_mcp.backends.azure.classic_stream import RunTracker
+from ci_mcp.backends.azure.classic.calls import RetryPolicy, Sleep, call_sdk, failed_run_error
+from ci_mcp.backends.azure.classic.client import build_client, require_sdk
+from ci_mcp.backends.azure.classic.files import Clock, StillProcessingError, wait_until_processed
+from ci_mcp.backends.azure.classic.outputs import Collected, OutputCollector, plan_outputs
+from ci_mcp.backends.azure.classic.prompt import Attached, compose_message
+from ci_mcp.backends.azure.classic.stream import RunTracker
+from ci_mcp.backends.azure.credential import default_credential
 from ci_mcp.backends.azure.errors import translate
 from ci_mcp.backends.azure.remote_files import RemoteFiles
 from ci_mcp.errors import (
@@ -53,8 +53,6 @@ from ci_mcp.store import FileStore, SessionRecord
 if TYPE_CHECKING:
     from azure.ai.agents import AgentsClient
     from azure.core.credentials import TokenCredential
-
-__all__ = ["ClassicAgentsBackend", "diagnose"]
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +105,7 @@ class ClassicAgentsBackend:
         self._client_options = dict(client_options or {})
         self._sleep = sleep
         self._clock = clock
-        self._retry = retry or RetryPolicy(
-            attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds
-        )
+        self._retry = retry or RetryPolicy.from_settings(settings)
         self._client: AgentsClient | None = None
         self._agent_id: str | None = None
         self._agent_lock = anyio.Lock()
