@@ -42,5 +42,12 @@ def test_the_shared_core_imports_neither_backend_package() -> None:
         for path in core
     }
 
-    assert [p.name for p in core] == ["__init__.py", "checks.py", "credential.py", "errors.py", "remote_files.py"]
+    assert [p.name for p in core] == [
+        "__init__.py",
+        "checks.py",
+        "credential.py",
+        "errors.py",
+        "remote_files.py",
+        "transport.py",
+    ]
     assert {k: v for k, v in offenders.items() if v} == {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -336,7 +336,7 @@ async def test_the_emulator_refuses_to_give_back_an_uploaded_input_as_azure_does
     client = backend._require_client()
 
     with pytest.raises(HttpResponseError, match="Not allowed to download files of purpose: assistants"):
-        b"".join(client.files.get_content(remote_id))
+        b"".join([chunk async for chunk in await client.files.get_content(remote_id)])
 
 
 async def test_closing_a_session_deletes_the_thread_and_keeps_its_files(
@@ -466,18 +466,18 @@ async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: 
 
 
 class _BreakingStream:
-    """Stands in for the SDK's run stream: two events, then the connection drops."""
+    """Stands in for the SDK's async run stream: two events, then the connection drops."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def __enter__(self) -> _BreakingStream:
-        return self
+    async def __aenter__(self) -> AsyncIterator[tuple[str, object, None]]:
+        return self.events()
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def __iter__(self) -> Iterator[tuple[str, object, None]]:
+    async def events(self) -> AsyncIterator[tuple[str, object, None]]:
         from azure.core.exceptions import ServiceResponseError
 
         yield "thread.run.created", {"id": self.run_id, "status": "queued"}, None
@@ -489,7 +489,11 @@ async def test_a_stream_that_breaks_mid_run_is_a_transient_error_not_a_hang(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = backend._require_client()
-    monkeypatch.setattr(client.runs, "stream", lambda *a, **k: _BreakingStream("run_gone"))
+
+    async def breaking_stream(*args: object, **kwargs: object) -> _BreakingStream:
+        return _BreakingStream("run_gone")
+
+    monkeypatch.setattr(client.runs, "stream", breaking_stream)
 
     with anyio.fail_after(30), pytest.raises(BackendUnavailableError, match="stream broke off") as caught:
         await backend.run(code("print(1)"), progress)

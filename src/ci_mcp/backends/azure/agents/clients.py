@@ -2,9 +2,9 @@
 
 - Credential: a *sync* `TokenCredential` (by default `DefaultAzureCredential`) behind the shared
   `azure.credential.AsyncCredentialAdapter`.
-- Transport: the async project client runs on azure-core's `AsyncioRequestsTransport` (requests in a thread pool),
-  because the default async transport needs aiohttp. Project calls are rare (agent versions), so this costs
-  nothing on a warm run. The OpenAI client uses httpx2 natively.
+- Transport: the async project client runs on the shared `azure.transport.async_transport` (requests in a thread
+  pool). Project calls are rare (agent versions), so this costs nothing on a warm run. The OpenAI client uses httpx2
+  natively.
 - Both SDKs' retries are off: `azure/errors.call_with_retry` is the single retry policy.
 - `ca_file`: a PEM bundle to trust (tests: the emulator's CA; operators: a TLS-inspecting proxy's CA).
 """
@@ -18,10 +18,10 @@ from typing import Any
 
 from azure.ai.projects.aio import AIProjectClient
 from azure.core.credentials import TokenCredential
-from azure.core.pipeline.transport import AsyncioRequestsTransport
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from ci_mcp.backends.azure.credential import USER_AGENT, AsyncCredentialAdapter, default_credential
+from ci_mcp.backends.azure.transport import async_transport
 
 
 @dataclass
@@ -44,7 +44,7 @@ def build_clients(
 ) -> AzureClients:
     """Make the clients (no network traffic happens here)."""
     adapter = AsyncCredentialAdapter(credential if credential is not None else default_credential())
-    transport = AsyncioRequestsTransport(connection_verify=ca_file if ca_file else True)
+    transport = async_transport(ca_file if ca_file else True)
     project = AIProjectClient(endpoint, adapter, transport=transport, retry_total=0, user_agent=USER_AGENT)
     openai_kwargs: dict[str, Any] = {"max_retries": 0}
     if ca_file:

@@ -18,8 +18,8 @@ import anyio
 
 from ci_mcp.backends.azure.checks import TIMEOUT, Check, check_credential, check_project_endpoint
 from ci_mcp.backends.azure.classic.calls import RetryPolicy, call_sdk
-from ci_mcp.backends.azure.classic.client import DEFAULT_CLIENT_OPTIONS, MISSING_EXTRA, build_client, sdk_version
-from ci_mcp.backends.azure.credential import default_credential
+from ci_mcp.backends.azure.classic.client import MISSING_EXTRA, build_client, client_kwargs, sdk_version
+from ci_mcp.backends.azure.credential import AsyncCredentialAdapter, default_credential
 from ci_mcp.errors import CiMcpError, NotFoundError
 from ci_mcp.settings import Settings
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 RETIREMENT_DATE = dt.date(2027, 3, 31)
 MIGRATION_DOC = "docs/classic-backend.md"
+_ONE_TRY = RetryPolicy(attempts=1)
+"""Doctor asks once: a failure is reported, not waited out."""
 _NO_CODE_INTERPRETER = frozenset({"o1", "o1-mini", "o3-mini", "gpt-5-pro", "gpt-5-chat"})
 
 
@@ -84,26 +86,19 @@ async def _agents_api(
     client = build_client(endpoint, credential, options)
     name = settings.azure_agent_name
 
-    def find() -> bool:
-        return any(a.name == name for a in client.list_agents(limit=100))
-
-    async def never_wait(seconds: float) -> None:
-        return None
+    async def find() -> bool:
+        return any([a.name == name async for a in client.list_agents(limit=100)])
 
     try:
         with anyio.fail_after(TIMEOUT):
-            found = await call_sdk(
-                find,
-                what="listing classic agents",
-                sleep=never_wait,
-                policy=RetryPolicy(attempts=1),
-            )
+            found = await call_sdk(find, what="listing classic agents", sleep=_never_wait, policy=_ONE_TRY)
     except TimeoutError:
         return "classic agents API", False, f"no answer within {TIMEOUT:.0f} s from {endpoint}"
     except CiMcpError as exc:
         return "classic agents API", False, str(exc)
     finally:
-        await anyio.to_thread.run_sync(client.close)
+        with anyio.CancelScope(shield=True):
+            await client.close()
     state = "exists and will be reused" if found else "does not exist yet and will be created on the first run"
     return "classic agents API", True, f"reachable; agent '{name}' {state}"
 
@@ -135,21 +130,18 @@ async def _deployment(
 ) -> Check:
     """Look the deployment up in the project (azure-ai-projects `deployments.get`, the call the `azure` doctor makes):
     classic agents name their model by deployment, and a wrong name only fails at the first run."""
-    from azure.ai.projects import AIProjectClient
+    from azure.ai.projects.aio import AIProjectClient
 
     model = settings.azure_model
-    project = AIProjectClient(endpoint, credential, **{**DEFAULT_CLIENT_OPTIONS, **(options or {})})
-
-    async def never_wait(seconds: float) -> None:
-        return None
+    project = AIProjectClient(endpoint, AsyncCredentialAdapter(credential), **client_kwargs(options))
 
     try:
         with anyio.fail_after(TIMEOUT):
             deployment = await call_sdk(
                 partial(project.deployments.get, model),
                 what="looking up the model deployment",
-                sleep=never_wait,
-                policy=RetryPolicy(attempts=1),
+                sleep=_never_wait,
+                policy=_ONE_TRY,
             )
     except TimeoutError:
         return "model deployment", False, f"not checked: no answer within {TIMEOUT:.0f} s from {endpoint}"
@@ -163,7 +155,8 @@ async def _deployment(
     except CiMcpError as exc:
         return "model deployment", False, f"not checked: {exc}"
     finally:
-        await anyio.to_thread.run_sync(project.close)
+        with anyio.CancelScope(shield=True):
+            await project.close()
     name = getattr(deployment, "model_name", None)
     version = getattr(deployment, "model_version", None)
     what = " ".join(str(v) for v in (name, version) if v) or "model not named by the service"
@@ -176,3 +169,7 @@ def _retirement(today: dt.date) -> Check:
     if days < 0:
         return "retirement", False, f"classic agents were retired on {RETIREMENT_DATE}. {advice}"
     return "retirement", True, f"warning: classic agents retire on {RETIREMENT_DATE} ({days} days from now). {advice}"
+
+
+async def _never_wait(seconds: float) -> None:
+    return None
