@@ -25,7 +25,7 @@ TODAY = dt.date(2027, 1, 30)
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {"backend": "azure-classic", "azure_endpoint": ENDPOINT, "data_dir": tmp_path}
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type,unused-ignore]
 
 
 # -- the optional extra and doctor -------------------------------------------------------------------------------------

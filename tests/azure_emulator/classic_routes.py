@@ -267,7 +267,7 @@ class _ClassicApi:
 
     async def create_thread(self, request: Request) -> Response:
         body = await json_body(request)
-        thread = {
+        thread: dict[str, Any] = {
             "id": self.state.new_id("thread_"),
             "object": "thread",
             "created_at": self.state.now(),
@@ -714,7 +714,9 @@ class _RunPlayer:
         self.emit("thread.message.in_progress", message)
         parts: list[dict[str, Any]] = [{"type": "image_file", "image_file": {"file_id": f.id}} for f in images]
         for n, piece in enumerate(_chunks(text, 24)):
-            delta = {"content": [{"index": len(parts), "type": "text", "text": {"value": piece, "annotations": []}}]}
+            delta: dict[str, Any] = {
+                "content": [{"index": len(parts), "type": "text", "text": {"value": piece, "annotations": []}}]
+            }
             if n == 0:
                 delta["role"] = "assistant"
             self.emit("thread.message.delta", {"id": message["id"], "object": "thread.message.delta", "delta": delta})
