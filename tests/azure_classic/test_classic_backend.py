@@ -541,3 +541,20 @@ async def test_a_full_page_of_the_runs_messages_is_followed_by_the_next_page(
     listings = [r for r in emulator.state.requests_since(mark) if r.route == "GET /threads/{thread_id}/messages"]
     assert len(listings) == 2
     assert "after" not in listings[0].query and listings[1].query["after"].startswith("msg_")
+
+
+async def test_a_run_past_its_deadline_whose_cancel_fails_lets_go_of_its_event_stream(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    """Nothing is left reading the run's stream (a reader blocked on it would hold the server's exit)."""
+    emulator.state.faults.push("POST /threads/{thread_id}/runs/{run_id}/cancel", 500, retry_after=None, times=10)
+    emulator.state.stream_dropped.clear()
+
+    with anyio.fail_after(30):
+        result = await backend.run(code("import time\ntime.sleep(60)", timeout=2), progress)
+
+    assert result.status == "timeout"
+    assert await anyio.to_thread.run_sync(emulator.state.stream_dropped.wait, 10)
+    emulator.state.faults = type(emulator.state.faults)()
+    stuck = list(emulator.state.runs.values())[-1]
+    await backend._cancel_run(stuck["thread_id"], stuck["id"])

@@ -426,15 +426,21 @@ class _ClassicApi:
         return run
 
     async def _relay(self, live: LiveRun) -> AsyncIterator[bytes]:
-        while True:
-            item = await live.events.get()
-            if item is None:
-                yield b"event: done\ndata: [DONE]\n\n"
-                return
-            event, data = item
-            yield f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-            if self.state.stream_delay_seconds:
-                await asyncio.sleep(self.state.stream_delay_seconds)
+        ended = False
+        try:
+            while True:
+                item = await live.events.get()
+                if item is None:
+                    ended = True
+                    yield b"event: done\ndata: [DONE]\n\n"
+                    return
+                event, data = item
+                yield f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+                if self.state.stream_delay_seconds:
+                    await asyncio.sleep(self.state.stream_delay_seconds)
+        finally:
+            if not ended:  # the client went away (Starlette cancels this generator on the disconnect)
+                self.state.stream_dropped.set()
 
     def _run(self, request: Request) -> dict[str, Any] | Response:
         run = self.state.runs.get(request.path_params["run_id"])

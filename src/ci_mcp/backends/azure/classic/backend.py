@@ -36,6 +36,7 @@ from ci_mcp.backends.azure.classic.stream import RunTracker
 from ci_mcp.backends.azure.credential import default_credential
 from ci_mcp.backends.azure.errors import translate
 from ci_mcp.backends.azure.remote_files import RemoteFiles
+from ci_mcp.backends.azure.transport import abort, streamed_responses
 from ci_mcp.errors import (
     BackendUnavailableError,
     CiMcpError,
@@ -423,7 +424,18 @@ class ClassicAgentsBackend:
     async def _stream_run(
         self, thread_id: str, agent_id: str, tracker: RunTracker, progress: ProgressCallback, deadline: float
     ) -> bool:
-        """Follow the run's events until it finishes; True when the deadline passed first."""
+        """Follow the run's events until it finishes; True when the deadline passed first. The stream is let go of
+        however this ends, so no pool thread stays blocked reading it."""
+        with streamed_responses() as opened:
+            try:
+                return await self._follow(thread_id, agent_id, tracker, progress, deadline)
+            finally:
+                for response in opened:
+                    abort(response)
+
+    async def _follow(
+        self, thread_id: str, agent_id: str, tracker: RunTracker, progress: ProgressCallback, deadline: float
+    ) -> bool:
         client = self._require_client()
         read_timeout = max(30.0, deadline - anyio.current_time() + 30.0)
         stream = await call_sdk(
