@@ -87,7 +87,10 @@ async def _agents_api(
     name = settings.azure_agent_name
 
     async def find() -> bool:
-        return any([a.name == name async for a in client.list_agents(limit=100)])
+        async for agent in client.list_agents(limit=100):
+            if agent.name == name:
+                return True
+        return False
 
     try:
         with anyio.fail_after(TIMEOUT):
