@@ -37,7 +37,7 @@ from azure.ai.projects.models import (  # noqa: E402
 )
 from openai import DefaultHttpxClient  # noqa: E402
 
-from ci_mcp.backends.azure.agents import AzureAgentsBackend  # noqa: E402
+from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend  # noqa: E402
 from ci_mcp.models import RunRequest  # noqa: E402
 from ci_mcp.settings import Settings  # noqa: E402
 from ci_mcp.store import FileStore  # noqa: E402

@@ -24,11 +24,11 @@ async def doctor(settings: Settings) -> int:
     if settings.backend == "local":
         checks += await _local(settings)
     elif settings.backend == "azure-classic":
-        from ci_mcp.backends.azure.classic import diagnose as diagnose_classic
+        from ci_mcp.backends.azure.classic.doctor import diagnose as diagnose_classic
 
         checks += await diagnose_classic(settings)
     else:
-        from ci_mcp.backends.azure.doctor import diagnose
+        from ci_mcp.backends.azure.agents.doctor import diagnose
 
         checks += await diagnose(settings)
     width = max(len(name) for name, _, _ in checks)

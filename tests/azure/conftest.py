@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.azure.agents import AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
 from ci_mcp.backends.azure.errors import RetryPolicy
 from ci_mcp.server import create_server
 from ci_mcp.settings import Settings

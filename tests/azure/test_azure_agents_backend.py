@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ci_mcp.backends.azure.agents import AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
 from ci_mcp.errors import InvalidInputError, NotFoundError
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog

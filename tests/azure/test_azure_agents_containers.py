@@ -8,7 +8,7 @@ import base64
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.azure.agents import EXPIRED_NOTICE, REPLACED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, REPLACED_NOTICE, AzureAgentsBackend
 from ci_mcp.models import RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog
 from tests.azure_emulator.server import Emulator

@@ -8,10 +8,12 @@ import anyio
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
-from ci_mcp.backends.azure.agents import EXPIRED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
 from ci_mcp.backends.azure.errors import AzureAuthError
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import RunRequest, TextOutput
+from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
 from tests.azure.conftest import ProgressLog
 from tests.azure_emulator.credential import EmulatorCredential
 from tests.azure_emulator.server import Emulator
@@ -195,3 +197,22 @@ async def test_a_token_azure_rejects_is_an_auth_error_that_does_not_echo_the_tok
         await backend.run(RunRequest(None, "print(1)", None), ProgressLog())
 
     assert "secret-token-value" not in str(caught.value) and "az login" in str(caught.value)
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+async def test_the_max_retries_setting_is_how_often_a_throttled_response_is_sent_again(
+    emu: Emulator, azure_settings: Callable[..., Settings], max_retries: int
+) -> None:
+    settings = azure_settings(azure_max_retries=max_retries)
+    store = FileStore(settings.data_dir)
+    backend = AzureAgentsBackend(settings, store, credential=emu.credential(), ca_file=emu.ca_file)
+    emu.state.faults.push(RESPONSES, status=429, retry_after=0, times=5)
+    mark = emu.state.mark()
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"429"):
+            await backend.run(RunRequest(None, "print(1)", None), ProgressLog())
+    finally:
+        await backend.aclose()
+        store.close()
+
+    assert emu.state.count(RESPONSES, since=mark) == max_retries + 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.azure.agents import EXPIRED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
-from ci_mcp.backends.azure.doctor import diagnose
+from ci_mcp.backends.azure.agents.doctor import diagnose
 from ci_mcp.settings import Settings
 from tests.azure_emulator.credential import EmulatorCredential
 from tests.azure_emulator.server import Emulator

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ci_mcp.backends.azure.agents import AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
 from ci_mcp.models import ImageOutput, RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog
 from tests.azure_emulator.scripted import nifty_chart_model

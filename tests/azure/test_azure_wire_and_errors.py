@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ci_mcp.backends.azure.agents.outputs import split_logs
+from ci_mcp.backends.azure.agents.wire import ImageRef, compose_message, digest_response, image_reference
 from ci_mcp.backends.azure.errors import failed_response_error, redact, retry_after_seconds
-from ci_mcp.backends.azure.outputs import split_logs
-from ci_mcp.backends.azure.wire import ImageRef, compose_message, digest_response, image_reference
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import ErrorOutput, FileInfo, RunRequest, TextOutput
 

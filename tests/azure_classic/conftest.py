@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 from ci_mcp.models import RunRequest
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -12,7 +12,7 @@ import anyio.to_thread
 import pytest
 from PIL import Image
 
-from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, NotFoundError, RunFailedError
 from ci_mcp.models import ImageOutput, RunRequest, RunResult, TextOutput
 from tests.azure_classic.conftest import Progress, Sleeps, code
@@ -349,7 +349,7 @@ async def test_the_emulator_refuses_to_give_back_an_uploaded_input_as_azure_does
     client = backend._require_client()
 
     with pytest.raises(HttpResponseError, match="Not allowed to download files of purpose: assistants"):
-        b"".join(client.files.get_content(remote_id))
+        b"".join([chunk async for chunk in await client.files.get_content(remote_id)])
 
 
 async def test_closing_a_session_deletes_the_thread_and_keeps_its_files(
@@ -405,7 +405,7 @@ async def test_a_restarted_server_does_not_upload_a_known_file_again(
 async def test_doctor_reaches_the_classic_api_with_the_credential(
     make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, tmp_path: Path
 ) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
 
     settings = Settings(backend="azure-classic", azure_endpoint=emulator.endpoint, data_dir=tmp_path)
@@ -423,7 +423,7 @@ async def test_doctor_reaches_the_classic_api_with_the_credential(
 async def test_doctor_looks_the_model_deployment_up_in_the_project(
     emulator: Emulator, tmp_path: Path, deployment: str, model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
 
     monkeypatch.setitem(emulator.state.deployments, deployment, model)
@@ -443,7 +443,7 @@ async def test_doctor_looks_the_model_deployment_up_in_the_project(
 
 
 async def test_doctor_fails_a_model_deployment_the_project_does_not_have(emulator: Emulator, tmp_path: Path) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
 
     settings = Settings(
@@ -461,7 +461,7 @@ async def test_doctor_fails_a_model_deployment_the_project_does_not_have(emulato
 
 
 async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: Emulator, tmp_path: Path) -> None:
-    from ci_mcp.backends.azure.classic import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
     from ci_mcp.settings import Settings
     from tests.azure_emulator.credential import EmulatorCredential
 
@@ -479,18 +479,18 @@ async def test_doctor_reports_a_refused_token_without_calling_the_api(emulator: 
 
 
 class _BreakingStream:
-    """Stands in for the SDK's run stream: two events, then the connection drops."""
+    """Stands in for the SDK's async run stream: two events, then the connection drops."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def __enter__(self) -> _BreakingStream:
-        return self
+    async def __aenter__(self) -> AsyncIterator[tuple[str, object, None]]:
+        return self.events()
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def __iter__(self) -> Iterator[tuple[str, object, None]]:
+    async def events(self) -> AsyncIterator[tuple[str, object, None]]:
         from azure.core.exceptions import ServiceResponseError
 
         yield "thread.run.created", {"id": self.run_id, "status": "queued"}, None
@@ -502,7 +502,11 @@ async def test_a_stream_that_breaks_mid_run_is_a_transient_error_not_a_hang(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = backend._require_client()
-    monkeypatch.setattr(client.runs, "stream", lambda *a, **k: _BreakingStream("run_gone"))
+
+    async def breaking_stream(*args: object, **kwargs: object) -> _BreakingStream:
+        return _BreakingStream("run_gone")
+
+    monkeypatch.setattr(client.runs, "stream", breaking_stream)
 
     with anyio.fail_after(30), pytest.raises(BackendUnavailableError, match="stream broke off") as caught:
         await backend.run(code("print(1)"), progress)
@@ -539,7 +543,7 @@ async def test_a_warm_call_costs_a_message_a_run_one_listing_and_one_download_pe
 async def test_a_full_page_of_the_runs_messages_is_followed_by_the_next_page(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ci_mcp.backends.azure import classic
+    from ci_mcp.backends.azure.classic import backend as classic
 
     monkeypatch.setattr(classic, "_MESSAGES_PAGE", 1)  # the run's one answer fills a page
     mark = emulator.state.mark()
@@ -550,3 +554,20 @@ async def test_a_full_page_of_the_runs_messages_is_followed_by_the_next_page(
     listings = [r for r in emulator.state.requests_since(mark) if r.route == "GET /threads/{thread_id}/messages"]
     assert len(listings) == 2
     assert "after" not in listings[0].query and listings[1].query["after"].startswith("msg_")
+
+
+async def test_a_run_past_its_deadline_whose_cancel_fails_lets_go_of_its_event_stream(
+    backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
+) -> None:
+    """Nothing is left reading the run's stream (a reader blocked on it would hold the server's exit)."""
+    emulator.state.faults.push("POST /threads/{thread_id}/runs/{run_id}/cancel", 500, retry_after=None, times=10)
+    emulator.state.stream_dropped.clear()
+
+    with anyio.fail_after(30):
+        result = await backend.run(code("import time\ntime.sleep(60)", timeout=2), progress)
+
+    assert result.status == "timeout"
+    assert await anyio.to_thread.run_sync(emulator.state.stream_dropped.wait, 10)
+    emulator.state.faults = type(emulator.state.faults)()
+    stuck = list(emulator.state.runs.values())[-1]
+    await backend._cancel_run(stuck["thread_id"], stuck["id"])

@@ -163,7 +163,8 @@ def test_a_run_created_without_stream_goes_from_queued_to_completed(
 
     done = client.runs.get(thread.id, run.id)
     assert done.status == "completed" and done.completed_at is not None
-    assert "42" in client.messages.get_last_message_text_by_role(thread.id, MessageRole.AGENT).text.value
+    answer = client.messages.get_last_message_text_by_role(thread.id, MessageRole.AGENT)
+    assert answer is not None and "42" in answer.text.value
     steps = list(client.run_steps.list(thread.id, run.id))
     assert {s.type for s in steps} == {"tool_calls", "message_creation"}
 

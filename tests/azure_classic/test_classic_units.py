@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ci_mcp.backends.azure.classic import ClassicAgentsBackend
-from ci_mcp.backends.azure.classic_doctor import offline_checks
-from ci_mcp.backends.azure.classic_errors import failed_run_error
-from ci_mcp.backends.azure.classic_outputs import AnswerText, CodeText, ImageRef, LogText, plan_outputs
-from ci_mcp.backends.azure.classic_prompt import Attached, compose_message
-from ci_mcp.backends.azure.classic_stream import RunTracker
+from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
+from ci_mcp.backends.azure.classic.calls import failed_run_error
+from ci_mcp.backends.azure.classic.doctor import offline_checks
+from ci_mcp.backends.azure.classic.outputs import AnswerText, CodeText, ImageRef, LogText, plan_outputs
+from ci_mcp.backends.azure.classic.prompt import Attached, compose_message
+from ci_mcp.backends.azure.classic.stream import RunTracker
 from ci_mcp.errors import BackendUnavailableError, ConfigError, RunFailedError
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
@@ -25,7 +25,7 @@ TODAY = dt.date(2027, 1, 30)
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {"backend": "azure-classic", "azure_endpoint": ENDPOINT, "data_dir": tmp_path}
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type,unused-ignore]
 
 
 # -- the optional extra and doctor -------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_doctor_names_the_endpoint_setting_to_fix(
 async def test_doctor_says_the_model_deployment_was_not_checked_when_the_project_cannot_be_asked(
     tmp_path: Path,
 ) -> None:
-    from ci_mcp.backends.azure.classic_doctor import diagnose
+    from ci_mcp.backends.azure.classic.doctor import diagnose
 
     checks = await diagnose(settings(tmp_path, azure_endpoint=None, azure_model="gpt-4o"), today=TODAY)
 

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp_types import TextContent
 
-from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, InvalidInputError
 from ci_mcp.models import TextOutput
 from ci_mcp.server import create_server

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 from ci_mcp.models import ImageOutput, RunRequest, TextOutput
 from tests.azure_classic.conftest import Progress
 from tests.azure_emulator.server import Emulator

@@ -267,7 +267,7 @@ class _ClassicApi:
 
     async def create_thread(self, request: Request) -> Response:
         body = await json_body(request)
-        thread = {
+        thread: dict[str, Any] = {
             "id": self.state.new_id("thread_"),
             "object": "thread",
             "created_at": self.state.now(),
@@ -426,15 +426,21 @@ class _ClassicApi:
         return run
 
     async def _relay(self, live: LiveRun) -> AsyncIterator[bytes]:
-        while True:
-            item = await live.events.get()
-            if item is None:
-                yield b"event: done\ndata: [DONE]\n\n"
-                return
-            event, data = item
-            yield f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-            if self.state.stream_delay_seconds:
-                await asyncio.sleep(self.state.stream_delay_seconds)
+        ended = False
+        try:
+            while True:
+                item = await live.events.get()
+                if item is None:
+                    ended = True
+                    yield b"event: done\ndata: [DONE]\n\n"
+                    return
+                event, data = item
+                yield f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+                if self.state.stream_delay_seconds:
+                    await asyncio.sleep(self.state.stream_delay_seconds)
+        finally:
+            if not ended:  # the client went away (Starlette cancels this generator on the disconnect)
+                self.state.stream_dropped.set()
 
     def _run(self, request: Request) -> dict[str, Any] | Response:
         run = self.state.runs.get(request.path_params["run_id"])
@@ -718,7 +724,9 @@ class _RunPlayer:
         self.emit("thread.message.in_progress", message)
         parts: list[dict[str, Any]] = [{"type": "image_file", "image_file": {"file_id": f.id}} for f in images]
         for n, piece in enumerate(_chunks(text, 24)):
-            delta = {"content": [{"index": len(parts), "type": "text", "text": {"value": piece, "annotations": []}}]}
+            delta: dict[str, Any] = {
+                "content": [{"index": len(parts), "type": "text", "text": {"value": piece, "annotations": []}}]
+            }
             if n == 0:
                 delta["role"] = "assistant"
             self.emit("thread.message.delta", {"id": message["id"], "object": "thread.message.delta", "delta": delta})

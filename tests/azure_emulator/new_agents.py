@@ -336,9 +336,9 @@ class _NewAgentsApi:
                 return error_response(400, f"Missing required structured input '{key}'.", "invalid_request")
         file_ids: list[str] = []
         for tool in definition.get("tools") or []:
-            container = tool.get("container") if tool.get("type") == "code_interpreter" else None
-            if isinstance(container, dict):
-                for raw in container.get("file_ids") or []:
+            tool_container = tool.get("container") if tool.get("type") == "code_interpreter" else None
+            if isinstance(tool_container, dict):
+                for raw in tool_container.get("file_ids") or []:
                     m = _PLACEHOLDER.match(str(raw))
                     file_ids.append(str(inputs.get(m.group(1), "")) if m else str(raw))
         missing = [f for f in file_ids if f not in self.state.files]
@@ -476,7 +476,8 @@ class _ResponseRun:
         return event
 
     def _snapshot(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.response))
+        snapshot: dict[str, Any] = json.loads(json.dumps(self.response))
+        return snapshot
 
     async def sse(self) -> AsyncIterator[bytes]:
         try:

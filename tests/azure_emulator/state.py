@@ -257,6 +257,8 @@ class EmulatorState:
         self.runner = CodeRunner(root / "kernels")
         self.code_running = threading.Event()
         """Set while any container's kernel executes model code (tests wait on it before cancelling)."""
+        self.stream_dropped = threading.Event()
+        """Set when a client closes a classic run's event stream before its end (tests clear it first)."""
 
         self.deployments: dict[str, str] = {"gpt-4.1": "gpt-4.1", "gpt-4o": "gpt-4o"}
         """Model deployment name -> model name (GET /deployments/{name})."""

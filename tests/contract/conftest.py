@@ -62,11 +62,11 @@ async def contract_client(
         settings = Settings(**values, azure_endpoint=emu.endpoint)
         store = FileStore(settings.data_dir)
         if backend_name == "azure":
-            from ci_mcp.backends.azure.agents import AzureAgentsBackend
+            from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
 
             backend = AzureAgentsBackend(settings, store, credential=emu.credential(), ca_file=emu.ca_file)
         else:
-            from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+            from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 
             backend = ClassicAgentsBackend(
                 settings,

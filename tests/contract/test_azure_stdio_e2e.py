@@ -17,6 +17,8 @@ from tests.conftest import NIFTY_CSV, all_text, generated_ids, images, uploaded_
 
 pytestmark = pytest.mark.anyio
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.mark.parametrize(
     ("backend", "described_as"), [("azure", "Azure AI Foundry"), ("azure-classic", "classic agents")]
@@ -33,6 +35,7 @@ async def test_the_walk_through_runs_on_an_azure_backend_over_stdio(
     assert emu.ca_file is not None
     env = {
         "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
         "HOME": str(tmp_path),
         "CI_MCP_BACKEND": backend,
         "AZURE_AI_PROJECT_ENDPOINT": emu.endpoint,

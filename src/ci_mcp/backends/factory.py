@@ -14,13 +14,13 @@ def create_backend(settings: Settings, store: FileStore) -> Backend:
 
         return LocalBackend(settings, store)
     if settings.backend == "azure":
-        from ci_mcp.backends.azure.agents import AzureAgentsBackend
+        from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
 
         ca = str(settings.azure_ca_bundle) if settings.azure_ca_bundle else None
         return AzureAgentsBackend(settings, store, ca_file=ca)
     if settings.backend == "azure-classic":
         try:
-            from ci_mcp.backends.azure.classic import ClassicAgentsBackend
+            from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
         except ImportError as exc:
             raise ConfigError(
                 "CI_MCP_BACKEND=azure-classic needs the classic extra: pip install 'ci-mcp[classic]' "

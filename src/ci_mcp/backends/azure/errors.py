@@ -1,5 +1,5 @@
-"""The one boundary where openai / azure-core / azure-identity exceptions of the new-agents backend become
-`CiMcpError`s, and where transient failures are retried.
+"""The one boundary where openai / azure-core / azure-identity exceptions of both Azure backends become
+`CiMcpError`s, and where transient failures are retried (one `RetryPolicy`, built from the settings once).
 
 Both SDKs' own retries are switched off (`max_retries=0`, `retry_total=0`), so every retry happens here, honouring
 `Retry-After` (and the finer `retry-after-ms`) within a bound, and the caller's deadline. Messages can reach the
@@ -26,6 +26,7 @@ from azure.core.exceptions import (
 )
 
 from ci_mcp.errors import BackendUnavailableError, CiMcpError, InvalidInputError, NotFoundError, RunFailedError
+from ci_mcp.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ class RetryPolicy:
     """Backoff without Retry-After: base, 2*base, 4*base, ..."""
     max_wait: float = 30.0
     """The longest single wait; a longer Retry-After is handed back to the caller as BackendUnavailableError."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The policy both Azure backends use: CI_MCP_AZURE_MAX_RETRIES and CI_MCP_AZURE_MAX_RETRY_WAIT_SECONDS."""
+        return cls(attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds)
 
 
 Sleep = Callable[[float], Awaitable[None]]

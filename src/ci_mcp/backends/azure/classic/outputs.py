@@ -11,7 +11,7 @@ import posixpath
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ci_mcp.backends.azure.classic_stream import RunTracker, as_list, as_str, dig
+from ci_mcp.backends.azure.classic.stream import RunTracker, as_list, as_str, dig
 from ci_mcp.errors import CiMcpError
 from ci_mcp.models import FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore, guess_media_type

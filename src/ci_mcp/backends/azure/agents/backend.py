@@ -12,7 +12,7 @@ one of the options in docs/azure-api.md:
   response creates, so it costs extra requests and a second response;
 - `input_file` content items fail with the code interpreter (Azure/azure-sdk-for-python#45881).
 With structured inputs the files ride on the response request itself (zero extra requests), and one version per
-file count is reused forever (`agent_versions.py`). Every file attached earlier in a session is passed again on
+file count is reused forever (`versions.py`). Every file attached earlier in a session is passed again on
 each run, so the session's files are back if the container had to be recreated. The tool's files reach a container
 only when it is created, though: a file named for the first time in a later call of a session whose container is
 known is added to that container (`POST containers/{c}/files`) and checked by one listing before the response.
@@ -36,13 +36,13 @@ from typing import Any
 import anyio
 from azure.core.credentials import TokenCredential
 
-from ci_mcp.backends.azure.agent_versions import MAX_FILES, AgentVersions, slot_name
-from ci_mcp.backends.azure.clients import AzureClients, build_clients
+from ci_mcp.backends.azure.agents.clients import AzureClients, build_clients
+from ci_mcp.backends.azure.agents.outputs import Collected, fetch_files, list_container_files, render_steps
+from ci_mcp.backends.azure.agents.stream import StageReporter, StreamOutcome, stream_response
+from ci_mcp.backends.azure.agents.versions import MAX_FILES, AgentVersions, slot_name
+from ci_mcp.backends.azure.agents.wire import compose_message
 from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry, redact
-from ci_mcp.backends.azure.outputs import Collected, fetch_files, list_container_files, render_steps
 from ci_mcp.backends.azure.remote_files import RemoteFiles
-from ci_mcp.backends.azure.stream import StageReporter, StreamOutcome, stream_response
-from ci_mcp.backends.azure.wire import compose_message
 from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunFailedError, RunTimeoutError
 from ci_mcp.models import (
     ErrorOutput,
@@ -139,9 +139,7 @@ class AzureAgentsBackend:
         self._endpoint = settings.azure_endpoint.rstrip("/")
         self._credential = credential
         self._ca_file = ca_file
-        self._policy = retry_policy or RetryPolicy(
-            attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds
-        )
+        self._policy = retry_policy or RetryPolicy.from_settings(settings)
         self._clients: AzureClients | None = None
         self._versions = AgentVersions(
             settings.azure_agent_name, settings.azure_model, settings.azure_instructions, self._policy

@@ -1,9 +1,10 @@
 """`ci-mcp doctor` checks for the azure-classic backend.
 
 `offline_checks` needs no network: the extra, the endpoint's form, the model name, the days to retirement.
-`diagnose` adds the credential (shared with the `azure` backend's doctor), one call to the classic agents API and the
-lookup of the model deployment in the project. Each check is (name, ok, message in plain words); a warning is ok with
-its advice in the message; a check that could not be made is not ok and says "not checked" and why.
+`diagnose` adds the credential (`azure/checks.py`, shared with the `azure` backend's doctor), one call to the classic
+agents API and the lookup of the model deployment in the project. Each check is (name, ok, message in plain words);
+a warning is ok with its advice in the message; a check that could not be made is not ok and says "not checked" and
+why.
 """
 
 from __future__ import annotations
@@ -12,31 +13,24 @@ import datetime as dt
 from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import anyio
 
-from ci_mcp.backends.azure.classic_client import (
-    DEFAULT_CLIENT_OPTIONS,
-    MISSING_EXTRA,
-    build_client,
-    default_credential,
-    sdk_version,
-)
-from ci_mcp.backends.azure.classic_errors import RetryPolicy, call_sdk
+from ci_mcp.backends.azure.checks import TIMEOUT, Check, check_credential, check_project_endpoint
+from ci_mcp.backends.azure.classic.calls import RetryPolicy, call_sdk
+from ci_mcp.backends.azure.classic.client import MISSING_EXTRA, build_client, client_kwargs, sdk_version
+from ci_mcp.backends.azure.credential import AsyncCredentialAdapter, default_credential
 from ci_mcp.errors import CiMcpError, NotFoundError
 from ci_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-Check = tuple[str, bool, str]
-
 RETIREMENT_DATE = dt.date(2027, 3, 31)
 MIGRATION_DOC = "docs/classic-backend.md"
-ENDPOINT_FORM = "https://<account>.services.ai.azure.com/api/projects/<project>"
+_ONE_TRY = RetryPolicy(attempts=1)
+"""Doctor asks once: a failure is reported, not waited out."""
 _NO_CODE_INTERPRETER = frozenset({"o1", "o1-mini", "o3-mini", "gpt-5-pro", "gpt-5-chat"})
-_TIMEOUT = 30.0
 
 
 def offline_checks(settings: Settings, *, today: dt.date | None = None) -> list[Check]:
@@ -52,7 +46,7 @@ def offline_checks(settings: Settings, *, today: dt.date | None = None) -> list[
 
 
 def _prerequisites(settings: Settings, today: dt.date | None) -> list[Check]:
-    return [_sdk(), _endpoint(settings), _retirement(today or dt.date.today())]
+    return [_sdk(), check_project_endpoint(settings), _retirement(today or dt.date.today())]
 
 
 async def diagnose(
@@ -71,8 +65,6 @@ async def diagnose(
             ("classic agents API", False, "skipped: fix the checks above first"),
             by_name or ("model deployment", False, "not checked: fix the checks above first"),
         ]
-    from ci_mcp.backends.azure.doctor import check_credential
-
     cred = credential if credential is not None else default_credential()
     checks.append(await check_credential(cred))
     if not checks[-1][1]:
@@ -94,26 +86,22 @@ async def _agents_api(
     client = build_client(endpoint, credential, options)
     name = settings.azure_agent_name
 
-    def find() -> bool:
-        return any(a.name == name for a in client.list_agents(limit=100))
-
-    async def never_wait(seconds: float) -> None:
-        return None
+    async def find() -> bool:
+        async for agent in client.list_agents(limit=100):
+            if agent.name == name:
+                return True
+        return False
 
     try:
-        with anyio.fail_after(_TIMEOUT):
-            found = await call_sdk(
-                find,
-                what="listing classic agents",
-                sleep=never_wait,
-                policy=RetryPolicy(attempts=1),
-            )
+        with anyio.fail_after(TIMEOUT):
+            found = await call_sdk(find, what="listing classic agents", sleep=_never_wait, policy=_ONE_TRY)
     except TimeoutError:
-        return "classic agents API", False, f"no answer within {_TIMEOUT:.0f} s from {endpoint}"
+        return "classic agents API", False, f"no answer within {TIMEOUT:.0f} s from {endpoint}"
     except CiMcpError as exc:
         return "classic agents API", False, str(exc)
     finally:
-        await anyio.to_thread.run_sync(client.close)
+        with anyio.CancelScope(shield=True):
+            await client.close()
     state = "exists and will be reused" if found else "does not exist yet and will be created on the first run"
     return "classic agents API", True, f"reachable; agent '{name}' {state}"
 
@@ -125,30 +113,6 @@ def _sdk() -> Check:
     if version.split(".", 1)[0] != "1":
         return "azure-ai-agents", True, f"warning: version {version} is installed; ci-mcp is tested with 1.x (>=1.1)"
     return "azure-ai-agents", True, f"version {version}"
-
-
-def _endpoint(settings: Settings) -> Check:
-    endpoint = settings.azure_endpoint
-    if not endpoint:
-        if settings.project_connection_string:
-            return (
-                "project endpoint",
-                False,
-                "PROJECT_CONNECTION_STRING (the 2024 hub format) is not supported by any current Azure AI SDK. "
-                f"Set AZURE_AI_PROJECT_ENDPOINT={ENDPOINT_FORM}",
-            )
-        return "project endpoint", False, f"not set: set AZURE_AI_PROJECT_ENDPOINT={ENDPOINT_FORM}"
-    url = urlparse(endpoint)
-    if url.scheme != "https":
-        return "project endpoint", False, f"{endpoint} is not https; Azure bearer-token auth refuses plain http."
-    if "/api/projects/" not in url.path:
-        return (
-            "project endpoint",
-            True,
-            f"warning: {endpoint} does not look like a Foundry project endpoint ({ENDPOINT_FORM}); copy it from "
-            "the project's overview page.",
-        )
-    return "project endpoint", True, endpoint
 
 
 def _model_name(settings: Settings) -> Check | None:
@@ -169,24 +133,21 @@ async def _deployment(
 ) -> Check:
     """Look the deployment up in the project (azure-ai-projects `deployments.get`, the call the `azure` doctor makes):
     classic agents name their model by deployment, and a wrong name only fails at the first run."""
-    from azure.ai.projects import AIProjectClient
+    from azure.ai.projects.aio import AIProjectClient
 
     model = settings.azure_model
-    project = AIProjectClient(endpoint, credential, **{**DEFAULT_CLIENT_OPTIONS, **(options or {})})
-
-    async def never_wait(seconds: float) -> None:
-        return None
+    project = AIProjectClient(endpoint, AsyncCredentialAdapter(credential), **client_kwargs(options))
 
     try:
-        with anyio.fail_after(_TIMEOUT):
+        with anyio.fail_after(TIMEOUT):
             deployment = await call_sdk(
                 partial(project.deployments.get, model),
                 what="looking up the model deployment",
-                sleep=never_wait,
-                policy=RetryPolicy(attempts=1),
+                sleep=_never_wait,
+                policy=_ONE_TRY,
             )
     except TimeoutError:
-        return "model deployment", False, f"not checked: no answer within {_TIMEOUT:.0f} s from {endpoint}"
+        return "model deployment", False, f"not checked: no answer within {TIMEOUT:.0f} s from {endpoint}"
     except NotFoundError:
         return (
             "model deployment",
@@ -197,7 +158,8 @@ async def _deployment(
     except CiMcpError as exc:
         return "model deployment", False, f"not checked: {exc}"
     finally:
-        await anyio.to_thread.run_sync(project.close)
+        with anyio.CancelScope(shield=True):
+            await project.close()
     name = getattr(deployment, "model_name", None)
     version = getattr(deployment, "model_version", None)
     what = " ".join(str(v) for v in (name, version) if v) or "model not named by the service"
@@ -210,3 +172,7 @@ def _retirement(today: dt.date) -> Check:
     if days < 0:
         return "retirement", False, f"classic agents were retired on {RETIREMENT_DATE}. {advice}"
     return "retirement", True, f"warning: classic agents retire on {RETIREMENT_DATE} ({days} days from now). {advice}"
+
+
+async def _never_wait(seconds: float) -> None:
+    return None

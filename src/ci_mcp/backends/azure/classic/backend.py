@@ -9,19 +9,17 @@ The flow of the original Azure walk-through, served through the three tools:
   cancels the run. Text, images (`image_file`) and files (`file_path` annotations) are downloaded into the store.
 - Classic agents retire on 2027-03-31; `docs/classic-backend.md` says how to move to the `azure` backend.
 
-The SDK is synchronous (its async flavour needs aiohttp): every call runs in a worker thread through
-`classic_errors.call_sdk`, the one place that retries and translates errors.
+The SDK's async flavour (`azure.ai.agents.aio`) runs on the transport and credential adapter the `azure` backend
+uses too (`azure/transport.py`, `azure/credential.py`); every call goes through `calls.call_sdk`, the one place that
+retries and translates errors, and the run's events are read from the SDK's async run stream (typed events).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,15 +27,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from ci_mcp.backends.azure.classic_client import build_client, default_credential, require_sdk
-from ci_mcp.backends.azure.classic_doctor import diagnose
-from ci_mcp.backends.azure.classic_errors import RetryPolicy, Sleep, call_sdk, failed_run_error
-from ci_mcp.backends.azure.classic_files import Clock, StillProcessingError, wait_until_processed
-from ci_mcp.backends.azure.classic_outputs import Collected, OutputCollector, plan_outputs
-from ci_mcp.backends.azure.classic_prompt import Attached, compose_message
-from ci_mcp.backends.azure.classic_stream import RunTracker
+from ci_mcp.backends.azure.classic.calls import RetryPolicy, Sleep, call_sdk, failed_run_error
+from ci_mcp.backends.azure.classic.client import build_client, require_sdk
+from ci_mcp.backends.azure.classic.files import Clock, StillProcessingError, wait_until_processed
+from ci_mcp.backends.azure.classic.outputs import Collected, OutputCollector, plan_outputs
+from ci_mcp.backends.azure.classic.prompt import Attached, compose_message
+from ci_mcp.backends.azure.classic.stream import RunTracker
+from ci_mcp.backends.azure.credential import default_credential
 from ci_mcp.backends.azure.errors import translate
 from ci_mcp.backends.azure.remote_files import RemoteFiles
+from ci_mcp.backends.azure.transport import abort, streamed_responses
 from ci_mcp.errors import (
     BackendUnavailableError,
     CiMcpError,
@@ -51,10 +50,8 @@ from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore, SessionRecord
 
 if TYPE_CHECKING:
-    from azure.ai.agents import AgentsClient
+    from azure.ai.agents.aio import AgentsClient
     from azure.core.credentials import TokenCredential
-
-__all__ = ["ClassicAgentsBackend", "diagnose"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +60,6 @@ _OUR_FILE_ID = re.compile(r"file-[0-9a-f]{24}")
 _AZURE_FILE_ID = re.compile(r"(assistant-|file-|cfile_)\S+")
 _CANCEL_WAIT_SECONDS = 10.0
 _UPLOAD_PROCESSING_SECONDS = 120.0
-_STREAM_ERROR = "__stream_exception__"
 _MESSAGES_PAGE = 100
 """The service's largest page: one listing holds a run's messages."""
 
@@ -107,9 +103,7 @@ class ClassicAgentsBackend:
         self._client_options = dict(client_options or {})
         self._sleep = sleep
         self._clock = clock
-        self._retry = retry or RetryPolicy(
-            attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds
-        )
+        self._retry = retry or RetryPolicy.from_settings(settings)
         self._client: AgentsClient | None = None
         self._agent_id: str | None = None
         self._agent_lock = anyio.Lock()
@@ -129,7 +123,8 @@ class ClassicAgentsBackend:
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await anyio.to_thread.run_sync(client.close)
+            with anyio.CancelScope(shield=True):
+                await client.close()
         if self._own_credential and self._credential is not None:
             close = getattr(self._credential, "close", None)
             if callable(close):
@@ -207,9 +202,9 @@ class ClassicAgentsBackend:
                 )
         if remote is None:
 
-            def send() -> Any:
+            async def send() -> Any:
                 with open(path, "rb") as fh:
-                    return client.files.upload(file=(info.name, fh), purpose=FilePurpose.AGENTS)
+                    return await client.files.upload(file=(info.name, fh), purpose=FilePurpose.AGENTS)
 
             remote = await call_sdk(send, what=what, sleep=self._sleep, policy=self._retry, idempotent=False)
         remote_id = str(remote.id)
@@ -291,8 +286,11 @@ class ClassicAgentsBackend:
             s = self._settings
             wanted_name = s.azure_agent_name
 
-            def find() -> Any:
-                return next((a for a in client.list_agents(limit=100) if a.name == wanted_name), None)
+            async def find() -> Any:
+                async for agent in client.list_agents(limit=100):
+                    if agent.name == wanted_name:
+                        return agent
+                return None
 
             found = await call_sdk(find, what="looking up the agent", sleep=self._sleep, policy=self._retry)
             tools = [CodeInterpreterToolDefinition()]
@@ -426,7 +424,18 @@ class ClassicAgentsBackend:
     async def _stream_run(
         self, thread_id: str, agent_id: str, tracker: RunTracker, progress: ProgressCallback, deadline: float
     ) -> bool:
-        """Follow the run's events until it finishes; True when the deadline passed first."""
+        """Follow the run's events until it finishes; True when the deadline passed first. The stream is let go of
+        however this ends, so no pool thread stays blocked reading it."""
+        with streamed_responses() as opened:
+            try:
+                return await self._follow(thread_id, agent_id, tracker, progress, deadline)
+            finally:
+                for response in opened:
+                    abort(response)
+
+    async def _follow(
+        self, thread_id: str, agent_id: str, tracker: RunTracker, progress: ProgressCallback, deadline: float
+    ) -> bool:
         client = self._require_client()
         read_timeout = max(30.0, deadline - anyio.current_time() + 30.0)
         stream = await call_sdk(
@@ -437,58 +446,21 @@ class ClassicAgentsBackend:
             idempotent=False,
             deadline=deadline,
         )
-        send, receive = anyio.create_memory_object_stream[tuple[str, object]](max_buffer_size=math.inf)
-        stop = threading.Event()
-        loop = asyncio.get_running_loop()
-
-        def deliver(callback: Callable[[], None]) -> bool:
-            """Hand `callback` to the event loop without waiting for it: a stopped or closed loop must never
-            block this thread (a blocked non-daemon thread would hang the process at exit)."""
-            try:
-                loop.call_soon_threadsafe(callback)
-            except RuntimeError:  # the loop is closed
-                return False
-            return True
-
-        def send_quietly(item: tuple[str, object]) -> None:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                send.send_nowait(item)
-
-        def pump() -> None:
-            """Daemon thread: read events off the HTTP stream and hand them to the event loop."""
-            try:
-                with stream as events:
-                    for event_type, data, _ in events:
-                        if stop.is_set() or not deliver(partial(send_quietly, (str(event_type), data))):
-                            return
-                        if event_type == "done":
-                            return
-            except Exception as exc:
-                if not stop.is_set():
-                    deliver(partial(send_quietly, (_STREAM_ERROR, exc)))
-            finally:
-                deliver(send.close)
-
-        threading.Thread(target=pump, name="ci-mcp-classic-run-stream", daemon=True).start()
-        timed_out = False
-        try:
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope, receive:
-                async for event_type, data in receive:
-                    if event_type == _STREAM_ERROR:  # recorded, not raised: _settle cancels the run
-                        error = (
-                            translate(data, "reading the run's event stream") if isinstance(data, Exception) else None
-                        )
-                        tracker.stream_error = str(error) if error else "the event stream failed"
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
+            async with stream as events:
+                received = aiter(events)
+                while not tracker.finished:
+                    try:
+                        event_type, data, _ = await anext(received)
+                    except StopAsyncIteration:
                         break
-                    message = tracker.feed(event_type, data)
+                    except Exception as exc:  # recorded, not raised: _settle cancels the run
+                        tracker.stream_error = str(translate(exc, "reading the run's event stream"))
+                        break
+                    message = tracker.feed(str(event_type), data)
                     if message is not None:
                         await progress(float(tracker.events), None, message)
-                    if tracker.finished:
-                        break
-            timed_out = scope.cancelled_caught
-        finally:
-            stop.set()
-        return timed_out
+        return scope.cancelled_caught
 
     async def _settle(
         self, thread_id: str, tracker: RunTracker, timed_out: bool, limit: float
@@ -542,13 +514,13 @@ class ClassicAgentsBackend:
         if tracker.run_id is not None:
             run_id = tracker.run_id
 
-            def list_messages() -> list[Mapping[str, object]]:
+            async def list_messages() -> list[Mapping[str, object]]:
                 """The run's messages, oldest first, page by page; a page shorter than the limit is the last
                 (iterating the SDK's pager would ask once more for the empty page after it)."""
                 found: list[Mapping[str, object]] = []
                 pages = client.messages.list(thread_id, run_id=run_id, order="asc", limit=_MESSAGES_PAGE).by_page()
-                for page in pages:
-                    items = list(page)
+                async for page in pages:
+                    items = [item async for item in page]
                     found.extend(items)
                     if len(items) < _MESSAGES_PAGE:
                         break
@@ -562,8 +534,8 @@ class ClassicAgentsBackend:
                 log.warning("listing messages failed, using the streamed copies: %s", exc)
 
         async def fetch_bytes(remote_id: str) -> bytes:
-            def download() -> bytes:
-                return b"".join(client.files.get_content(remote_id))
+            async def download() -> bytes:
+                return b"".join([chunk async for chunk in await client.files.get_content(remote_id)])
 
             return await call_sdk(download, what="downloading a generated file", sleep=self._sleep, policy=self._retry)
 
@@ -623,8 +595,8 @@ class ClassicAgentsBackend:
         return self._client
 
 
-def _active_run_id(client: AgentsClient, thread_id: str) -> str | None:
-    for run in client.runs.list(thread_id, limit=1, order="desc"):
+async def _active_run_id(client: AgentsClient, thread_id: str) -> str | None:
+    async for run in client.runs.list(thread_id, limit=1, order="desc"):
         if run.status in ("queued", "in_progress", "requires_action"):
             return str(run.id)
         return None

@@ -23,8 +23,15 @@ from typing import Any
 import anyio
 from openai import AsyncOpenAI
 
+from ci_mcp.backends.azure.agents.wire import (
+    AnswerStep,
+    CodeStep,
+    ImageRef,
+    ResponseDigest,
+    decode_data_url,
+    image_reference,
+)
 from ci_mcp.backends.azure.errors import RetryPolicy, call_with_retry, redact
-from ci_mcp.backends.azure.wire import AnswerStep, CodeStep, ImageRef, ResponseDigest, decode_data_url, image_reference
 from ci_mcp.errors import CiMcpError
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore, guess_media_type

@@ -1,17 +1,14 @@
-"""Calling the synchronous azure-ai-agents SDK through the shared error boundary (`azure/errors.py`).
+"""Calling the async azure-ai-agents SDK through the shared error boundary (`azure/errors.py`).
 
 azure-core's own retry policy is off for this client (`retry_total=0`), so every retry happens in
-`errors.call_with_retry`, honouring `Retry-After` against the run's deadline with an injectable sleep. The SDK's
-async flavour needs aiohttp, so each blocking call runs in a worker thread.
+`azure/errors.call_with_retry`, honouring `Retry-After` against the run's deadline with the backend's injectable
+sleep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
-
-import anyio
-import anyio.to_thread
 
 from ci_mcp.backends.azure.errors import RetryPolicy, Sleep, call_with_retry, failed_response_error
 from ci_mcp.errors import CiMcpError
@@ -22,7 +19,7 @@ __all__ = ["RetryPolicy", "Sleep", "call_sdk", "failed_run_error"]
 
 
 async def call_sdk(
-    fn: Callable[[], T],
+    fn: Callable[[], Awaitable[T]],
     *,
     what: str,
     sleep: Sleep,
@@ -30,17 +27,11 @@ async def call_sdk(
     idempotent: bool = True,
     deadline: float | None = None,
 ) -> T:
-    """Run the blocking SDK call `fn` in a worker thread; retry transient failures; raise a CiMcpError.
+    """Await the SDK call `fn()`; retry transient failures; raise a CiMcpError.
 
     `deadline` is an `anyio.current_time()` value: a retry wait that would cross it is not started.
     """
-
-    async def in_thread() -> T:
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
-
-    return await call_with_retry(
-        in_thread, what=what, policy=policy, idempotent=idempotent, deadline=deadline, sleep=sleep
-    )
+    return await call_with_retry(fn, what=what, policy=policy, idempotent=idempotent, deadline=deadline, sleep=sleep)
 
 
 def failed_run_error(code: str | None, message: str | None) -> CiMcpError:

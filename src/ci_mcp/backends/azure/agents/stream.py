@@ -15,6 +15,7 @@ import anyio
 from openai import AsyncOpenAI
 from openai.types.responses import ResponseIncludable
 
+from ci_mcp.backends.azure.agents.wire import ResponseDigest, digest_response, progress_stage
 from ci_mcp.backends.azure.errors import (
     ContainerExpiredError,
     RetryPolicy,
@@ -24,7 +25,6 @@ from ci_mcp.backends.azure.errors import (
     redact,
     translate,
 )
-from ci_mcp.backends.azure.wire import ResponseDigest, digest_response, progress_stage
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import ProgressCallback
 
