@@ -623,7 +623,9 @@ def _render_run(result: RunResult, settings: Settings, links_ok: bool = True) ->
     lines.extend(result.notices)
     if lines:
         content.append(_text("\n".join(lines)))
-    return CallToolResult(content=content, is_error=result.status in ("timeout", "kernel_died", "cancelled", "server_error"))
+    return CallToolResult(
+        content=content, is_error=result.status in ("timeout", "kernel_died", "cancelled", "server_error")
+    )
 
 
 def _render_file(info: FileInfo, source: Path, settings: Settings, links_ok: bool = True) -> CallToolResult:
