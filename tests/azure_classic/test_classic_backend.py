@@ -571,3 +571,20 @@ async def test_a_run_past_its_deadline_whose_cancel_fails_lets_go_of_its_event_s
     emulator.state.faults = type(emulator.state.faults)()
     stuck = list(emulator.state.runs.values())[-1]
     await backend._cancel_run(stuck["thread_id"], stuck["id"])
+
+
+async def test_many_waiting_azure_requests_do_not_starve_the_event_loops_threads(
+    backend: ClassicAgentsBackend,
+) -> None:
+    """Each waiting request or stream read holds a thread of the loop's default executor (6 here by default): a
+    started backend gives it enough that 20 held at once still leave room for more."""
+    import asyncio
+    import threading
+
+    held = 20
+    barrier = threading.Barrier(held + 1)
+    loop = asyncio.get_running_loop()
+    waiting = [loop.run_in_executor(None, barrier.wait, 30) for _ in range(held)]
+    with anyio.fail_after(30):
+        await loop.run_in_executor(None, barrier.wait, 30)  # only runs if a thread is still free
+        await asyncio.gather(*waiting)

@@ -9,13 +9,19 @@ azure-core's default async transport needs aiohttp, which ci-mcp does not instal
   chunk does not stop when its caller does (it would hold the process at exit until the read timeout).
   `streamed_responses()` collects the streamed responses sent in a block, and `abort` shuts their sockets, so such a
   read returns at once.
+- Threads: every request and every chunk of a run's event stream is a job in the event loop's default executor,
+  min(32, cores + 4) threads (6 here), and a waiting stream holds its thread. `ensure_io_threads` gives the loop a
+  larger pool when an Azure backend starts, so a few concurrent runs cannot starve every other request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
 
@@ -34,6 +40,19 @@ class RequestsTransport(AsyncioRequestsTransport):  # type: ignore[misc]  # azur
         if streamed and collected is not None:
             collected.append(response)
         return response
+
+
+IO_THREADS = 64
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+
+
+def ensure_io_threads(threads: int = IO_THREADS) -> None:
+    """Give the running event loop a default executor of `threads` threads (once per loop)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _pools:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ci-mcp-azure-io")
+        loop.set_default_executor(pool)
+        _pools[loop] = pool
 
 
 def async_transport(verify: bool | str = True, **options: Any) -> RequestsTransport:

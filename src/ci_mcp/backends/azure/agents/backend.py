@@ -43,6 +43,7 @@ from ci_mcp.backends.azure.agents.versions import MAX_FILES, AgentVersions, slot
 from ci_mcp.backends.azure.agents.wire import compose_message
 from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry, redact
 from ci_mcp.backends.azure.remote_files import RemoteFiles
+from ci_mcp.backends.azure.transport import ensure_io_threads
 from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunFailedError, RunTimeoutError
 from ci_mcp.models import (
     ErrorOutput,
@@ -155,6 +156,7 @@ class AzureAgentsBackend:
         return self._clients
 
     async def start(self) -> None:
+        ensure_io_threads()
         self._c()
 
     async def aclose(self) -> None:

@@ -36,7 +36,7 @@ from ci_mcp.backends.azure.classic.stream import RunTracker
 from ci_mcp.backends.azure.credential import default_credential
 from ci_mcp.backends.azure.errors import translate
 from ci_mcp.backends.azure.remote_files import RemoteFiles
-from ci_mcp.backends.azure.transport import abort, streamed_responses
+from ci_mcp.backends.azure.transport import abort, ensure_io_threads, streamed_responses
 from ci_mcp.errors import (
     BackendUnavailableError,
     CiMcpError,
@@ -118,6 +118,7 @@ class ClassicAgentsBackend:
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        ensure_io_threads()
         self._require_client()
 
     async def aclose(self) -> None:
