@@ -1,4 +1,5 @@
-"""Chunked uploads: files larger than one request body, sent as `content_base64` chunks appended by offset.
+"""What an upload may be (inline base64 checked before decoding, the name the code sees, the run's file ids), and
+chunked uploads: files larger than one request body, sent as `content_base64` chunks appended by offset.
 
 A client sends the first chunk with `more=true` and gets an upload id; each next chunk names the id and the offset it
 starts at (the bytes received so far); the last has `more=false` and the SHA-256 of the whole file. Until that last
@@ -9,9 +10,12 @@ answer (same offset, same bytes) is accepted once. An upload belongs to the prin
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -19,9 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ci_mcp import paths
 from ci_mcp.errors import FileTooLargeError, InvalidInputError, NotFoundError
 
 STALE_SECONDS = 24 * 3600
+MAX_FILE_IDS = 100
 
 
 @dataclass(frozen=True)
@@ -153,3 +159,66 @@ class ChunkedUploads:
 
 def _digest(chunk: bytes, offset: int) -> str:
     return f"{offset}:{hashlib.sha256(chunk).hexdigest()}"
+
+
+_B64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE = re.compile(r"\s+")
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def decode_inline(content_b64: str, filename: str, limit: int) -> bytes:
+    """Standard base64 (line breaks and a `data:...;base64,` prefix allowed), checked exactly against `limit`
+    before anything is decoded."""
+    text = content_b64
+    if text[:5].lower() == "data:" and ";base64," in text[:200]:
+        text = text.split(";base64,", 1)[1]
+    try:
+        raw = _WHITESPACE.sub("", text).encode("ascii")
+    except UnicodeEncodeError:
+        raw = b"\x00"  # not ASCII: certainly not base64
+    problem = ""
+    if not _B64_ALPHABET.fullmatch(raw):
+        problem = "it holds characters other than A-Z, a-z, 0-9, '+', '/' and trailing '='"
+    elif len(raw) % 4:
+        problem = f"its length ({len(raw):,} characters, whitespace aside) is not a multiple of 4 (missing '='?)"
+    if problem:
+        raise InvalidInputError(
+            f"`content_base64` for '{filename}' is not valid base64: {problem}. Send the file's bytes in standard "
+            "base64 (RFC 4648, e.g. Python's base64.b64encode)."
+        )
+    size = len(raw) // 4 * 3 - raw.endswith(b"=") - raw.endswith(b"==")
+    if size > limit:
+        raise FileTooLargeError(
+            f"Inline content is over the limit of {limit:,} bytes for content_base64: '{filename}' is {size:,} "
+            "bytes once decoded. Upload it by `path` from the server's machine, or send a smaller extract."
+        )
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            f"`content_base64` for '{filename}' is not valid base64. Send the file's bytes in standard base64."
+        ) from None
+    assert len(data) == size
+    return data
+
+
+def file_ids_of(given: list[str] | None) -> tuple[str, ...]:
+    """The distinct ids, in the order given; at most MAX_FILE_IDS of them."""
+    ids = tuple(dict.fromkeys(fid.strip() for fid in given or () if fid.strip()))
+    if len(ids) > MAX_FILE_IDS:
+        raise InvalidInputError(
+            f"file_ids holds {len(ids)} distinct ids; at most {MAX_FILE_IDS} may be passed to one run. Files placed "
+            "by an earlier run stay in the session's working directory, so pass the rest in a later call with the "
+            "same session_id, or upload a zip of them."
+        )
+    return ids
+
+
+def clean_name(name: str) -> str:
+    """The name the code will see (paths.workspace_name); a name with nothing usable in it is refused."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not base or base in (".", ".."):
+        raise InvalidInputError("`filename` must be a plain file name such as 'data.csv'.")
+    return paths.workspace_name(base)

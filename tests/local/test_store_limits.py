@@ -19,10 +19,10 @@ import ci_mcp.server as server_module
 from ci_mcp.backends.local import sandbox, workspace
 from ci_mcp.backends.local.backend import LocalBackend
 from ci_mcp.backends.local.kernel import Kernel
-from ci_mcp.server import MAX_FILE_IDS
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from ci_mcp.textsafe import quote
+from ci_mcp.uploads import MAX_FILE_IDS
 from tests.conftest import all_text, generated_ids, open_client, session_of, texts, uploaded_id
 
 pytestmark = pytest.mark.anyio
