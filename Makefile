@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test test-fast lint typecheck bench clean
+.PHONY: setup demo test test-fast lint typecheck bench package bundle clean
 
 setup: $(STAMP)
 
@@ -35,5 +35,17 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/bench_stdio.py
 
+# Build the wheel and sdist, check them with twine, install the wheel into a fresh venv (no project source on the
+# path) and run `ci-mcp doctor` from it, as a user would after `pip install ci-mcp`.
+PKG_VENV := build/package-venv
+package: setup
+	rm -rf dist $(PKG_VENV) build/package-data
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	$(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_VENV)/bin/python -m pip install --quiet --compile dist/*.whl
+	cd build && CI_MCP_DATA_DIR=$(CURDIR)/build/package-data CI_MCP_ALLOWED_DIRS=$(CURDIR)/build \
+		package-venv/bin/ci-mcp doctor
+
 clean:
-	rm -rf $(VENV) build *.egg-info examples/output
+	rm -rf $(VENV) build dist *.egg-info examples/output

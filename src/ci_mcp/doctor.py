@@ -95,7 +95,8 @@ async def _local(settings: Settings) -> list[Check]:
                     "analysis libraries ok" in text,
                     "numpy, pandas, matplotlib importable"
                     if "analysis libraries ok" in text
-                    else "numpy/pandas/matplotlib missing: pip install 'ci-mcp[analysis]'",
+                    else "numpy/pandas/matplotlib missing from the kernel's Python (CI_MCP_KERNEL_PYTHON, or the one "
+                    "ci-mcp runs in): reinstall ci-mcp, or pip install numpy pandas matplotlib into it",
                 )
             )
             if plan.mode == "bwrap":
