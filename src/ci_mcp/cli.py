@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-from pydantic import ValidationError
-
 from ci_mcp import __version__
 from ci_mcp.errors import CiMcpError, ConfigError, InvalidInputError
-from ci_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from ci_mcp.http import HttpPlan
+    from ci_mcp.settings import Settings
+
+# `ci-mcp --version` and `--help` import only this module and argparse: anyio, pydantic(-settings), the MCP SDK and
+# the backends are imported where a command needs them (tests/local/test_version.py).
 
 
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
+    from pydantic import ValidationError
+
+    from ci_mcp.settings import Settings
+
     overrides: dict[str, Any] = {}
     for key in ("backend", "data_dir", "sandbox", "transport", "host", "port"):
         value = getattr(args, key, None)
@@ -76,6 +80,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import anyio
+
     try:
         settings = load_settings(args)
         logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="ci-mcp %(levelname)s %(message)s")
@@ -168,6 +174,7 @@ def http_app(settings: Settings, plan: HttpPlan) -> Any:
 
 
 def _serve_http(settings: Settings) -> int:
+    import anyio
     import uvicorn
 
     from ci_mcp.http import plan_http
