@@ -192,7 +192,7 @@ def python_roots(python: str) -> list[Path]:
 
         found = {Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in site.getsitepackages())}
         found.add(Path(python).resolve().parent.parent)
-        return sorted(r.resolve() for r in found if not str(r.resolve()).startswith("/usr/"))
+        return sorted(r.resolve() for r in found if not str(r.resolve()).startswith("/usr/") and r.exists())
     probe = subprocess.run(
         [
             python,
@@ -206,7 +206,9 @@ def python_roots(python: str) -> list[Path]:
     )
     roots = {Path(line).resolve() for line in probe.stdout.splitlines() if line.strip()}
     roots.add(Path(python).resolve().parent.parent)
-    return sorted(r for r in roots if not str(r).startswith("/usr/"))
+    # Debian's site.py lists dist-packages directories that may not exist (a venv on /usr/bin/python3, as
+    # `uv run` makes one); bwrap refuses to bind a missing path, so only existing ones are roots.
+    return sorted(r for r in roots if not str(r).startswith("/usr/") and r.exists())
 
 
 def build_launch(
