@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the configuration and the backend, in plain words")
     for subparser in (serve, run, doctor):
         _global_flags(subparser, argparse.SUPPRESS)
+    for subparser in (serve, doctor):  # one flag, many values: what an MCP bundle's folder picker expands to
+        subparser.add_argument(
+            "--allowed-dirs",
+            nargs="+",
+            type=Path,
+            help="directories for upload paths and save_to (CI_MCP_ALLOWED_DIRS)",
+        )
     return parser
 
 
@@ -64,7 +71,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     from ci_mcp.settings import Settings
 
     overrides: dict[str, Any] = {}
-    for key in ("backend", "data_dir", "sandbox", "transport", "host", "port"):
+    for key in ("backend", "data_dir", "sandbox", "transport", "host", "port", "allowed_dirs"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
