@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("ci-mcp-output"), help="output folder")
     run.add_argument("--timeout", type=float, help="time limit in seconds")
     doctor = sub.add_parser("doctor", help="check the configuration and the backend, in plain words")
+    files = sub.add_parser("files", help="housekeeping of the stored files").add_subparsers(dest="files_command")
+    prune = files.add_parser("prune", help="remove old files and finished sessions' workspaces")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="default: CI_MCP_FILE_RETENTION_DAYS")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    _global_flags(prune, argparse.SUPPRESS)
     for subparser in (serve, run, doctor):
         _global_flags(subparser, argparse.SUPPRESS)
     for subparser in (serve, doctor):  # one flag, many values: what an MCP bundle's folder picker expands to
@@ -100,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
             code = _read_code(args.code_file) if args.code_file else args.code
             return anyio.run(run_once, settings, list(args.files), code, args.request, args.out, args.timeout)
+        if command == "files":
+            from ci_mcp.housekeeping import files_prune
+
+            if args.files_command != "prune":
+                raise ConfigError("usage: ci-mcp files prune [--older-than DAYS] [--dry-run]")
+            return files_prune(settings, args.older_than, dry_run=args.dry_run)
         if command == "doctor":
             from ci_mcp.doctor import doctor
 
@@ -154,10 +165,12 @@ def _serve(settings: Settings) -> int:
     if settings.transport == "http":
         return _serve_http(settings)
     from ci_mcp.backends.factory import create_backend
+    from ci_mcp.housekeeping import prune_on_start
     from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
     store = FileStore(settings.data_dir)
+    prune_on_start(store, settings)
     server = create_server(create_backend(settings, store), settings)
     server.run("stdio")
     return 0
@@ -166,10 +179,12 @@ def _serve(settings: Settings) -> int:
 def http_app(settings: Settings, plan: HttpPlan) -> Any:
     """The streamable HTTP app (a Starlette app) for `plan` (from `http.plan_http`)."""
     from ci_mcp.backends.factory import create_backend
+    from ci_mcp.housekeeping import prune_on_start
     from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
     store = FileStore(settings.data_dir)
+    prune_on_start(store, settings)
     server = create_server(create_backend(settings, store), settings, plan)
     app = server.streamable_http_app(
         max_request_body_size=plan.max_body_bytes,
