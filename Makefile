@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test test-fast lint typecheck bench clean
+.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
-test: setup lint typecheck
+test: setup lint typecheck mcpb-cli
 	$(PY) -m pytest -q
 
 # The inner loop: everything but the slow groups (azure, hostile, e2e; see tests/conftest.py).
@@ -35,5 +35,40 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/bench_stdio.py
 
+# Build the wheel and sdist, check them with twine, install the wheel into a fresh venv (no project source on the
+# path) and run `ci-mcp doctor` from it, as a user would after `pip install ci-mcp`.
+PKG_VENV := build/package-venv
+package: setup
+	rm -rf dist $(PKG_VENV) build/package-data
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	$(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_VENV)/bin/python -m pip install --quiet --compile dist/*.whl
+	cd build && CI_MCP_DATA_DIR=$(CURDIR)/build/package-data CI_MCP_ALLOWED_DIRS=$(CURDIR)/build \
+		package-venv/bin/ci-mcp doctor
+
+# The MCP Bundle (.mcpb) for Claude Desktop: manifest (packaging/mcpb/manifest.json) plus the project source; the
+# host runs it with uv (server type "uv"), which installs the dependencies on first start. Needs npm for the
+# official CLI (@anthropic-ai/mcpb), installed under build/npm.
+MCPB_VERSION ?= 2.1.2
+MCPB := build/npm/node_modules/.bin/mcpb
+BUNDLE_DIR := build/bundle
+
+$(MCPB):
+	npm install --silent --no-audit --no-fund --prefix build/npm @anthropic-ai/mcpb@$(MCPB_VERSION)
+
+# What `make test` needs to validate the manifest: the CLI where npm exists, a notice (and a skipped test) otherwise.
+mcpb-cli:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the MCP Bundle manifest tests will be skipped"; \
+	else $(MAKE) --no-print-directory $(MCPB) || echo "could not install $(MCPB): its tests will be skipped"; fi
+
+bundle: $(MCPB)
+	rm -rf $(BUNDLE_DIR) && mkdir -p $(BUNDLE_DIR) dist
+	cp packaging/mcpb/manifest.json pyproject.toml README.md LICENSE NOTICE $(BUNDLE_DIR)/
+	cp -r src $(BUNDLE_DIR)/src
+	find $(BUNDLE_DIR) -name __pycache__ -prune -exec rm -rf {} + ; rm -rf $(BUNDLE_DIR)/src/*.egg-info
+	$(MCPB) validate $(BUNDLE_DIR)/manifest.json
+	$(MCPB) pack $(BUNDLE_DIR) dist/ci-mcp.mcpb
+
 clean:
-	rm -rf $(VENV) build *.egg-info examples/output
+	rm -rf $(VENV) build dist *.egg-info examples/output

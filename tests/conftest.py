@@ -64,6 +64,7 @@ SLOW_GROUPS = {
         "tests/local/test_http_e2e.py",
         "tests/local/test_cli.py",
         "tests/local/test_durability.py",
+        "tests/packaging/",
     ),
 }
 

@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-from pydantic import ValidationError
-
 from ci_mcp import __version__
 from ci_mcp.errors import CiMcpError, ConfigError, InvalidInputError
-from ci_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from ci_mcp.http import HttpPlan
+    from ci_mcp.settings import Settings
+
+# `ci-mcp --version` and `--help` import only this module and argparse: anyio, pydantic(-settings), the MCP SDK and
+# the backends are imported where a command needs them (tests/local/test_version.py).
 
 
 def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -53,14 +53,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("ci-mcp-output"), help="output folder")
     run.add_argument("--timeout", type=float, help="time limit in seconds")
     doctor = sub.add_parser("doctor", help="check the configuration and the backend, in plain words")
+    files = sub.add_parser("files", help="housekeeping of the stored files").add_subparsers(dest="files_command")
+    prune = files.add_parser("prune", help="remove old files and finished sessions' workspaces")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="default: CI_MCP_FILE_RETENTION_DAYS")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    _global_flags(prune, argparse.SUPPRESS)
     for subparser in (serve, run, doctor):
         _global_flags(subparser, argparse.SUPPRESS)
+    for subparser in (serve, doctor):  # one flag, many values: what an MCP bundle's folder picker expands to
+        subparser.add_argument(
+            "--allowed-dirs",
+            nargs="+",
+            type=Path,
+            help="directories for upload paths and save_to (CI_MCP_ALLOWED_DIRS)",
+        )
     return parser
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
+    from pydantic import ValidationError
+
+    from ci_mcp.settings import Settings
+
     overrides: dict[str, Any] = {}
-    for key in ("backend", "data_dir", "sandbox", "transport", "host", "port"):
+    for key in ("backend", "data_dir", "sandbox", "transport", "host", "port", "allowed_dirs"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -76,6 +92,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import anyio
+
     try:
         settings = load_settings(args)
         logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="ci-mcp %(levelname)s %(message)s")
@@ -87,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
             code = _read_code(args.code_file) if args.code_file else args.code
             return anyio.run(run_once, settings, list(args.files), code, args.request, args.out, args.timeout)
+        if command == "files":
+            from ci_mcp.housekeeping import files_prune
+
+            if args.files_command != "prune":
+                raise ConfigError("usage: ci-mcp files prune [--older-than DAYS] [--dry-run]")
+            return files_prune(settings, args.older_than, dry_run=args.dry_run)
         if command == "doctor":
             from ci_mcp.doctor import doctor
 
@@ -141,10 +165,12 @@ def _serve(settings: Settings) -> int:
     if settings.transport == "http":
         return _serve_http(settings)
     from ci_mcp.backends.factory import create_backend
+    from ci_mcp.housekeeping import prune_on_start
     from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
     store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
+    prune_on_start(store, settings)
     server = create_server(create_backend(settings, store), settings)
     server.run("stdio")
     return 0
@@ -153,10 +179,12 @@ def _serve(settings: Settings) -> int:
 def http_app(settings: Settings, plan: HttpPlan) -> Any:
     """The streamable HTTP app (a Starlette app) for `plan` (from `http.plan_http`)."""
     from ci_mcp.backends.factory import create_backend
+    from ci_mcp.housekeeping import prune_on_start
     from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
-    store = FileStore(settings.data_dir)
+    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
+    prune_on_start(store, settings)
     server = create_server(create_backend(settings, store), settings, plan)
     app = server.streamable_http_app(
         max_request_body_size=plan.max_body_bytes,
@@ -168,6 +196,7 @@ def http_app(settings: Settings, plan: HttpPlan) -> Any:
 
 
 def _serve_http(settings: Settings) -> int:
+    import anyio
     import uvicorn
 
     from ci_mcp.http import plan_http

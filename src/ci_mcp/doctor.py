@@ -47,7 +47,11 @@ def _allowed_dirs(settings: Settings) -> Check:
     roots = paths.effective_roots(settings.allowed_dirs, None, Path.cwd(), Path.home())
     if not roots:
         return ("allowed dirs", True, "NONE, reading and writing host files is off. " + roots.reason)
-    source = "CI_MCP_ALLOWED_DIRS" if settings.allowed_dirs else "the working directory (CI_MCP_ALLOWED_DIRS unset)"
+    source = (
+        "CI_MCP_ALLOWED_DIRS or --allowed-dirs"
+        if settings.allowed_dirs
+        else "the working directory (CI_MCP_ALLOWED_DIRS unset)"
+    )
     return ("allowed dirs", True, ", ".join(str(r) for r in roots) + f", from {source}; client roots can narrow them")
 
 

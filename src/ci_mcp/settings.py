@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     inline_image_bytes: int = 700_000
     """An image block larger than this is shrunk for the result; the original stays fetchable."""
     inline_text_fetch_bytes: int = 100_000
+    file_retention_days: float | None = None
+    """Files older than this many days (and closed sessions' workspaces) are removed when the server starts and by
+    `ci-mcp files prune`; unset keeps everything."""
     """fetch_generated_file returns text files up to this size inline; larger ones as a resource or save_to."""
     max_image_pixels: int = 25_000_000
     """Pictures declaring more pixels (read from the header, never decoded) get no preview; they stay files."""
@@ -172,6 +175,8 @@ class Settings(BaseSettings):
             raise ConfigError("CI_MCP_RUN_TIMEOUT_SECONDS must be > 0 and not above CI_MCP_MAX_RUN_TIMEOUT_SECONDS.")
         if self.kernel_pool_size < 0:
             raise ConfigError("CI_MCP_KERNEL_POOL_SIZE must be 0 or more.")
+        if self.file_retention_days is not None and self.file_retention_days < 0:
+            raise ConfigError("CI_MCP_FILE_RETENTION_DAYS must be 0 or more (unset keeps files forever).")
         if self.max_sessions < 1:
             raise ConfigError("CI_MCP_MAX_SESSIONS must be at least 1.")
         if self.max_store_mb < 1:

@@ -378,6 +378,12 @@ class FileStore:
             ).fetchall()
         return [_file_from_row(r) for r in rows]
 
+    def delete(self, file_id: str) -> None:
+        """Forget a file: the row goes first, then the blob, so a crash between leaves an orphan blob (removed by
+        the next `open`), never a row without its file."""
+        self._db.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+        (self.files_dir / file_id).unlink(missing_ok=True)
+
     # -- sessions --------------------------------------------------------------------------------------------
 
     def create_session(self, backend: str, state: dict[str, object] | None = None) -> SessionRecord:
