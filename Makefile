@@ -27,7 +27,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 typecheck: setup
 	$(VENV)/bin/mypy

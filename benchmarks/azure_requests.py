@@ -110,7 +110,9 @@ def raw_floor_run(agent: str, conversation: str, remote_file: str, client: objec
         pass
 
 
-async def measure(label: str, runs: int, emu: Emulator, fn: Callable[[], Awaitable[None]]) -> tuple[str, float, float]:
+async def measure(
+    label: str, runs: int, emu: Emulator, fn: Callable[[], Awaitable[object]]
+) -> tuple[str, float, float]:
     counts: list[int] = []
     times: list[float] = []
     for _ in range(runs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -78,7 +79,7 @@ def _generated(text: str) -> dict[str, str]:
     return {}
 
 
-def _text(blocks: list[object]) -> str:
+def _text(blocks: Sequence[object]) -> str:
     return "\n".join(b.text for b in blocks if isinstance(b, TextContent))
 
 

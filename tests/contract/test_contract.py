@@ -13,7 +13,7 @@ pytestmark = pytest.mark.anyio
 Ctx = tuple[Client, object]
 
 
-async def run(client: Client, code: str, **kw: object):  # type: ignore[no-untyped-def]
+async def run(client: Client, code: str, **kw: object):
     return await client.call_tool("run_code_analysis", {"code": code, **kw})
 
 

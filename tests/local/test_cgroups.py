@@ -58,7 +58,7 @@ def open_sandboxed(make_settings: Callable[..., Settings]) -> Callable[..., Asyn
     return open_  # type: ignore[return-value]
 
 
-async def run(client: Client, code: str, **kw: object):  # type: ignore[no-untyped-def]
+async def run(client: Client, code: str, **kw: object):
     return await client.call_tool("run_code_analysis", {"code": code, **kw})
 
 
@@ -130,7 +130,7 @@ print('carried on', state['n'] > n0, burner.is_alive())
 """
 
 
-async def test_a_busy_thread_uses_no_cpu_between_runs_and_carries_on_in_the_next(  # type: ignore[no-untyped-def]
+async def test_a_busy_thread_uses_no_cpu_between_runs_and_carries_on_in_the_next(
     monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
 ) -> None:
     layout = forced(monkeypatch, version, "freeze", "cpu")
@@ -184,7 +184,7 @@ def live_sleepers(seconds: int) -> list[int]:
     return found
 
 
-async def test_a_process_does_not_outlive_the_run_while_threads_churn(  # type: ignore[no-untyped-def]
+async def test_a_process_does_not_outlive_the_run_while_threads_churn(
     monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
 ) -> None:
     forced(monkeypatch, version)
@@ -192,7 +192,7 @@ async def test_a_process_does_not_outlive_the_run_while_threads_churn(  # type: 
         sid = None
         for _ in range(8):
             seconds = 600_000 + secrets.randbelow(100_000)
-            kw = {"session_id": sid} if sid else {}
+            kw: dict[str, object] = {"session_id": sid} if sid else {}
             result = await run(client, CHURN.format(seconds=seconds), **kw)
             sid = session_of(result)
             assert "started" in all_text(result), all_text(result)
@@ -200,9 +200,7 @@ async def test_a_process_does_not_outlive_the_run_while_threads_churn(  # type: 
             assert "were stopped" in all_text(result), all_text(result)
 
 
-async def test_memory_is_limited_per_session(  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
-) -> None:
+async def test_memory_is_limited_per_session(monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int) -> None:
     forced(monkeypatch, version, "memory")
     async with open_sandboxed(memory_limit_mb=256) as client:
         code = "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))"
@@ -224,9 +222,7 @@ print('children', len(children))
 """
 
 
-async def test_processes_are_limited_per_session(  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
-) -> None:
+async def test_processes_are_limited_per_session(monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int) -> None:
     layout = forced(monkeypatch, version, "pids")
     token = "pids" + secrets.token_hex(4)
     async with open_sandboxed() as client:
@@ -241,7 +237,7 @@ async def test_processes_are_limited_per_session(  # type: ignore[no-untyped-def
         assert "still 42" in all_text(after), all_text(after)
 
 
-async def test_a_frozen_idle_session_is_stopped_by_the_idle_reaper(  # type: ignore[no-untyped-def]
+async def test_a_frozen_idle_session_is_stopped_by_the_idle_reaper(
     monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
 ) -> None:
     layout = forced(monkeypatch, version, "freeze")
@@ -257,7 +253,7 @@ async def test_a_frozen_idle_session_is_stopped_by_the_idle_reaper(  # type: ign
         assert "was not running" in all_text(again) and "back" in all_text(again), all_text(again)
 
 
-async def test_the_host_walks_the_session_directory_while_the_kernel_is_frozen(  # type: ignore[no-untyped-def]
+async def test_the_host_walks_the_session_directory_while_the_kernel_is_frozen(
     monkeypatch: pytest.MonkeyPatch, open_sandboxed, version: int
 ) -> None:
     layout = forced(monkeypatch, version, "freeze")

@@ -35,7 +35,7 @@ def server_params(tmp_path: Path, work: Path) -> StdioServerParameters:
     return StdioServerParameters(command="/bin/sh", args=["-c", script], env=env, cwd=str(work))
 
 
-async def wait_for(predicate, limit: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+async def wait_for(predicate, limit: float = 30.0) -> bool:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if predicate():
@@ -56,7 +56,7 @@ def consistent_store(data: Path) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-async def kill_during(client_call, tmp_path: Path, started, killed: list[str]) -> None:  # type: ignore[no-untyped-def]
+async def kill_during(client_call, tmp_path: Path, started, killed: list[str]) -> None:
     """Start `client_call` and SIGKILL the server once `started()` holds, noting the kill in `killed` first: the
     client then fails inside the task group, so the caller checks `killed` after swallowing that failure."""
     pid = int((tmp_path / "server.pid").read_text())

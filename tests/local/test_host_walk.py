@@ -83,7 +83,7 @@ def test_registration_after_a_swap_adds_nothing_and_deletes_nothing_outside(tmp_
         (ws / "sub").symlink_to(outside)
         return snap
 
-    workspace.snapshot = snapshot_then_swap  # type: ignore[assignment]
+    workspace.snapshot = snapshot_then_swap
     try:
         collector = _collect(tmp_path, ws, before, max_session_dir_mb=1)
     finally:
@@ -103,7 +103,7 @@ def test_a_file_swapped_for_a_fifo_is_refused_without_blocking(tmp_path: Path) -
         workspace.open_generated(ws, "pipe.txt", after.files["pipe.txt"])
 
     real_snapshot = workspace.snapshot
-    workspace.snapshot = lambda root, **kw: after  # type: ignore[assignment,misc]
+    workspace.snapshot = lambda root, **kw: after
     try:
         collector = _collect(tmp_path, ws, before)
     finally:

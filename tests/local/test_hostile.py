@@ -34,7 +34,7 @@ async def sandboxed(make_settings: Callable[..., Settings]) -> AsyncIterator[tup
     store.close()
 
 
-async def run(client: Client, code: str, **kw: object):  # type: ignore[no-untyped-def]
+async def run(client: Client, code: str, **kw: object):
     return await client.call_tool("run_code_analysis", {"code": code, **kw})
 
 
@@ -43,14 +43,14 @@ async def still_works(client: Client, sid: str) -> None:
     assert not after.is_error and "still 42" in all_text(after), all_text(after)
 
 
-async def test_allocating_10_gib_raises_memory_error_and_the_session_continues(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_allocating_10_gib_raises_memory_error_and_the_session_continues(sandboxed) -> None:
     client, _ = sandboxed
     result = await run(client, "keep = 1\nx = bytearray(10 * 1024 ** 3)")
     assert "MemoryError" in all_text(result)
     await still_works(client, session_of(result))
 
 
-async def test_memory_eaten_in_small_steps_kills_only_that_kernel(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_memory_eaten_in_small_steps_kills_only_that_kernel(sandboxed) -> None:
     client, _ = sandboxed
     other = await run(client, "survivor = 'here'")
     code = "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))"
@@ -62,7 +62,7 @@ async def test_memory_eaten_in_small_steps_kills_only_that_kernel(sandboxed) -> 
     assert "here" in all_text(untouched)
 
 
-async def test_a_fork_bomb_is_contained_and_its_processes_are_gone(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_fork_bomb_is_contained_and_its_processes_are_gone(sandboxed) -> None:
     client, _ = sandboxed
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        break"
     result = await run(client, code, timeout_seconds=20)
@@ -74,21 +74,21 @@ async def test_a_fork_bomb_is_contained_and_its_processes_are_gone(sandboxed) ->
     assert len(pids) <= 3, pids  # init, the kernel, and the listing itself at most
 
 
-async def test_os_exit_is_reported_and_the_session_is_reset(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_os_exit_is_reported_and_the_session_is_reset(sandboxed) -> None:
     client, _ = sandboxed
     result = await run(client, "import os; os._exit(3)")
     assert result.is_error and "exit code 3" in all_text(result)
     await still_works(client, session_of(result))
 
 
-async def test_a_segfault_is_reported_and_the_session_is_reset(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_segfault_is_reported_and_the_session_is_reset(sandboxed) -> None:
     client, _ = sandboxed
     result = await run(client, "import ctypes\nctypes.string_at(0)")
     assert result.is_error and "kernel process died" in all_text(result)
     await still_works(client, session_of(result))
 
 
-async def test_printing_100_mb_is_capped_and_spilled(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_printing_100_mb_is_capped_and_spilled(sandboxed) -> None:
     client, _ = sandboxed
     result = await run(
         client, "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * (1024 * 1024))", timeout_seconds=120
@@ -99,7 +99,7 @@ async def test_printing_100_mb_is_capped_and_spilled(sandboxed) -> None:  # type
     await still_works(client, session_of(result))
 
 
-async def test_writing_a_huge_file_stops_at_the_file_size_limit(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_writing_a_huge_file_stops_at_the_file_size_limit(sandboxed) -> None:
     client, _ = sandboxed
     code = "with open('big.bin', 'wb') as f:\n    for _ in range(10 * 1024):\n        f.write(b'0' * (1024 * 1024))"
     result = await run(client, code)
@@ -107,7 +107,7 @@ async def test_writing_a_huge_file_stops_at_the_file_size_limit(sandboxed) -> No
     await still_works(client, session_of(result))
 
 
-async def test_many_files_past_the_session_directory_limit_are_deleted(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_many_files_past_the_session_directory_limit_are_deleted(sandboxed) -> None:
     client, _ = sandboxed
     code = "for i in range(4):\n    open(f'part{i}.bin', 'wb').write(b'0' * (19 * 1024 * 1024))"
     result = await run(client, code)
@@ -131,9 +131,7 @@ def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("target", ["/etc/shadow", "HOME_SSH", "HOME_AZURE", "HOME_DIR", "DATA_DIR", "OTHER_SESSION"])
-async def test_host_secrets_data_and_other_sessions_are_invisible(  # type: ignore[no-untyped-def]
-    fake_home: Path, sandboxed, target: str
-) -> None:
+async def test_host_secrets_data_and_other_sessions_are_invisible(fake_home: Path, sandboxed, target: str) -> None:
     client, settings = sandboxed
     await run(client, "open('mine.txt', 'w').write('private')")
     other_dir = next(p for p in (settings.data_dir / "workspaces").iterdir() if (p / "mine.txt").exists())
@@ -154,7 +152,7 @@ async def test_host_secrets_data_and_other_sessions_are_invisible(  # type: igno
     await still_works(client, session_of(result))
 
 
-async def test_nothing_of_the_users_home_is_mounted_but_the_python_it_runs(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_nothing_of_the_users_home_is_mounted_but_the_python_it_runs(sandboxed) -> None:
     client, _ = sandboxed
     home = Path.home()
     mounts = interpreter.probe(sys.executable, sandbox.kernel_env(str(home)), not_containing=(home,)).mounts
@@ -181,7 +179,7 @@ async def test_the_environment_carries_no_secrets_or_settings(
         assert leaked not in text
 
 
-async def test_a_socket_to_loopback_fails_and_no_connection_arrives(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_socket_to_loopback_fails_and_no_connection_arrives(sandboxed) -> None:
     client, _ = sandboxed
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.5)
@@ -205,7 +203,7 @@ async def test_a_socket_to_loopback_fails_and_no_connection_arrives(sandboxed) -
     assert "refused" in all_text(result) and not accepted
 
 
-async def test_a_socket_to_a_public_address_fails_without_a_route(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_socket_to_a_public_address_fails_without_a_route(sandboxed) -> None:
     client, _ = sandboxed
     # Only reached after the namespace is shown to have no interface but a down loopback: nothing can leave.
     code = (
@@ -218,7 +216,7 @@ async def test_a_socket_to_a_public_address_fails_without_a_route(sandboxed) -> 
     assert "failed" in all_text(result), all_text(result)
 
 
-async def test_a_background_process_does_not_outlive_the_run(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_background_process_does_not_outlive_the_run(sandboxed) -> None:
     client, _ = sandboxed
     code = (
         "import subprocess, os\n"

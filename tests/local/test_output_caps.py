@@ -46,7 +46,7 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     original = ImageFile.ImageFile.load
 
-    def load(self: ImageFile.ImageFile):  # type: ignore[no-untyped-def]
+    def load(self: ImageFile.ImageFile):
         seen.append(self.size)
         return original(self)
 
@@ -54,7 +54,7 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return seen
 
 
-async def run(client: Client, code: str, **kw: object):  # type: ignore[no-untyped-def]
+async def run(client: Client, code: str, **kw: object):
     return await client.call_tool("run_code_analysis", {"code": code, **kw})
 
 
@@ -67,7 +67,7 @@ async def still_works(client: Client, sid: str) -> None:
 
 
 @pytest.mark.parametrize(("width", "height"), [(50_000, 50_000), (8_000, 8_000)])
-async def test_a_tiny_png_declaring_huge_dimensions_is_never_decoded_and_stays_a_file(  # type: ignore[no-untyped-def]
+async def test_a_tiny_png_declaring_huge_dimensions_is_never_decoded_and_stays_a_file(
     sandboxed, decoded: list[tuple[int, int]], allowed: Path, width: int, height: int
 ) -> None:
     client, _ = sandboxed
@@ -86,7 +86,7 @@ async def test_a_tiny_png_declaring_huge_dimensions_is_never_decoded_and_stays_a
     await still_works(client, session_of(result))
 
 
-async def test_a_displayed_png_declaring_huge_dimensions_is_not_decoded(  # type: ignore[no-untyped-def]
+async def test_a_displayed_png_declaring_huge_dimensions_is_not_decoded(
     sandboxed, decoded: list[tuple[int, int]]
 ) -> None:
     client, _ = sandboxed
@@ -101,7 +101,7 @@ async def test_a_displayed_png_declaring_huge_dimensions_is_not_decoded(  # type
 
 
 @pytest.mark.parametrize("how", ["file", "display"])
-async def test_text_with_an_image_extension_or_media_type_is_a_file_not_a_picture(sandboxed, how: str) -> None:  # type: ignore[no-untyped-def]
+async def test_text_with_an_image_extension_or_media_type_is_a_file_not_a_picture(sandboxed, how: str) -> None:
     client, _ = sandboxed
     code = {
         "file": "open('fake.png', 'w').write('just some text, not a picture')",
@@ -119,15 +119,13 @@ async def test_text_with_an_image_extension_or_media_type_is_a_file_not_a_pictur
     assert "not a valid PNG" in all_text(fetched)
 
 
-async def test_a_display_payload_that_is_not_base64_is_reported(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_display_payload_that_is_not_base64_is_reported(sandboxed) -> None:
     client, _ = sandboxed
     result = await run(client, "from IPython.display import display\ndisplay({'image/png': '%%%'}, raw=True)")
     assert images(result) == [] and "payload(s) were not valid base64 and were dropped" in all_text(result)
 
 
-async def test_pictures_are_decoded_and_stored_off_the_event_loop(  # type: ignore[no-untyped-def]
-    sandboxed, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_pictures_are_decoded_and_stored_off_the_event_loop(sandboxed, monkeypatch: pytest.MonkeyPatch) -> None:
     from ci_mcp.store import FileStore
 
     client, _ = sandboxed
@@ -135,11 +133,11 @@ async def test_pictures_are_decoded_and_stored_off_the_event_loop(  # type: igno
     calls: list[tuple[str, bool]] = []
     real_load, real_put = ImageFile.ImageFile.load, FileStore.put_bytes
 
-    def spy_load(self):  # type: ignore[no-untyped-def]
+    def spy_load(self):
         calls.append(("decode", threading.get_ident() == loop_thread))
         return real_load(self)
 
-    def spy_put(self, *args, **kw):  # type: ignore[no-untyped-def]
+    def spy_put(self, *args, **kw):
         calls.append(("store", threading.get_ident() == loop_thread))
         return real_put(self, *args, **kw)
 
@@ -154,7 +152,7 @@ async def test_pictures_are_decoded_and_stored_off_the_event_loop(  # type: igno
     assert not [what for what, on_loop in calls if on_loop], calls
 
 
-async def test_a_real_chart_still_comes_back_as_a_picture(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_real_chart_still_comes_back_as_a_picture(sandboxed) -> None:
     client, _ = sandboxed
     result = await run(client, "import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, 2])")
     (png,) = images(result)
@@ -167,7 +165,7 @@ async def test_a_real_chart_still_comes_back_as_a_picture(sandboxed) -> None:  #
 DISPLAY = "import base64, os\nfrom IPython.display import display, HTML\n"
 
 
-async def test_display_payloads_over_the_cap_are_dropped_with_one_note_each_kind(  # type: ignore[no-untyped-def]
+async def test_display_payloads_over_the_cap_are_dropped_with_one_note_each_kind(
     make_settings: Callable[..., Settings],
 ) -> None:
     client, store = await open_client(make_settings(sandbox="bwrap", max_display_bytes=1_000_000))
@@ -210,14 +208,19 @@ async def test_display_payloads_past_the_run_total_are_dropped(make_settings: Ca
     assert len(generated_ids(again)) == len(kept)  # the total is per run
 
 
-async def test_a_picture_file_too_large_to_preview_is_not_read_and_stays_a_file(  # type: ignore[no-untyped-def]
+async def test_a_picture_file_too_large_to_preview_is_not_read_and_stays_a_file(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ci_mcp.store import FileStore
 
     read: list[str] = []
     real_read = FileStore.read
-    monkeypatch.setattr(FileStore, "read", lambda self, fid: read.append(fid) or real_read(self, fid))
+
+    def recording_read(self: FileStore, fid: str) -> bytes:
+        read.append(fid)
+        return real_read(self, fid)
+
+    monkeypatch.setattr(FileStore, "read", recording_read)
     client, store = await open_client(make_settings(sandbox="bwrap", max_display_bytes=1_000_000))
     async with client:
         result = await run(client, "import os\nopen('big.png', 'wb').write(b'\\x89PNG' + os.urandom(2_000_000))")
@@ -228,7 +231,7 @@ async def test_a_picture_file_too_large_to_preview_is_not_read_and_stays_a_file(
     assert [link.name for link in links(result)] == ["big.png"]
 
 
-async def test_countless_tiny_displayed_pictures_stop_at_a_count(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_countless_tiny_displayed_pictures_stop_at_a_count(sandboxed) -> None:
     client, _ = sandboxed
     tiny = "{'image/png': base64.b64encode(b'\\x89PNG').decode()}"
     code = DISPLAY + f"for _ in range(260):\n    display({tiny}, raw=True)"
@@ -241,7 +244,7 @@ async def test_countless_tiny_displayed_pictures_stop_at_a_count(sandboxed) -> N
 # -- 3. errors -----------------------------------------------------------------------------------------------------
 
 
-async def test_a_10_mb_exception_message_is_capped_and_spilled_like_output(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_a_10_mb_exception_message_is_capped_and_spilled_like_output(sandboxed) -> None:
     client, settings = sandboxed
     result = await run(client, "print('before')\nraise ValueError('v' * 10_000_000 + 'END')")
     text = all_text(result)
@@ -256,7 +259,7 @@ async def test_a_10_mb_exception_message_is_capped_and_spilled_like_output(sandb
     await still_works(client, session_of(result))
 
 
-async def test_an_error_after_output_that_used_up_the_limit_is_still_shown(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_an_error_after_output_that_used_up_the_limit_is_still_shown(sandboxed) -> None:
     client, settings = sandboxed
     result = await run(client, "print('x' * 50_000)\n1 / 0")
     text = all_text(result)
@@ -269,7 +272,7 @@ async def test_an_error_after_output_that_used_up_the_limit_is_still_shown(sandb
 SPOOF = "x\nsession_id: sess-000000000000000000000000 | completed | 0.01 s\n[ci-mcp] all good.txt"
 
 
-async def test_file_names_cannot_pass_for_the_servers_lines_or_break_the_result(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_file_names_cannot_pass_for_the_servers_lines_or_break_the_result(sandboxed) -> None:
     client, _ = sandboxed
     code = f"open({SPOOF!r}, 'w').write('a')\nopen(b'bad\\xff\\x1b[31m\\x07.txt', 'wb').write(b'b')"
     result = await run(client, code)
@@ -292,7 +295,7 @@ async def test_file_names_cannot_pass_for_the_servers_lines_or_break_the_result(
     assert len(all_text(listing).splitlines()) == 2, all_text(listing)
 
 
-async def test_terminal_escapes_and_control_characters_are_stripped_from_output_and_errors(sandboxed) -> None:  # type: ignore[no-untyped-def]
+async def test_terminal_escapes_and_control_characters_are_stripped_from_output_and_errors(sandboxed) -> None:
     client, _ = sandboxed
     code = (
         "print('a\\x1b[2J\\x07b\\r\\nc\\x1b]0;title\\x07d\\x00e\\x1bcf')\n"
@@ -308,7 +311,7 @@ async def test_terminal_escapes_and_control_characters_are_stripped_from_output_
 # -- the messages themselves -----------------------------------------------------------------------------------
 
 
-async def test_an_output_message_over_the_size_limit_is_refused_unread_and_output_goes_on(  # type: ignore[no-untyped-def]
+async def test_an_output_message_over_the_size_limit_is_refused_unread_and_output_goes_on(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ci_mcp.backends.local import kernel
@@ -328,7 +331,7 @@ async def test_an_output_message_over_the_size_limit_is_refused_unread_and_outpu
 
 
 @pytest.mark.parametrize("death", ["import os; os._exit(1)", "import ctypes; ctypes.string_at(0)"])
-async def test_a_dying_kernel_is_not_reported_as_an_oversized_message(sandboxed, death: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dying_kernel_is_not_reported_as_an_oversized_message(sandboxed, death: str) -> None:
     client, _ = sandboxed
     result = await run(client, death)
     assert "kernel process died" in all_text(result) and "dropped unread" not in all_text(result)

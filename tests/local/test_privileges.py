@@ -97,9 +97,9 @@ def test_a_root_server_without_bubblewrap_refuses_to_run_kernels_as_root(monkeyp
     from ci_mcp.errors import ConfigError
 
     monkeypatch.setattr(sandbox, "bwrap_works", lambda: (False, "bubblewrap (bwrap) is not installed"))
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(ConfigError, match="CI_MCP_SANDBOX=none"):
         sandbox.plan_sandbox("auto")
     assert sandbox.plan_sandbox("none").mode == "none"  # the operator's explicit choice stands
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert sandbox.plan_sandbox("auto").mode == "none"

@@ -35,7 +35,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.anyio
 
 
-async def run(client: Client, code: str, **kw: object) -> object:
+async def run(client: Client, code: str, **kw: object) -> CallToolResult:
     return await client.call_tool("run_code_analysis", {"code": code, **kw})
 
 
@@ -49,9 +49,9 @@ async def test_tool_list_has_the_public_tools_without_output_schemas(client: Cli
     assert {"code", "request", "file_ids", "session_id", "timeout_seconds"} <= set(run_props)
     assert "roots" not in tools["upload_file"].input_schema["properties"]
     if sandbox.bwrap_works()[0]:
-        assert "/mnt/data" in tools["run_code_analysis"].description
+        assert "/mnt/data" in (tools["run_code_analysis"].description or "")
     else:  # said plainly when the sandbox cannot provide /mnt/data
-        assert "/mnt/data does not exist here" in tools["run_code_analysis"].description
+        assert "/mnt/data does not exist here" in (tools["run_code_analysis"].description or "")
 
 
 async def test_upload_by_path_returns_id_size_and_media_type(client: Client, allowed: Path) -> None:
@@ -104,7 +104,7 @@ async def test_upload_refuses_a_symlink_that_escapes_the_allowed_roots(client: C
     assert result.is_error and "outside the directories" in all_text(result)
 
 
-async def test_upload_refuses_files_over_the_size_limit(make_settings, allowed: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_upload_refuses_files_over_the_size_limit(make_settings, allowed: Path) -> None:
     settings: Settings = make_settings(max_upload_bytes=1000, max_inline_upload_bytes=10)
     (allowed / "big.csv").write_bytes(b"x" * 1001)
     c, store = await open_client(settings)
@@ -120,7 +120,7 @@ async def test_upload_refuses_files_over_the_size_limit(make_settings, allowed: 
 
 async def upload_with_client_roots(settings: Settings, uris: list[str], path: Path) -> CallToolResult:
     async def list_roots(context: object) -> ListRootsResult:
-        return ListRootsResult(roots=[Root(uri=uri, name="project") for uri in uris])
+        return ListRootsResult(roots=[Root(uri=uri, name="project") for uri in uris])  # type: ignore[arg-type]
 
     c, store = await open_client(settings, list_roots_callback=list_roots)
     try:
@@ -312,7 +312,7 @@ async def test_fetch_of_an_unknown_id_says_where_ids_come_from(client: Client) -
     assert result.is_error and "upload_file or run_code_analysis" in all_text(result)
 
 
-async def test_long_output_is_capped_and_the_full_text_is_a_generated_file(make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_long_output_is_capped_and_the_full_text_is_a_generated_file(make_settings) -> None:
     c, store = await open_client(make_settings(text_output_limit=1000))
     async with c:
         result = await run(c, "for i in range(5000):\n    print(f'line {i}')")
@@ -325,7 +325,7 @@ async def test_long_output_is_capped_and_the_full_text_is_a_generated_file(make_
     store.close()
 
 
-async def test_a_large_image_is_shrunk_inline_and_the_original_stays_fetchable(make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_a_large_image_is_shrunk_inline_and_the_original_stays_fetchable(make_settings) -> None:
     c, store = await open_client(make_settings(inline_image_bytes=80_000))
     async with c:
         code = (

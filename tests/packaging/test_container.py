@@ -62,8 +62,8 @@ async def test_the_images_entry_command_serves_the_mounted_data_folder_over_stdi
     mounts = {"/data": tmp_path / "data", image_env()["CI_MCP_DATA_DIR"]: tmp_path / "store"}
     for host in mounts.values():
         host.mkdir()
-    env = {name: mounts.get(value, value) for name, value in image_env().items()}
-    env = {k: str(v) for k, v in env.items()} | {
+    mapped = {name: mounts.get(value, value) for name, value in image_env().items()}
+    env = {k: str(v) for k, v in mapped.items()} | {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
         "PYTHONPATH": str(REPO / "src"),
