@@ -32,6 +32,24 @@ class Preview:
     refused: str = ""
 
 
+def header_refusal(data: bytes, max_pixels: int) -> str:
+    """Why these bytes must not be handed to a client as a picture ("" when they may): not a PNG/JPEG/GIF/WebP
+    image, or declaring more than `max_pixels` pixels. Reads the header only; decodes nothing."""
+    from PIL import Image, UnidentifiedImageError
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        with Image.open(io.BytesIO(data), formats=tuple(FORMATS)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError:
+        return f"it declares more than {max_pixels:,} pixels"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return "it is not a valid PNG, JPEG, GIF or WebP image"
+    if width * height > max_pixels:
+        return f"it declares {width:,} x {height:,} pixels, more than {max_pixels:,}"
+    return ""
+
+
 def preview(data: bytes, max_bytes: int, max_pixels: int) -> Preview:
     """A picture no larger than `max_bytes` (where that can be done sensibly), or a refusal for the model.
 

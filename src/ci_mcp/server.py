@@ -30,6 +30,7 @@ from ci_mcp import __version__, paths
 from ci_mcp.backends.base import Backend
 from ci_mcp.errors import CiMcpError, FileTooLargeError, InvalidInputError
 from ci_mcp.http import HttpPlan, principal_of
+from ci_mcp.images import header_refusal
 from ci_mcp.models import FileInfo, RunRequest
 from ci_mcp.ownership import OwnedBackend, Owners
 from ci_mcp.rendering import (
@@ -73,7 +74,12 @@ class _CiMcpServer(MCPServer[Any]):
                 raise ResourceError(str(exc)) from None
             if info.is_text:
                 return [ReadResourceContents(data.decode("utf-8", errors="replace"), info.media_type)]
-            return [ReadResourceContents(data, info.media_type)]
+            media_type = info.media_type
+            if info.is_image:  # a bomb or a fake picture goes out as plain bytes, never as something to decode
+                refused = await anyio.to_thread.run_sync(header_refusal, data, self.ci_settings.max_image_pixels)
+                if refused:
+                    media_type = "application/octet-stream"
+            return [ReadResourceContents(data, media_type)]
         return await super().read_resource(uri, context)
 
     async def list_resource_templates(self) -> list[ResourceTemplate]:

@@ -336,3 +336,18 @@ async def test_a_dying_kernel_is_not_reported_as_an_oversized_message(sandboxed,
     result = await run(client, death)
     assert "kernel process died" in all_text(result) and "dropped unread" not in all_text(result)
     await still_works(client, session_of(result))
+
+
+@pytest.mark.parametrize("what", ["bomb", "fake", "real"])
+async def test_resources_read_never_hands_a_bomb_or_a_fake_picture_over_as_an_image(sandboxed, what: str) -> None:
+    client, _ = sandboxed
+    make = {
+        "bomb": PNG_OF + "open('p.png', 'wb').write(png_of(50000, 50000))",
+        "fake": "open('p.png', 'w').write('not a picture')",
+        "real": "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.savefig('p.png'); plt.close('all')",
+    }[what]
+    result = await run(client, make)
+    file_id = generated_ids(result)["p.png"]
+    (contents,) = (await client.read_resource(f"ci-mcp://files/{file_id}")).contents
+    expected = "image/png" if what == "real" else "application/octet-stream"
+    assert contents.mime_type == expected, (what, contents.mime_type)
