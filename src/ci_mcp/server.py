@@ -421,8 +421,8 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
 
     @server.tool(
         description=(
-            "End a session: its kernel (or remote conversation) is stopped and its memory freed. Its files stay "
-            "fetchable. Continuing it later starts a fresh kernel with the same files."
+            "End a session: its kernel (or remote conversation) is stopped and its memory freed. It cannot be "
+            "continued afterwards; its files stay fetchable and can be passed to a new session in file_ids."
         ),
         annotations=ToolAnnotations(title="Close a session", destructive_hint=False, open_world_hint=False),
         structured_output=False,

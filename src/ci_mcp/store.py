@@ -402,6 +402,22 @@ class FileStore:
             raise no_such_session(session_id)
         return SessionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
 
+    def open_session(self, session_id: str, backend: str, *, allow_closed: bool = False) -> SessionRecord:
+        """The session a call continues, by the one rule every backend keeps: unknown ids are not found, a
+        session of another backend cannot be continued here, and a closed session is over (its files stay)."""
+        record = self.session(session_id)
+        if record.backend != backend:
+            raise NotFoundError(
+                f"Session '{session_id}' belongs to the {record.backend} backend, not {backend}. Omit session_id to "
+                "start a new session."
+            )
+        if record.closed and not allow_closed:
+            raise NotFoundError(
+                f"Session '{session_id}' was closed: its kernel and variables are gone, its files stay fetchable "
+                "(list_files shows them; pass their ids in file_ids). Omit session_id to start a new session."
+            )
+        return record
+
     def update_session(
         self, session_id: str, *, state: dict[str, object] | None = None, closed: bool | None = None
     ) -> None:

@@ -87,3 +87,18 @@ async def test_unknown_ids_and_bad_limits_are_clear_errors(
     result = await client.call_tool("run_code_analysis", arguments)
     assert result.is_error and expected in all_text(result)
     assert "still" in all_text(await run(client, "print('still serving')"))
+
+
+async def test_a_closed_session_cannot_be_continued_and_keeps_its_files(contract_client: Ctx) -> None:
+    """One closed-session rule on every backend: the same error, the files still there."""
+    client, _ = contract_client
+    first = await run(client, "kept = 1\nopen('/mnt/data/left.txt', 'w').write('x')")
+    session = session_of(first)
+    file_id = generated_ids(first)["left.txt"]
+    closed = await client.call_tool("close_session", {"session_id": session})
+    assert not closed.is_error, all_text(closed)
+    again = await run(client, "print(kept)", session_id=session)
+    assert again.is_error and f"Session '{session}' was closed" in all_text(again), all_text(again)
+    assert "files stay fetchable" in all_text(again)
+    fetched = await client.call_tool("fetch_generated_file", {"file_id": file_id})
+    assert not fetched.is_error and "x" in all_text(fetched)

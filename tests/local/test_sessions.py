@@ -155,9 +155,9 @@ async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
         warm_sid = session_of(await client.call_tool("run_code_analysis", {"code": "n = 41"}))
         args: dict[str, str] = {"code": "print('cold ran')"}
         if cold == "revived session":
-            closed = session_of(await client.call_tool("run_code_analysis", {"code": "pass"}))
-            await client.call_tool("close_session", {"session_id": closed})
-            args["session_id"] = closed
+            idle = session_of(await client.call_tool("run_code_analysis", {"code": "pass"}))
+            await backend._stop_live(backend._live[idle])  # as the idle reaper does: the next call revives it
+            args["session_id"] = idle
 
         # From here on every kernel start waits at a gate the test opens only after the warm call has finished.
         entered, gate = anyio.Event(), anyio.Event()

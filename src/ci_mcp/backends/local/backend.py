@@ -272,11 +272,7 @@ class LocalBackend:
         live = self._live.get(session_id)
         if live is not None:
             return live
-        record = self.store.session(session_id)  # NotFoundError for unknown ids
-        if record.backend != self.name:
-            raise InvalidInputError(
-                f"Session '{session_id}' belongs to the {record.backend} backend; start a new session."
-            )
+        record = self.store.open_session(session_id, self.name)  # unknown, another backend's, or closed: refused
         done = anyio.Event()
         self._starting[session_id] = done  # no await since the lookup above: one start per session
         try:

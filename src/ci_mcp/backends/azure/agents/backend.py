@@ -217,15 +217,7 @@ class AzureAgentsBackend:
     # -- sessions ----------------------------------------------------------------------------------------------------
 
     def _session(self, session_id: str) -> SessionRecord:
-        rec = self._store.session(session_id)
-        if rec.backend != BACKEND:
-            raise NotFoundError(
-                f"Session '{session_id}' belongs to the {rec.backend} backend, not azure. Omit session_id to start a "
-                "new session."
-            )
-        if rec.closed:
-            raise NotFoundError(f"Session '{session_id}' was closed. Omit session_id to start a new session.")
-        return rec
+        return self._store.open_session(session_id, BACKEND)
 
     async def sessions(self) -> list[SessionInfo]:
         return [self._store.session_info(r, live=True) for r in self._store.sessions(BACKEND) if not r.closed]

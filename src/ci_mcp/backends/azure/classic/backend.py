@@ -251,17 +251,7 @@ class ClassicAgentsBackend:
         self._session_locks.pop(session_id, None)
 
     def _session_record(self, session_id: str, *, allow_closed: bool = False) -> SessionRecord:
-        record = self._store.session(session_id)
-        if record.backend != BACKEND_NAME:
-            raise NotFoundError(
-                f"Session '{session_id}' belongs to the '{record.backend}' backend, not azure-classic. "
-                "Omit session_id to start a new session."
-            )
-        if record.closed and not allow_closed:
-            raise NotFoundError(
-                f"Session '{session_id}' was closed; its files stay fetchable. Omit session_id to start a new one."
-            )
-        return record
+        return self._store.open_session(session_id, BACKEND_NAME, allow_closed=allow_closed)
 
     async def _open_session(self, session_id: str | None) -> SessionRecord:
         if session_id is not None:
