@@ -47,10 +47,6 @@ class RunTimeoutError(CiMcpError):
     """A run that exceeded its time limit and could not be brought back with its state."""
 
 
-class KernelDiedError(CiMcpError):
-    """The session's kernel process died during a run."""
-
-
 class RunFailedError(CiMcpError):
     """A remote run (Azure) that ended failed, cancelled or incomplete."""
 

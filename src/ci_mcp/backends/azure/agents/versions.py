@@ -109,7 +109,3 @@ class AgentVersions:
         for key, version in found.items():
             self._known.setdefault(key, version)
 
-    def forget(self) -> None:
-        """Drop the cache (a pinned version was deleted behind our back)."""
-        self._known.clear()
-        self._listed = False
