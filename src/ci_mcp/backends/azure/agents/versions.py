@@ -108,4 +108,3 @@ class AgentVersions:
             pass
         for key, version in found.items():
             self._known.setdefault(key, version)
-
