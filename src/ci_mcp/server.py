@@ -156,7 +156,7 @@ async def _client_roots(ctx: Context) -> ListRoots | None:
 ClientRoots = Annotated[ListRootsResult | None, Resolve(_client_roots)]
 
 
-def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = None) -> MCPServer[Any]:
+def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = None) -> MCPServer[Any]:  # noqa: C901 - known, to split (issue 10)
     """Build the MCP server around one backend. The caller owns neither: the server's lifespan starts and
     closes the backend. With an HTTP plan that authenticates callers, every session and file belongs to the
     principal that created it (`ownership.py`)."""

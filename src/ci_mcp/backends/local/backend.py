@@ -438,7 +438,7 @@ class LocalBackend:
                 except (CiMcpError, sqlite3.Error) as exc:  # bookkeeping only: never lose the result for it
                     log.warning("could not record the use of session %s: %s", live.session_id, exc)
 
-    async def _run_locked(
+    async def _run_locked(  # noqa: C901 - known, to split (issue 10)
         self,
         live: LiveSession,
         code: str,

@@ -127,7 +127,7 @@ def _unshown_image_notice(url: str) -> str:
     )
 
 
-async def fetch_files(
+async def fetch_files(  # noqa: C901 - known, to split (issue 10)
     client: AsyncOpenAI,
     digest: ResponseDigest,
     *,
