@@ -20,7 +20,7 @@ from mcp_types import ImageContent, TextContent
 
 HERE = Path(__file__).resolve().parent
 CSV = HERE / "data" / "nifty_500_quarterly_results.csv"
-OUT = HERE / "output"
+OUT = Path(os.environ.get("CI_MCP_EXAMPLE_OUT", HERE / "output"))
 
 CODE = """
 import pandas as pd
@@ -46,11 +46,11 @@ plt.close(fig)  # saved already: closing it avoids a second, identical inline fi
 async def main() -> None:
     env = dict(os.environ, CI_MCP_ALLOWED_DIRS=str(CSV.parent) + os.pathsep + str(OUT))
     server = StdioServerParameters(command=sys.executable, args=["-m", "ci_mcp"], env=env)
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     async with Client(server) as client:
         uploaded = await client.call_tool("upload_file", {"path": str(CSV)})
         print(_text(uploaded.content))
-        file_id = _text(uploaded.content).split(" as ")[1].split(" ")[0]
+        file_id = (uploaded.meta or {})["ci-mcp/ids"]["files"][0]["file_id"]
 
         result = await client.call_tool("run_code_analysis", {"code": CODE, "file_ids": [file_id]})
         if result.is_error:
@@ -63,20 +63,12 @@ async def main() -> None:
             target.write_bytes(base64.b64decode(pictures[0].data))
             print(f"Saved the first image block to {target}")
 
-        generated = _generated(_text(result.content))
+        generated = {f["name"]: f["file_id"] for f in (result.meta or {})["ci-mcp/ids"]["files"]}
         chart_id = generated["transportation_operating_profit.png"]
         fetched = await client.call_tool(
             "fetch_generated_file", {"file_id": chart_id, "save_to": str(OUT), "overwrite": True}
         )
         print(_text(fetched.content))
-
-
-def _generated(text: str) -> dict[str, str]:
-    """name -> file id, from the result's 'Generated files' line."""
-    for line in text.splitlines():
-        if line.startswith("Generated files"):
-            return dict(pair.split(" = ") for pair in line.split(": ", 1)[1].split(", "))
-    return {}
 
 
 def _text(blocks: Sequence[object]) -> str:

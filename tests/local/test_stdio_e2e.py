@@ -51,3 +51,30 @@ async def test_a_desktop_client_uploads_analyses_and_fetches_over_stdio(tmp_path
         assert "501" in all_text(more)
         inline = base64.b64encode(b"q\n1\n").decode()
         assert not (await client.call_tool("upload_file", {"content_base64": inline, "filename": "q.csv"})).is_error
+
+
+def test_the_readme_walk_through_make_demo_runs_and_saves_the_chart(tmp_path: Path) -> None:
+    """`make demo` runs examples/analyze_csv.py: it must keep working as the result format evolves."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(repo / "src"),
+        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        "CI_MCP_EXAMPLE_OUT": str(out),
+    }
+    done = subprocess.run(
+        [sys.executable, str(repo / "examples" / "analyze_csv.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Adani Ports" in done.stdout
+    assert (out / "transportation_operating_profit.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "chart_from_image_block.png").read_bytes().startswith(b"\x89PNG")
