@@ -1,10 +1,13 @@
 """Latency of the local backend through a real stdio MCP client (the way Claude Desktop talks to ci-mcp).
 
-    python benchmarks/bench_stdio.py [--quick]       (or: make bench)
+    python benchmarks/bench_stdio.py [--quick] [--against OTHER/src]       (or: make bench)
 
-Measures spawn + initialize, the first call of a new session, a warm `print(1+1)`, and a pandas + matplotlib bar
-chart of a 10,000-row frame with its image block (first in a session, and warm). Prints a table and rewrites the
-"Local backend over stdio" section of benchmarks/RESULTS.md. Targets are from the foundation issue.
+Measures spawn + initialize (with tools/list answered), the first call of a new session, ten new sessions back to
+back, a warm `print(1+1)`, and a pandas + matplotlib bar chart of a 10,000-row frame with its image block (first in
+a session, and warm). The server is this checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the
+base commit, `git archive` into /tmp) is measured in the same run, rounds interleaved, so that a shared machine's
+load falls on both alike. Prints a table and rewrites the "Local backend over stdio" section of
+benchmarks/RESULTS.md. Targets are from issue 12.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ df.groupby("group")["value"].sum().plot.bar()
 """
 
 TARGETS = {
-    "spawn + initialize": 400,
-    "first call, new session": 100,
-    "warm print(1+1)": 4,
-    "chart + image block, first": 700,
-    "chart + image block, warm": 150,
+    "spawn + initialize + tools/list": 300,
+    "first call, new session": 50,
+    "new session, 10 back to back": 50,
+    "warm print(1+1)": 3,
+    "chart + image block, first": 150,
+    "chart + image block, warm": 80,
 }
+BURST = 10
 
 
 def pct(values: list[float], q: float) -> float:
@@ -78,9 +83,15 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-async def measure(quick: bool, sandbox: str) -> tuple[dict[str, list[float]], float]:
+async def measure(quick: bool, sandbox: str, src: Path) -> tuple[dict[str, list[float]], float]:
     data = Path(tempfile.mkdtemp(prefix="ci-mcp-bench-"))
-    env = dict(os.environ, CI_MCP_DATA_DIR=str(data), CI_MCP_KERNEL_POOL_SIZE="1", CI_MCP_SANDBOX=sandbox)
+    env = dict(
+        os.environ,
+        CI_MCP_DATA_DIR=str(data),
+        CI_MCP_KERNEL_POOL_SIZE="1",
+        CI_MCP_SANDBOX=sandbox,
+        PYTHONPATH=str(src),  # the tree under test, not whatever ci_mcp the interpreter has installed
+    )
     pidfile = data / "server.pid"
     script = f'echo $$ > {pidfile}; exec "{sys.executable}" -m ci_mcp'
     params = StdioServerParameters(command="/bin/sh", args=["-c", script], env=env)
@@ -88,8 +99,8 @@ async def measure(quick: bool, sandbox: str) -> tuple[dict[str, list[float]], fl
     for _ in range(3 if quick else 10):
         t0 = time.perf_counter()
         async with Client(params) as client:
-            out["spawn + initialize"].append((time.perf_counter() - t0) * 1000)
             await client.list_tools()
+            out["spawn + initialize + tools/list"].append((time.perf_counter() - t0) * 1000)
 
     async with Client(params) as client:
         await anyio.sleep(3)  # let the pool pre-start its kernel
@@ -104,6 +115,13 @@ async def measure(quick: bool, sandbox: str) -> tuple[dict[str, list[float]], fl
             assert any(isinstance(b, ImageContent) for b in chart.content), chart
             await client.call_tool("close_session", {"session_id": sid})
             await anyio.sleep(2.5)  # the pool refills in the background; a real user thinks between calls
+        # A client opening sessions as fast as it can (e.g. parallel agents): no pause for the pool to refill.
+        for _ in range(BURST):
+            t0 = time.perf_counter()
+            result = await client.call_tool("run_code_analysis", {"code": "1"})
+            out["new session, 10 back to back"].append((time.perf_counter() - t0) * 1000)
+            await client.call_tool("close_session", {"session_id": sid_of(result)})
+        await anyio.sleep(3)
         sid = sid_of(await client.call_tool("run_code_analysis", {"code": "1"}))
         for _ in range(20):
             await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
@@ -127,15 +145,32 @@ async def measure(quick: bool, sandbox: str) -> tuple[dict[str, list[float]], fl
     return out, memory
 
 
-def table(out: dict[str, list[float]], memory: float) -> str:
-    rows = ["| measure | n | p50 ms | p95 ms | target p50 ms | met |", "|---|---|---|---|---|---|"]
+async def measure_rounds(
+    quick: bool, sandbox: str, trees: list[Path], rounds: int
+) -> list[tuple[dict[str, list[float]], list[float]]]:
+    """Each tree measured `rounds` times, alternating, so that the machine's load changes hit all trees alike."""
+    found: list[tuple[dict[str, list[float]], list[float]]] = [({k: [] for k in TARGETS}, []) for _ in trees]
+    for _ in range(rounds):
+        for (values, memories), src in zip(found, trees, strict=True):
+            out, memory = await measure(quick, sandbox, src)
+            for name, got in out.items():
+                values[name].extend(got)
+            memories.append(memory)
+    return found
+
+
+def table(results: list[tuple[dict[str, list[float]], list[float]]], labels: list[str]) -> str:
+    head = "| measure | n |" + "".join(f" {label} p50 ms | {label} p95 ms |" for label in labels)
+    rows = [head + " target p50 ms | met |", "|---|---|" + "---|---|" * len(labels) + "---|---|"]
     for name, target in TARGETS.items():
-        values = out[name]
-        p50, p95 = statistics.median(values), pct(values, 0.95)
-        rows.append(
-            f"| {name} | {len(values)} | {p50:.1f} | {p95:.1f} | <= {target} | {'yes' if p50 <= target else 'no'} |"
-        )
-    rows.append(f"\nIdle kernel (a session or the pool's spare; PSS of its process tree): {memory:.0f} MB.")
+        cells, p50 = "", 0.0
+        for values, _ in results:
+            p50, p95 = statistics.median(values[name]), pct(values[name], 0.95)
+            cells += f" {p50:.1f} | {p95:.1f} |"
+        n = len(results[-1][0][name])
+        rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
+    memory = ", ".join(f"{label} {statistics.median(m):.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
+    rows.append(f"\nIdle kernel (a session or the pool's spare; PSS of its process tree): {memory}.")
     return "\n".join(rows)
 
 
@@ -144,17 +179,30 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto")
+    parser.add_argument("--src", type=Path, default=HERE.parent / "src", help="the tree to measure")
+    parser.add_argument("--against", type=Path, help="another tree's src to measure in the same run (before)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per tree")
     args = parser.parse_args()
-    out, memory = anyio.run(measure, args.quick, args.sandbox)
-    text = table(out, memory)
+    trees = [args.against, args.src] if args.against else [args.src]
+    labels = ["before", "after"] if args.against else ["this"]
+    load_before = os.getloadavg()
+    results = anyio.run(measure_rounds, args.quick, args.sandbox, trees, args.rounds)
+    load_after = os.getloadavg()
+    text = table(results, labels)
+    load = f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end"
     print(text)
+    print(load)
     if args.no_write:
         return
+    compared = (
+        f" (before: `{args.against}`, after: `{args.src}`, {args.rounds} interleaved round(s))" if args.against else ""
+    )
     begin, end = MARK.format(mode=args.sandbox, edge="begin"), MARK.format(mode=args.sandbox, edge="end")
     section = (
         f"{begin}\n## Local backend over stdio, CI_MCP_SANDBOX={args.sandbox}\n\n"
         f"`python benchmarks/bench_stdio.py --sandbox {args.sandbox}` on {platform.machine()}, {os.cpu_count()} "
-        f"cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}.\n\n{text}\n{end}"
+        f"cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f"{compared}; {load} (a shared machine: compare columns of one run, not runs).\n\n{text}\n{end}"
     )
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if begin in current:
