@@ -5,21 +5,24 @@
 Measures spawn + initialize (with tools/list answered), the first call of a new session, ten new sessions back to
 back, a warm `print(1+1)`, and a pandas + matplotlib bar chart of a 10,000-row frame with its image block (first in
 a session, and warm). The server is this checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the
-base commit, `git archive` into /tmp) is measured in the same run, rounds interleaved, so that a shared machine's
-load falls on both alike. Prints a table and rewrites the "Local backend over stdio" section of
-benchmarks/RESULTS.md. Targets are from issue 12.
+base commit, `git archive` into /tmp) is measured in the same run, its server up beside this one and every call
+alternating between them, so that a shared machine's load falls on both alike. Prints a table and rewrites the
+"Local backend over stdio" section of benchmarks/RESULTS.md. Targets are from issue 12.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -44,6 +47,7 @@ TARGETS = {
     "chart + image block, warm": 80,
 }
 BURST = 10
+T = TypeVar("T")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -83,7 +87,7 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-async def measure(quick: bool, sandbox: str, src: Path) -> tuple[dict[str, list[float]], float]:
+def server_params(sandbox: str, src: Path) -> tuple[StdioServerParameters, Path]:
     data = Path(tempfile.mkdtemp(prefix="ci-mcp-bench-"))
     env = dict(
         os.environ,
@@ -94,72 +98,85 @@ async def measure(quick: bool, sandbox: str, src: Path) -> tuple[dict[str, list[
     )
     pidfile = data / "server.pid"
     script = f'echo $$ > {pidfile}; exec "{sys.executable}" -m ci_mcp'
-    params = StdioServerParameters(command="/bin/sh", args=["-c", script], env=env)
-    out: dict[str, list[float]] = {k: [] for k in TARGETS}
+    return StdioServerParameters(command="/bin/sh", args=["-c", script], env=env), pidfile
+
+
+async def timed(out: list[float], call: Awaitable[T]) -> T:
+    t0 = time.perf_counter()
+    result = await call
+    out.append((time.perf_counter() - t0) * 1000)
+    return result
+
+
+def kernel_memory(pidfile: Path) -> float:
+    """PSS of the server's process tree per kernel (a session, numpy, pandas and matplotlib preloaded, next to
+    the pool's spare)."""
+    server = int(pidfile.read_text())
+    kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
+    kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
+    return pss_mb(descendants(server)) / max(1, len(kernels))
+
+
+async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[dict[str, list[float]], float]]:
+    """Every tree's server measured in the same run: spawns alternate, and all servers stay up side by side while
+    each call alternates between them, so that the shared machine's load falls on all alike."""
+    servers = [server_params(sandbox, src) for src in trees]
+    outs: list[dict[str, list[float]]] = [{k: [] for k in TARGETS} for _ in trees]
     for _ in range(3 if quick else 10):
-        t0 = time.perf_counter()
-        async with Client(params) as client:
-            await client.list_tools()
-            out["spawn + initialize + tools/list"].append((time.perf_counter() - t0) * 1000)
+        for (params, _), out in zip(servers, outs, strict=True):
+            t0 = time.perf_counter()
+            async with Client(params) as client:
+                await client.list_tools()
+                out["spawn + initialize + tools/list"].append((time.perf_counter() - t0) * 1000)
 
-    async with Client(params) as client:
-        await anyio.sleep(3)  # let the pool pre-start its kernel
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(Client(params)) for params, _ in servers]
+        pairs = list(zip(clients, outs, strict=True))
+        await anyio.sleep(5)  # let the pools pre-start their kernels
         for _ in range(3 if quick else 10):
-            t0 = time.perf_counter()
-            result = await client.call_tool("run_code_analysis", {"code": "1"})
-            out["first call, new session"].append((time.perf_counter() - t0) * 1000)
-            sid = sid_of(result)
-            t0 = time.perf_counter()
-            chart = await client.call_tool("run_code_analysis", {"code": CHART, "session_id": sid})
-            out["chart + image block, first"].append((time.perf_counter() - t0) * 1000)
-            assert any(isinstance(b, ImageContent) for b in chart.content), chart
-            await client.call_tool("close_session", {"session_id": sid})
-            await anyio.sleep(2.5)  # the pool refills in the background; a real user thinks between calls
+            for client, out in pairs:
+                result = await timed(
+                    out["first call, new session"], client.call_tool("run_code_analysis", {"code": "1"})
+                )
+                sid = sid_of(result)
+                args = {"code": CHART, "session_id": sid}
+                chart = await timed(out["chart + image block, first"], client.call_tool("run_code_analysis", args))
+                assert any(isinstance(b, ImageContent) for b in chart.content), chart
+                await client.call_tool("close_session", {"session_id": sid})
+            await anyio.sleep(2.5)  # the pools refill in the background; a real user thinks between calls
         # A client opening sessions as fast as it can (e.g. parallel agents): no pause for the pool to refill.
-        for _ in range(BURST):
-            t0 = time.perf_counter()
-            result = await client.call_tool("run_code_analysis", {"code": "1"})
-            out["new session, 10 back to back"].append((time.perf_counter() - t0) * 1000)
-            await client.call_tool("close_session", {"session_id": sid_of(result)})
-        await anyio.sleep(3)
-        sid = sid_of(await client.call_tool("run_code_analysis", {"code": "1"}))
+        # One server's burst at a time, in two halves each, so that no burst shares the machine with another's.
+        for _ in range(2):
+            for client, out in pairs:
+                for _ in range(BURST // 2):
+                    args = {"code": "1"}
+                    result = await timed(
+                        out["new session, 10 back to back"], client.call_tool("run_code_analysis", args)
+                    )
+                    await client.call_tool("close_session", {"session_id": sid_of(result)})
+                await anyio.sleep(4)
+        sids = [sid_of(await client.call_tool("run_code_analysis", {"code": "1"})) for client in clients]
         for _ in range(20):
-            await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
+            for client, sid in zip(clients, sids, strict=True):
+                await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
         for _ in range(50 if quick else 300):
-            t0 = time.perf_counter()
-            await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
-            out["warm print(1+1)"].append((time.perf_counter() - t0) * 1000)
+            for (client, out), sid in zip(pairs, sids, strict=True):
+                args = {"code": "print(1+1)", "session_id": sid}
+                await timed(out["warm print(1+1)"], client.call_tool("run_code_analysis", args))
         for _ in range(5 if quick else 30):
-            t0 = time.perf_counter()
-            chart = await client.call_tool("run_code_analysis", {"code": CHART, "session_id": sid})
-            out["chart + image block, warm"].append((time.perf_counter() - t0) * 1000)
-            assert any(isinstance(b, ImageContent) for b in chart.content)
-        # Idle memory of a kernel: a fresh session (numpy, pandas and matplotlib preloaded) next to the pool's spare.
-        await client.call_tool("close_session", {"session_id": sid})
-        await client.call_tool("run_code_analysis", {"code": "1"})
-        await anyio.sleep(3)
-        server = int(pidfile.read_text())
-        kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
-        kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
-        memory = pss_mb(descendants(server)) / max(1, len(kernels))
-    return out, memory
+            for (client, out), sid in zip(pairs, sids, strict=True):
+                args = {"code": CHART, "session_id": sid}
+                chart = await timed(out["chart + image block, warm"], client.call_tool("run_code_analysis", args))
+                assert any(isinstance(b, ImageContent) for b in chart.content)
+        for client, sid in zip(clients, sids, strict=True):
+            await client.call_tool("close_session", {"session_id": sid})
+            await client.call_tool("run_code_analysis", {"code": "1"})
+        await anyio.sleep(4)
+        memory = [kernel_memory(pidfile) for _, pidfile in servers]
+    return list(zip(outs, memory, strict=True))
 
 
-async def measure_rounds(
-    quick: bool, sandbox: str, trees: list[Path], rounds: int
-) -> list[tuple[dict[str, list[float]], list[float]]]:
-    """Each tree measured `rounds` times, alternating, so that the machine's load changes hit all trees alike."""
-    found: list[tuple[dict[str, list[float]], list[float]]] = [({k: [] for k in TARGETS}, []) for _ in trees]
-    for _ in range(rounds):
-        for (values, memories), src in zip(found, trees, strict=True):
-            out, memory = await measure(quick, sandbox, src)
-            for name, got in out.items():
-                values[name].extend(got)
-            memories.append(memory)
-    return found
-
-
-def table(results: list[tuple[dict[str, list[float]], list[float]]], labels: list[str]) -> str:
+def table(results: list[tuple[dict[str, list[float]], float]], labels: list[str]) -> str:
     head = "| measure | n |" + "".join(f" {label} p50 ms | {label} p95 ms |" for label in labels)
     rows = [head + " target p50 ms | met |", "|---|---|" + "---|---|" * len(labels) + "---|---|"]
     for name, target in TARGETS.items():
@@ -169,7 +186,7 @@ def table(results: list[tuple[dict[str, list[float]], list[float]]], labels: lis
             cells += f" {p50:.1f} | {p95:.1f} |"
         n = len(results[-1][0][name])
         rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
-    memory = ", ".join(f"{label} {statistics.median(m):.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
+    memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
     rows.append(f"\nIdle kernel (a session or the pool's spare; PSS of its process tree): {memory}.")
     return "\n".join(rows)
 
@@ -181,12 +198,11 @@ def main() -> None:
     parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto")
     parser.add_argument("--src", type=Path, default=HERE.parent / "src", help="the tree to measure")
     parser.add_argument("--against", type=Path, help="another tree's src to measure in the same run (before)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per tree")
     args = parser.parse_args()
     trees = [args.against, args.src] if args.against else [args.src]
     labels = ["before", "after"] if args.against else ["this"]
     load_before = os.getloadavg()
-    results = anyio.run(measure_rounds, args.quick, args.sandbox, trees, args.rounds)
+    results = anyio.run(measure, args.quick, args.sandbox, trees)
     load_after = os.getloadavg()
     text = table(results, labels)
     load = f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end"
@@ -194,9 +210,9 @@ def main() -> None:
     print(load)
     if args.no_write:
         return
-    compared = (
-        f" (before: `{args.against}`, after: `{args.src}`, {args.rounds} interleaved round(s))" if args.against else ""
-    )
+    compared = ""
+    if args.against:
+        compared = f" (before: `{args.against}`, after: `{args.src}`, both servers up side by side, calls alternating)"
     begin, end = MARK.format(mode=args.sandbox, edge="begin"), MARK.format(mode=args.sandbox, edge="end")
     section = (
         f"{begin}\n## Local backend over stdio, CI_MCP_SANDBOX={args.sandbox}\n\n"
