@@ -177,17 +177,18 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
 
 
 def table(results: list[tuple[dict[str, list[float]], float]], labels: list[str]) -> str:
-    head = "| measure | n |" + "".join(f" {label} p50 ms | {label} p95 ms |" for label in labels)
-    rows = [head + " target p50 ms | met |", "|---|---|" + "---|---|" * len(labels) + "---|---|"]
+    head = "| measure | n |" + "".join(f" {label} p50 | {label} mean | {label} p95 |" for label in labels)
+    rows = [head + " target p50 | met |", "|---|---|" + "---|---|---|" * len(labels) + "---|---|"]
     for name, target in TARGETS.items():
         cells, p50 = "", 0.0
         for values, _ in results:
-            p50, p95 = statistics.median(values[name]), pct(values[name], 0.95)
-            cells += f" {p50:.1f} | {p95:.1f} |"
+            got = values[name]
+            p50 = statistics.median(got)
+            cells += f" {p50:.1f} | {statistics.mean(got):.1f} | {pct(got, 0.95):.1f} |"
         n = len(results[-1][0][name])
         rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
     memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
-    rows.append(f"\nIdle kernel (a session or the pool's spare; PSS of its process tree): {memory}.")
+    rows.append("\nTimes in ms. Idle kernel (a session or the pool's spare; PSS of its process tree): " + memory + ".")
     return "\n".join(rows)
 
 
@@ -210,13 +211,14 @@ def main() -> None:
     print(load)
     if args.no_write:
         return
-    compared = ""
+    compared, against = "", f" --against {args.against}" if args.against else ""
     if args.against:
         compared = f" (before: `{args.against}`, after: `{args.src}`, both servers up side by side, calls alternating)"
     begin, end = MARK.format(mode=args.sandbox, edge="begin"), MARK.format(mode=args.sandbox, edge="end")
     section = (
         f"{begin}\n## Local backend over stdio, CI_MCP_SANDBOX={args.sandbox}\n\n"
-        f"`python benchmarks/bench_stdio.py --sandbox {args.sandbox}` on {platform.machine()}, {os.cpu_count()} "
+        f"`python benchmarks/bench_stdio.py --sandbox {args.sandbox}{against}` on {platform.machine()}, "
+        f"{os.cpu_count()} "
         f"cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         f"{compared}; {load} (a shared machine: compare columns of one run, not runs).\n\n{text}\n{end}"
     )

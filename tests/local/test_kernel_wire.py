@@ -42,6 +42,11 @@ async def test_messages_are_unsigned_on_sockets_only_the_server_and_its_kernel_r
         assert json.loads(conn.read_text())["key"] == ""
         for private in (backend._runtime_dir, conn.parent):
             assert stat.S_IMODE(private.stat().st_mode) & 0o777 == 0o700
+        # No fixed sleep after each execution: the order of output and `idle` on iopub ends a run.
+        slept = await backend.run(
+            RunRequest(result.session_id, "print('sleep', get_ipython().kernel._execute_sleep)", None), no_progress
+        )
+        assert "sleep 0.0" in "".join(o.text for o in slept.outputs if isinstance(o, TextOutput)), slept
         # A message that is not JSON is dropped, never decoded otherwise, and the run carries on.
         hostile = await backend.run(RunRequest(result.session_id, NOT_JSON, None), no_progress)
         assert hostile.status == "ok", hostile

@@ -42,15 +42,12 @@ CONN_DIR = "{conn_dir}"
 KERNEL_FLAGS = (
     "--IPKernelApp.parent_handle=0",
     "--HistoryManager.enabled=False",
-    # ipykernel sleeps 0.5 ms after every execution so that output on iopub tends to arrive before the reply on
-    # shell. A run here ends at the `idle` status on iopub, which the kernel publishes after the output on the
-    # same socket, so that order is guaranteed without the sleep (issue 12).
-    "--IPythonKernel._execute_sleep=0",
 )
-"""ipykernel options. Messages are not signed (an empty key in the connection file): the IPC sockets live in a
-private 0700 directory, so whoever can connect to them can also read the connection file and its key; the key
-would protect nothing and costs an HMAC on every message both ways. Each kernel's sandbox binds only its own
-connection directory, so one session's code cannot reach another kernel's sockets either way."""
+"""ipykernel options (kernel_launcher.py turns off ipykernel's post-execute sleep). Messages are not signed (an
+empty key in the connection file): the IPC sockets live in a private 0700 directory, so whoever can connect to them
+can also read the connection file and its key; the key would protect nothing and costs an HMAC on every message
+both ways. Each kernel's sandbox binds only its own connection directory, so one session's code cannot reach
+another kernel's sockets either way."""
 
 
 def strip_ansi(text: str) -> str:

@@ -147,8 +147,15 @@ def main() -> None:
     os.umask(0o077)
     single_draw_inline_figures()
     from ipykernel.kernelapp import IPKernelApp
+    from traitlets.config import Config
 
     app = IPKernelApp.instance()
+    # ipykernel sleeps 0.5 ms after every execution so that output on iopub tends to arrive before the reply on
+    # shell. A run here ends at the `idle` status on iopub, which the kernel publishes after the run's output on the
+    # same socket, so that order holds without the sleep (issue 12).
+    config = Config()
+    config.IPythonKernel._execute_sleep = 0.0
+    app.update_config(config)
     app.initialize(sys.argv[2:])  # type: ignore[no-untyped-call]
     if app.shell is not None:
         app.shell.events.register("post_execute", show_open_figures)
