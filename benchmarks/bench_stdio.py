@@ -1,22 +1,28 @@
 """Latency of the local backend through a real stdio MCP client (the way Claude Desktop talks to ci-mcp).
 
-    python benchmarks/bench_stdio.py [--quick]       (or: make bench)
+    python benchmarks/bench_stdio.py [--quick] [--against OTHER/src]       (or: make bench)
 
-Measures spawn + initialize, the first call of a new session, a warm `print(1+1)`, and a pandas + matplotlib bar
-chart of a 10,000-row frame with its image block (first in a session, and warm). Prints a table and rewrites the
-"Local backend over stdio" section of benchmarks/RESULTS.md. Targets are from the foundation issue.
+Measures spawn + initialize (with tools/list answered), the first call of a new session, ten new sessions back to
+back, a warm `print(1+1)`, and a pandas + matplotlib bar chart of a 10,000-row frame with its image block (first in
+a session, and warm). The server is this checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the
+base commit, `git archive` into /tmp) is measured in the same run, its server up beside this one and every call
+alternating between them, so that a shared machine's load falls on both alike. Prints a table and rewrites the
+"Local backend over stdio" section of benchmarks/RESULTS.md. Targets are from issue 12.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -33,12 +39,15 @@ df.groupby("group")["value"].sum().plot.bar()
 """
 
 TARGETS = {
-    "spawn + initialize": 400,
-    "first call, new session": 100,
-    "warm print(1+1)": 4,
-    "chart + image block, first": 700,
-    "chart + image block, warm": 150,
+    "spawn + initialize + tools/list": 300,
+    "first call, new session": 50,
+    "new session, 10 back to back": 50,
+    "warm print(1+1)": 3,
+    "chart + image block, first": 150,
+    "chart + image block, warm": 80,
 }
+BURST = 10
+T = TypeVar("T")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -78,64 +87,108 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-async def measure(quick: bool, sandbox: str) -> tuple[dict[str, list[float]], float]:
+def server_params(sandbox: str, src: Path) -> tuple[StdioServerParameters, Path]:
     data = Path(tempfile.mkdtemp(prefix="ci-mcp-bench-"))
-    env = dict(os.environ, CI_MCP_DATA_DIR=str(data), CI_MCP_KERNEL_POOL_SIZE="1", CI_MCP_SANDBOX=sandbox)
+    env = dict(
+        os.environ,
+        CI_MCP_DATA_DIR=str(data),
+        CI_MCP_KERNEL_POOL_SIZE="1",
+        CI_MCP_SANDBOX=sandbox,
+        PYTHONPATH=str(src),  # the tree under test, not whatever ci_mcp the interpreter has installed
+    )
     pidfile = data / "server.pid"
     script = f'echo $$ > {pidfile}; exec "{sys.executable}" -m ci_mcp'
-    params = StdioServerParameters(command="/bin/sh", args=["-c", script], env=env)
-    out: dict[str, list[float]] = {k: [] for k in TARGETS}
+    return StdioServerParameters(command="/bin/sh", args=["-c", script], env=env), pidfile
+
+
+async def timed(out: list[float], call: Awaitable[T]) -> T:
+    t0 = time.perf_counter()
+    result = await call
+    out.append((time.perf_counter() - t0) * 1000)
+    return result
+
+
+def kernel_memory(pidfile: Path) -> float:
+    """PSS of the server's process tree per kernel (a session, numpy, pandas and matplotlib preloaded, next to
+    the pool's spare)."""
+    server = int(pidfile.read_text())
+    kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
+    kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
+    return pss_mb(descendants(server)) / max(1, len(kernels))
+
+
+async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[dict[str, list[float]], float]]:
+    """Every tree's server measured in the same run: spawns alternate, and all servers stay up side by side while
+    each call alternates between them, so that the shared machine's load falls on all alike."""
+    servers = [server_params(sandbox, src) for src in trees]
+    outs: list[dict[str, list[float]]] = [{k: [] for k in TARGETS} for _ in trees]
     for _ in range(3 if quick else 10):
-        t0 = time.perf_counter()
-        async with Client(params) as client:
-            out["spawn + initialize"].append((time.perf_counter() - t0) * 1000)
-            await client.list_tools()
+        for (params, _), out in zip(servers, outs, strict=True):
+            t0 = time.perf_counter()
+            async with Client(params) as client:
+                await client.list_tools()
+                out["spawn + initialize + tools/list"].append((time.perf_counter() - t0) * 1000)
 
-    async with Client(params) as client:
-        await anyio.sleep(3)  # let the pool pre-start its kernel
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(Client(params)) for params, _ in servers]
+        pairs = list(zip(clients, outs, strict=True))
+        await anyio.sleep(5)  # let the pools pre-start their kernels
         for _ in range(3 if quick else 10):
-            t0 = time.perf_counter()
-            result = await client.call_tool("run_code_analysis", {"code": "1"})
-            out["first call, new session"].append((time.perf_counter() - t0) * 1000)
-            sid = sid_of(result)
-            t0 = time.perf_counter()
-            chart = await client.call_tool("run_code_analysis", {"code": CHART, "session_id": sid})
-            out["chart + image block, first"].append((time.perf_counter() - t0) * 1000)
-            assert any(isinstance(b, ImageContent) for b in chart.content), chart
-            await client.call_tool("close_session", {"session_id": sid})
-            await anyio.sleep(2.5)  # the pool refills in the background; a real user thinks between calls
-        sid = sid_of(await client.call_tool("run_code_analysis", {"code": "1"}))
+            for client, out in pairs:
+                result = await timed(
+                    out["first call, new session"], client.call_tool("run_code_analysis", {"code": "1"})
+                )
+                sid = sid_of(result)
+                args = {"code": CHART, "session_id": sid}
+                chart = await timed(out["chart + image block, first"], client.call_tool("run_code_analysis", args))
+                assert any(isinstance(b, ImageContent) for b in chart.content), chart
+                await client.call_tool("close_session", {"session_id": sid})
+            await anyio.sleep(2.5)  # the pools refill in the background; a real user thinks between calls
+        # A client opening sessions as fast as it can (e.g. parallel agents): no pause for the pool to refill.
+        # One server's burst at a time, in two halves each, so that no burst shares the machine with another's.
+        for _ in range(2):
+            for client, out in pairs:
+                for _ in range(BURST // 2):
+                    args = {"code": "1"}
+                    result = await timed(
+                        out["new session, 10 back to back"], client.call_tool("run_code_analysis", args)
+                    )
+                    await client.call_tool("close_session", {"session_id": sid_of(result)})
+                await anyio.sleep(4)
+        sids = [sid_of(await client.call_tool("run_code_analysis", {"code": "1"})) for client in clients]
         for _ in range(20):
-            await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
+            for client, sid in zip(clients, sids, strict=True):
+                await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
         for _ in range(50 if quick else 300):
-            t0 = time.perf_counter()
-            await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
-            out["warm print(1+1)"].append((time.perf_counter() - t0) * 1000)
+            for (client, out), sid in zip(pairs, sids, strict=True):
+                args = {"code": "print(1+1)", "session_id": sid}
+                await timed(out["warm print(1+1)"], client.call_tool("run_code_analysis", args))
         for _ in range(5 if quick else 30):
-            t0 = time.perf_counter()
-            chart = await client.call_tool("run_code_analysis", {"code": CHART, "session_id": sid})
-            out["chart + image block, warm"].append((time.perf_counter() - t0) * 1000)
-            assert any(isinstance(b, ImageContent) for b in chart.content)
-        # Idle memory of a kernel: a fresh session (numpy, pandas and matplotlib preloaded) next to the pool's spare.
-        await client.call_tool("close_session", {"session_id": sid})
-        await client.call_tool("run_code_analysis", {"code": "1"})
-        await anyio.sleep(3)
-        server = int(pidfile.read_text())
-        kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
-        kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
-        memory = pss_mb(descendants(server)) / max(1, len(kernels))
-    return out, memory
+            for (client, out), sid in zip(pairs, sids, strict=True):
+                args = {"code": CHART, "session_id": sid}
+                chart = await timed(out["chart + image block, warm"], client.call_tool("run_code_analysis", args))
+                assert any(isinstance(b, ImageContent) for b in chart.content)
+        for client, sid in zip(clients, sids, strict=True):
+            await client.call_tool("close_session", {"session_id": sid})
+            await client.call_tool("run_code_analysis", {"code": "1"})
+        await anyio.sleep(4)
+        memory = [kernel_memory(pidfile) for _, pidfile in servers]
+    return list(zip(outs, memory, strict=True))
 
 
-def table(out: dict[str, list[float]], memory: float) -> str:
-    rows = ["| measure | n | p50 ms | p95 ms | target p50 ms | met |", "|---|---|---|---|---|---|"]
+def table(results: list[tuple[dict[str, list[float]], float]], labels: list[str]) -> str:
+    head = "| measure | n |" + "".join(f" {label} p50 | {label} mean | {label} p95 |" for label in labels)
+    rows = [head + " target p50 | met |", "|---|---|" + "---|---|---|" * len(labels) + "---|---|"]
     for name, target in TARGETS.items():
-        values = out[name]
-        p50, p95 = statistics.median(values), pct(values, 0.95)
-        rows.append(
-            f"| {name} | {len(values)} | {p50:.1f} | {p95:.1f} | <= {target} | {'yes' if p50 <= target else 'no'} |"
-        )
-    rows.append(f"\nIdle kernel (a session or the pool's spare; PSS of its process tree): {memory:.0f} MB.")
+        cells, p50 = "", 0.0
+        for values, _ in results:
+            got = values[name]
+            p50 = statistics.median(got)
+            cells += f" {p50:.1f} | {statistics.mean(got):.1f} | {pct(got, 0.95):.1f} |"
+        n = len(results[-1][0][name])
+        rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
+    memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
+    rows.append("\nTimes in ms. Idle kernel (a session or the pool's spare; PSS of its process tree): " + memory + ".")
     return "\n".join(rows)
 
 
@@ -144,17 +197,30 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto")
+    parser.add_argument("--src", type=Path, default=HERE.parent / "src", help="the tree to measure")
+    parser.add_argument("--against", type=Path, help="another tree's src to measure in the same run (before)")
     args = parser.parse_args()
-    out, memory = anyio.run(measure, args.quick, args.sandbox)
-    text = table(out, memory)
+    trees = [args.against, args.src] if args.against else [args.src]
+    labels = ["before", "after"] if args.against else ["this"]
+    load_before = os.getloadavg()
+    results = anyio.run(measure, args.quick, args.sandbox, trees)
+    load_after = os.getloadavg()
+    text = table(results, labels)
+    load = f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end"
     print(text)
+    print(load)
     if args.no_write:
         return
+    compared, against = "", f" --against {args.against}" if args.against else ""
+    if args.against:
+        compared = f" (before: `{args.against}`, after: `{args.src}`, both servers up side by side, calls alternating)"
     begin, end = MARK.format(mode=args.sandbox, edge="begin"), MARK.format(mode=args.sandbox, edge="end")
     section = (
         f"{begin}\n## Local backend over stdio, CI_MCP_SANDBOX={args.sandbox}\n\n"
-        f"`python benchmarks/bench_stdio.py --sandbox {args.sandbox}` on {platform.machine()}, {os.cpu_count()} "
-        f"cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}.\n\n{text}\n{end}"
+        f"`python benchmarks/bench_stdio.py --sandbox {args.sandbox}{against}` on {platform.machine()}, "
+        f"{os.cpu_count()} "
+        f"cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f"{compared}; {load} (a shared machine: compare columns of one run, not runs).\n\n{text}\n{end}"
     )
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if begin in current:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,7 +82,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         if value is not None:
             overrides[key] = value
     try:
-        settings = Settings(**overrides)
+        settings = Settings.from_env(os.environ, **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
@@ -166,12 +167,15 @@ def _serve(settings: Settings) -> int:
         return _serve_http(settings)
     from ci_mcp.backends.factory import create_backend
     from ci_mcp.housekeeping import prune_on_start
-    from ci_mcp.server import create_server
     from ci_mcp.store import FileStore
 
     store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
     prune_on_start(store, settings)
-    server = create_server(create_backend(settings, store), settings)
+    # The backend first: its probes (the sandbox, the kernel's Python) run while the MCP SDK is imported.
+    backend = create_backend(settings, store)
+    from ci_mcp.server import create_server
+
+    server = create_server(backend, settings)
     server.run("stdio")
     return 0
 

@@ -1,15 +1,17 @@
 """Configuration, read once at the edge (`cli.py` builds a `Settings` from the environment and flags).
 
-Everything below `cli.py` takes a `Settings` value; nothing else reads the environment.
+Everything below `cli.py` takes a `Settings` value; nothing else reads the environment. `Settings(...)` is a plain
+model (only what is passed); `Settings.from_env(os.environ, ...)` adds the environment. pydantic-settings is not
+used: its import alone was about a tenth of the server's start (issue 12), and these flat fields need none of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ci_mcp.errors import ConfigError
 
@@ -22,14 +24,17 @@ def default_data_dir() -> Path:
     return Path(user_data_dir("ci-mcp", appauthor=False))
 
 
-class Settings(BaseSettings):
+ENV_PREFIX = "CI_MCP_"
+
+
+class Settings(BaseModel):
     """Every setting has a `CI_MCP_*` environment variable (Azure ones also take their usual Azure names)."""
 
-    model_config = SettingsConfigDict(env_prefix="CI_MCP_", extra="ignore", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
     backend: Literal["local", "azure", "azure-classic"] = "local"
     data_dir: Path = Field(default_factory=default_data_dir)
-    allowed_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    allowed_dirs: list[Path] = Field(default_factory=list)
     """Roots for upload paths and save_to when the client offers no MCP roots. Empty: the server's cwd."""
 
     max_upload_bytes: int = 512 * MB
@@ -103,11 +108,11 @@ class Settings(BaseSettings):
     transport: Literal["stdio", "http"] = "stdio"
     host: str = "127.0.0.1"
     port: int = 8765
-    http_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    http_tokens: list[str] = Field(default_factory=list, repr=False)
     """Bearer tokens accepted over HTTP, comma-separated; `name:token` names the principal (default: a hash)."""
     http_token_file: Path | None = None
     """A file with one bearer token per line (`name:token` or `token`; `#` comments), read at start."""
-    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    http_allowed_hosts: list[str] = Field(default_factory=list)
     """Host names (`name` or `name:port`) clients use to reach the server, besides the loopback names."""
     public_url: str | None = None
     """The URL clients use for this server (e.g. https://ci.example.com/mcp): its host is allowed, and it is the
@@ -118,12 +123,34 @@ class Settings(BaseSettings):
     """The `aud` the JWTs must carry (for Entra ID: the application id URI or client id of this server's app)."""
     oauth_jwks_url: str | None = None
     """Where the issuer's signing keys are (default: read from the issuer's OpenID configuration)."""
-    oauth_required_scopes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    oauth_required_scopes: list[str] = Field(default_factory=list)
     max_sessions_per_principal: int = 4
     """Live sessions one HTTP principal may hold; past it, the call is refused until one is closed or reaped."""
     http_session_idle_seconds: float = 1800.0
     """An MCP HTTP session no request touched for this long is ended."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """The settings from `environ` (names case-insensitive, as the shell's `CI_MCP_*` and the Azure names),
+        with `overrides` (command-line flags) taking precedence. Values are strings; the fields' validators parse
+        them (lists are comma- or path-separated, never JSON)."""
+        lowered = {key.lower(): value for key, value in environ.items()}
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            names = (
+                [str(choice) for choice in alias.choices]
+                if isinstance(alias, AliasChoices)
+                else [alias]
+                if isinstance(alias, str)
+                else [ENV_PREFIX + name]
+            )
+            for env_name in names:
+                if env_name.lower() in lowered:
+                    values[name] = lowered[env_name.lower()]
+                    break
+        return cls(**(values | overrides))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import NIFTY_CSV, all_text, generated_ids, images, session_of, uploaded_id
+from tests.conftest import NIFTY_CSV, REPO, all_text, generated_ids, images, session_of, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -24,6 +24,7 @@ async def test_a_desktop_client_uploads_analyses_and_fetches_over_stdio(tmp_path
         "HOME": str(tmp_path),
         "CI_MCP_DATA_DIR": str(tmp_path / "data"),
         "CI_MCP_ALLOWED_DIRS": str(work),
+        "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
     }
     params = StdioServerParameters(command=sys.executable, args=["-m", "ci_mcp"], env=env, cwd=str(work))
     async with Client(params) as client:

@@ -124,6 +124,12 @@ class LocalBackend:
         self._py_roots: list[Path] = []
         self._interpreter: interpreter.Interpreter | None = None
         self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
+        self._probe = interpreter.Probe(  # runs while the server imports the rest (issue 12)
+            self._python,
+            sandbox.kernel_env(home=str(self._runtime_dir), python=self._python),
+            not_containing=(Path.home(), store.data_dir, self._runtime_dir),
+            not_inside=(store.data_dir, self._runtime_dir),
+        )
         if self.plan.mode == "none":
             log.warning("ci-mcp local backend: %s", self.plan.reason)
 
@@ -153,18 +159,13 @@ class LocalBackend:
             self._live.clear()
             if self.codewriter is not None:
                 await self.codewriter.aclose()
+        self._probe.cancel()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     def kernel_interpreter(self) -> interpreter.Interpreter:
         """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""
         if self._interpreter is None:
-            data_dir, runtime = self.store.data_dir, self._runtime_dir
-            self._interpreter = interpreter.probe(
-                self._python,
-                sandbox.kernel_env(home=str(runtime), python=self._python),
-                not_containing=(Path.home(), data_dir, runtime),
-                not_inside=(data_dir, runtime),
-            )
+            self._interpreter = self._probe.result()
             if self._interpreter.error:
                 log.warning("ci-mcp local backend: the kernel's Python: %s", self._interpreter.error)
         return self._interpreter

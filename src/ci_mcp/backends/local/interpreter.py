@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,31 +59,79 @@ def probe(
     """Ask `python` for its paths and libraries. No mount may be or contain a path of `not_containing` (the
     user's home, the data directory, the kernels' socket directory), nor lie inside one of `not_inside` (the
     data and socket directories); a Python environment inside the home directory is fine."""
-    with tempfile.TemporaryDirectory(prefix="ci-mcp-probe-") as home:
+    return Probe(python, env, not_containing=not_containing, not_inside=not_inside).result()
+
+
+class Probe:
+    """`probe` started now and read later: the interpreter starts while the server imports the MCP SDK, so the
+    server's start does not wait for it one after the other (issue 12)."""
+
+    def __init__(
+        self,
+        python: str,
+        env: dict[str, str],
+        *,
+        not_containing: tuple[Path, ...] = (),
+        not_inside: tuple[Path, ...] = (),
+    ) -> None:
+        self.python, self._not_containing, self._not_inside = python, not_containing, not_inside
+        self._home = tempfile.TemporaryDirectory(prefix="ci-mcp-probe-")
+        self._answer: Interpreter | None = None
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
         try:
-            done = subprocess.run(
+            self._proc = subprocess.Popen(
                 [python, "-c", _PROBE, *ANALYSIS_LIBRARIES, *OTHER_LIBRARIES],
-                env={**env, "HOME": home},
-                cwd=home,
-                capture_output=True,
+                env={**env, "HOME": self._home.name},
+                cwd=self._home.name,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=30,
-                check=False,
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Interpreter(python, error=f"{python} could not be run ({exc})")
-    try:
-        facts = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        detail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        return Interpreter(python, error=f"{python} could not be examined ({detail[:300]})")
-    paths = [Path(p) for p in facts.get("paths", []) if p] + _link_dirs(Path(python))
-    return Interpreter(
-        python,
-        version=str(facts.get("version", "")),
-        mounts=_mounts(paths, not_containing, not_inside),
-        libraries=frozenset(str(name) for name in facts.get("libraries", [])),
-    )
+        except OSError as exc:
+            self._finish(Interpreter(python, error=f"{python} could not be run ({exc})"))
+
+    def _finish(self, answer: Interpreter) -> Interpreter:
+        self._answer = answer
+        self._home.cleanup()
+        return answer
+
+    def result(self) -> Interpreter:
+        with self._lock:
+            return self._answer or self._wait()
+
+    def _wait(self) -> Interpreter:
+        assert self._proc is not None
+        try:
+            stdout, stderr = self._proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            self.cancel()
+            return self._finish(Interpreter(self.python, error=f"{self.python} could not be run ({exc})"))
+        return self._finish(self._parse(stdout, stderr, self._proc.returncode))
+
+    def cancel(self) -> None:
+        """Stop a probe nobody will read (a backend closed before it needed the answer)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+        if self._answer is None:
+            self._finish(Interpreter(self.python, error="the probe was cancelled"))
+
+    def _parse(self, stdout: str, stderr: str, returncode: int) -> Interpreter:
+        python = self.python
+        try:
+            facts = json.loads(stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            detail = (stderr.strip().splitlines() or [f"exit code {returncode}"])[-1]
+            return Interpreter(python, error=f"{python} could not be examined ({detail[:300]})")
+        paths = [Path(p) for p in facts.get("paths", []) if p] + _link_dirs(Path(python))
+        return Interpreter(
+            python,
+            version=str(facts.get("version", "")),
+            mounts=_mounts(paths, self._not_containing, self._not_inside),
+            libraries=frozenset(str(name) for name in facts.get("libraries", [])),
+        )
 
 
 def _link_dirs(python: Path) -> list[Path]:

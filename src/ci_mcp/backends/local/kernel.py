@@ -24,15 +24,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import zmq.asyncio
 from anyio.abc import Process
-from jupyter_client.asynchronous.client import AsyncKernelClient
-from jupyter_client.connect import write_connection_file
 
 from ci_mcp.backends.local import cgroups, procs
+
+if TYPE_CHECKING:
+    from jupyter_client.asynchronous.client import AsyncKernelClient
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START_TIMEOUT = 60.0
 _POLL = 0.25
 CONN_DIR = "{conn_dir}"
+KERNEL_FLAGS = (
+    "--IPKernelApp.parent_handle=0",
+    "--HistoryManager.enabled=False",
+)
+"""ipykernel options (kernel_launcher.py turns off ipykernel's post-execute sleep). Messages are not signed (an
+empty key in the connection file): the IPC sockets live in a private 0700 directory, so whoever can connect to them
+can also read the connection file and its key; the key would protect nothing and costs an HMAC on every message
+both ways. Each kernel's sandbox binds only its own connection directory, so one session's code cannot reach
+another kernel's sockets either way."""
 
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -48,19 +57,34 @@ received and parsed whole before any cap of ours applies; zmq refuses a bigger o
 the connection, which the kernel client then opens again)."""
 
 
-class _BoundedClient(AsyncKernelClient):
-    """A kernel client whose output (iopub) socket refuses messages over `max_message_bytes`."""
+class _BoundedClient:
+    """Builds kernel clients whose output (iopub) socket refuses messages over `max_message_bytes`. The client class
+    is made at the first kernel start, when jupyter_client and zmq are imported (not on the server's start path)."""
 
     max_message_bytes = MAX_MESSAGE_BYTES
+    _made: Any = None
 
-    def connect_iopub(self, identity: bytes | None = None) -> zmq.Socket[Any]:
-        # The option must be set before the socket connects; pyzmq applies a context's defaults at creation.
-        options = self.context.sockopts
-        options[zmq.MAXMSGSIZE] = self.max_message_bytes
-        try:
-            return super().connect_iopub(identity)
-        finally:
-            options.pop(zmq.MAXMSGSIZE, None)
+    @classmethod
+    def create(cls, context: Any) -> AsyncKernelClient:
+        if cls._made is None:
+            import zmq
+            from jupyter_client.asynchronous.client import AsyncKernelClient
+
+            holder = cls
+
+            class BoundedKernelClient(AsyncKernelClient):
+                def connect_iopub(self, identity: bytes | None = None) -> Any:
+                    # Set before the socket connects; pyzmq applies a context's defaults at creation.
+                    options = self.context.sockopts
+                    options[zmq.MAXMSGSIZE] = holder.max_message_bytes
+                    try:
+                        return super().connect_iopub(identity)
+                    finally:
+                        options.pop(zmq.MAXMSGSIZE, None)
+
+            cls._made = BoundedKernelClient
+        client: AsyncKernelClient = cls._made(context=context)
+        return client
 
 
 def strip_ansi(text: str) -> str:
@@ -118,6 +142,14 @@ EventSink = Callable[[KernelEvent], Awaitable[None]]
 Outcome = Literal["ok", "error", "timeout", "interrupted", "died"]
 
 
+def _load_client_modules() -> None:
+    """Import jupyter_client and zmq (about 50 ms): at the first kernel start, in a worker thread, so that serving
+    `initialize` never waits for them (issue 12)."""
+    import jupyter_client.asynchronous.client  # noqa: F401
+    import jupyter_client.connect  # noqa: F401
+    import zmq.asyncio  # noqa: F401
+
+
 class KernelStartError(Exception):
     """The kernel process did not come up; the message says why in plain words."""
 
@@ -134,7 +166,7 @@ class Kernel:
         self._kernel_pid: int | None = None
         self._conn_file_marker = ""
         self._cgroups: cgroups.KernelCgroups | None = None
-        self._iopub_monitor: zmq.asyncio.Socket | None = None
+        self._iopub_monitor: Any = None  # a zmq.asyncio.Socket
         self.dropped_messages = 0
         """Output messages refused for their size since the kernel started (the backend reports new ones)."""
         self.started_at = 0.0
@@ -152,6 +184,10 @@ class Kernel:
         return None if self._process is None else self._process.pid
 
     async def start(self) -> None:
+        await anyio.to_thread.run_sync(_load_client_modules)
+        import zmq.asyncio
+        from jupyter_client.connect import write_connection_file
+
         launch = self.launch
         self._conn_dir = launch.runtime_dir / ("k-" + secrets.token_hex(6))
         self._conn_dir.mkdir(parents=True, mode=0o700)
@@ -159,7 +195,7 @@ class Kernel:
             str(self._conn_dir / "kernel.json"),
             transport="ipc",
             ip=str(self._conn_dir / "ipc"),
-            key=secrets.token_hex(16).encode(),
+            key=b"",  # unsigned messages: see KERNEL_FLAGS
         )
         self._conn_file_marker = conn_file
         if launch.cgroup_limits is not None:
@@ -172,8 +208,7 @@ class Kernel:
             json.dumps(launch.limits),
             "-f",
             conn_file,
-            "--IPKernelApp.parent_handle=0",
-            "--HistoryManager.enabled=False",
+            *KERNEL_FLAGS,
         ]
         if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
             shutil.copytree(launch.mpl_seed, self._conn_dir / "mpl")
@@ -191,7 +226,7 @@ class Kernel:
         log.close()
         # One process-wide zmq context for every kernel client: a per-client context that reaches the garbage
         # collector with sockets open blocks forever in zmq_ctx_term; the shared one is never collected.
-        client = _BoundedClient(context=zmq.asyncio.Context.instance())
+        client = _BoundedClient.create(zmq.asyncio.Context.instance())
         client.load_connection_info(info)
         self._kernel_pid = None
         client.start_channels(hb=False)
@@ -248,6 +283,8 @@ class Kernel:
                 break
 
     def _watch_iopub(self) -> None:
+        import zmq
+
         client = self._require_client()
         self._iopub_monitor = client.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
@@ -255,6 +292,8 @@ class Kernel:
         """True when the output stream's connection dropped (a message over MAX_MESSAGE_BYTES); it is then opened
         again, so later output arrives. Messages sent meanwhile are lost; the run's end is still seen from the
         shell reply."""
+        import zmq
+
         monitor = self._iopub_monitor
         if monitor is None:
             return False
@@ -276,6 +315,8 @@ class Kernel:
         return dropped
 
     def _close_iopub_monitor(self) -> None:
+        import zmq
+
         monitor, self._iopub_monitor = self._iopub_monitor, None
         if monitor is None:
             return
@@ -329,8 +370,11 @@ class Kernel:
     async def _freeze(self) -> None:
         """Between runs the session's cgroup is frozen: threads the code left running get no CPU until the next
         run thaws it (where the host has a freezer). A frozen kernel is still killed by stop()."""
-        if self._cgroups is not None and self._cgroups.can_freeze and self.alive:
-            await anyio.to_thread.run_sync(self._cgroups.freeze)
+        # An idle kernel is frozen at once: ask and look once here, and wait in a thread only when a task is slow
+        # to stop (saves a thread round trip on every run; issue 12).
+        groups = self._cgroups
+        if groups is not None and groups.can_freeze and self.alive and not groups.freeze(limit_seconds=0):
+            await anyio.to_thread.run_sync(groups.freeze)
 
     async def _collect(self, msg_id: str, deadline: float, sink: EventSink) -> Outcome:  # noqa: C901 - known, to split (issue 10)
         client = self._require_client()
@@ -352,16 +396,12 @@ class Kernel:
                 break  # the reply came but its idle status was lost: the run is over all the same
             wait = _POLL if interrupted_at is not None else max(0.001, min(_POLL, deadline - now))
             if idle:  # execute_reply normally precedes idle; this is the rare other order
-                try:
-                    reply = await client.get_shell_msg(timeout=wait)
-                except queue.Empty:
-                    continue
-                if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                reply = await _receive(client.shell_channel.socket, wait)
+                if reply is not None and reply.parent_id == msg_id:
                     replied = True
                 continue
-            try:
-                msg = await client.get_iopub_msg(timeout=wait)
-            except queue.Empty:
+            msg = await _receive(client.iopub_channel.socket, wait)
+            if msg is None:
                 if await self._iopub_dropped():
                     client = self._require_client()
                 if not replied and await self._replied(msg_id):
@@ -369,10 +409,10 @@ class Kernel:
                     if interrupted_at is None and outcome == "ok" and self._last_reply_status == "error":
                         outcome = "error"
                 continue
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            mtype = msg.get("msg_type")
-            content: dict[str, Any] = msg.get("content", {})
+            if msg.parent_id != msg_id:
+                continue  # not decoded further: another request's message
+            mtype = msg.msg_type
+            content = msg.content()
             if mtype == "status" and content.get("execution_state") == "idle":
                 idle = True
                 replied = replied or await self._replied(msg_id)
@@ -404,12 +444,11 @@ class Kernel:
         """Drain waiting shell replies; True when the execute_reply for `msg_id` is among them."""
         client = self._require_client()
         while True:
-            try:
-                reply = await client.get_shell_msg(timeout=0)
-            except queue.Empty:
+            reply = await _receive(client.shell_channel.socket, 0)
+            if reply is None:
                 return False
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                self._last_reply_status = str(reply.get("content", {}).get("status", ""))
+            if reply.parent_id == msg_id:
+                self._last_reply_status = str(reply.content().get("status", ""))
                 return True
 
     async def interrupt(self) -> None:
@@ -452,6 +491,45 @@ class Kernel:
     def out_of_memory(self) -> bool:
         """True when the session's cgroup memory limit was hit (the kernel was likely OOM-killed)."""
         return self._cgroups is not None and self._cgroups.oom_killed()
+
+
+_DELIMITER = b"<IDS|MSG>"
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A kernel message read off its socket: header and parent decoded, the content only when asked for."""
+
+    parent_id: str
+    msg_type: str
+    raw_content: bytes
+
+    def content(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.raw_content)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+_UNREADABLE = _Message("", "", b"{}")
+
+
+async def _receive(socket: Any, timeout: float) -> _Message | None:
+    """The next message on `socket` within `timeout` seconds (None: none came). In place of jupyter_client's
+    `get_*_msg`, which decodes every part of every message and parses each header date with dateutil: here
+    only JSON is decoded (the kernel is untrusted), and a message that is not the awaited one is dropped after its
+    parent header (issue 12). Messages are unsigned (see KERNEL_FLAGS), so there is no signature to check; a
+    message that cannot be read is dropped as someone else's."""
+    if not await socket.poll(int(timeout * 1000)):
+        return None
+    frames: list[bytes] = await socket.recv_multipart()
+    try:
+        parts = frames[frames.index(_DELIMITER) + 1 :]
+        header, parent = json.loads(parts[1]), json.loads(parts[2])
+        return _Message(str(parent.get("msg_id", "")), str(header.get("msg_type", "")), parts[4])
+    except (ValueError, IndexError, AttributeError):
+        return _UNREADABLE
 
 
 async def _discard(event: KernelEvent) -> None:

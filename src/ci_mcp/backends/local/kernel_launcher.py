@@ -6,10 +6,12 @@ from ci_mcp besides this file, so it works inside the sandbox with only the Pyth
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import resource
 import sys
+from typing import Any
 
 
 def apply_limits(limits: dict[str, int]) -> None:
@@ -65,14 +67,95 @@ def show_open_figures() -> None:
         print(f"(ci-mcp could not render an open figure: {type(exc).__name__}: {exc})", file=sys.stderr)
 
 
+def tight_png_in_one_draw(fig: Any, dpi: float, pad_inches: float) -> bytes | None:
+    """The PNG `savefig(bbox_inches="tight")` makes, from at most one draw: render the figure (unless pyplot just
+    did), and when all it draws lies inside the figure, crop the rendered pixels to that box (plus the pad). None
+    when it cannot (the content reaches outside the figure, another canvas): the caller then saves the usual way,
+    which draws twice (once to measure, once to render) and so keeps such labels too (issue 12)."""
+    import io
+
+    import matplotlib
+    import matplotlib.colors
+    import matplotlib.image
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas: Any = fig.canvas  # matplotlib is untyped for mypy's strict mode
+    if not isinstance(fig.canvas, FigureCanvasAgg) or dpi != fig.dpi:
+        return None
+    rc = matplotlib.rcParams
+    if rc["savefig.transparent"] or rc["savefig.facecolor"] != "auto" or rc["savefig.edgecolor"] != "auto":
+        return None
+    # pyplot has usually drawn the figure already, after the cell ran (interactive mode): when nothing changed
+    # since (not stale, same renderer, so same size and dpi), its pixels are the picture and no draw is needed.
+    previous = getattr(canvas, "renderer", None)
+    renderer = canvas.get_renderer()
+    if fig.stale or renderer is not previous:
+        canvas.draw()
+        renderer = canvas.get_renderer()
+    box = fig.get_tightbbox(renderer)
+    width, height = fig.get_size_inches()
+    slack = 0.5 / dpi  # half a pixel
+    if box is None or box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack:
+        return None
+    box = box.padded(pad_inches)
+    pixels = np.asarray(renderer.buffer_rgba())
+    rows, cols = pixels.shape[:2]
+    left, right = int(np.floor(box.x0 * dpi)), int(np.ceil(box.x1 * dpi))
+    top, bottom = int(np.floor(rows - box.y1 * dpi)), int(np.ceil(rows - box.y0 * dpi))
+    if right <= left or bottom <= top:
+        return None
+    # Where the pad reaches past the figure's edge, it is the figure's background, as savefig would paint it.
+    background = np.array(matplotlib.colors.to_rgba(fig.get_facecolor()), dtype=float) * 255
+    image = np.empty((bottom - top, right - left, 4), dtype=np.uint8)
+    image[:] = np.round(background).astype(np.uint8)
+    src_top, src_left = max(0, top), max(0, left)
+    src_bottom, src_right = min(rows, bottom), min(cols, right)
+    image[src_top - top : src_bottom - top, src_left - left : src_right - left] = pixels[
+        src_top:src_bottom, src_left:src_right
+    ]
+    out = io.BytesIO()
+    matplotlib.image.imsave(out, image, format="png", origin="upper", dpi=dpi)
+    return out.getvalue()
+
+
+def single_draw_inline_figures() -> None:
+    """Make the inline backend's PNGs (IPython's `print_figure` with a tight bounding box) come from one draw."""
+    from IPython.core import pylabtools
+
+    usual: Any = pylabtools.print_figure
+
+    def print_figure(fig: Any, fmt: str = "png", bbox_inches: Any = "tight", base64: bool = False, **kw: Any) -> Any:
+        if fmt == "png" and bbox_inches == "tight" and not kw and (fig.axes or fig.lines):
+            try:
+                import matplotlib
+
+                data = tight_png_in_one_draw(fig, fig.dpi, float(matplotlib.rcParams["savefig.pad_inches"]))
+            except Exception:
+                data = None
+            if data is not None:
+                return binascii.b2a_base64(data, newline=False).decode("ascii") if base64 else data
+        return usual(fig, fmt, bbox_inches, base64, **kw)
+
+    pylabtools.print_figure = print_figure
+
+
 def main() -> None:
     die_with_parent()
     limits = json.loads(sys.argv[1])
     apply_limits(limits)
     os.umask(0o077)
+    single_draw_inline_figures()
     from ipykernel.kernelapp import IPKernelApp
+    from traitlets.config import Config
 
     app = IPKernelApp.instance()
+    # ipykernel sleeps 0.5 ms after every execution so that output on iopub tends to arrive before the reply on
+    # shell. A run here ends at the `idle` status on iopub, which the kernel publishes after the run's output on the
+    # same socket, so that order holds without the sleep (issue 12).
+    config = Config()
+    config.IPythonKernel._execute_sleep = 0.0
+    app.update_config(config)
     app.initialize(sys.argv[2:])  # type: ignore[no-untyped-call]
     if app.shell is not None:
         app.shell.events.register("post_execute", show_open_figures)
