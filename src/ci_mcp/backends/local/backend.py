@@ -119,7 +119,7 @@ class LocalBackend:
         self._reserved = 0  # session slots held by kernels being started
         self._starting: dict[str, anyio.Event] = {}  # known sessions whose kernel is being started
         self._tg: TaskGroup | None = None
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-"))
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-")).resolve()  # Seatbelt matches resolved paths
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
         self._interpreter: interpreter.Interpreter | None = None
@@ -131,7 +131,7 @@ class LocalBackend:
 
     async def start(self) -> None:
         python = await anyio.to_thread.run_sync(self.kernel_interpreter)
-        if self.plan.mode == "bwrap":
+        if self.plan.mode in ("bwrap", "seatbelt"):
             self._py_roots = list(python.mounts)
         if "matplotlib" in python.libraries:
             await anyio.to_thread.run_sync(self._prepare_mpl_cache)

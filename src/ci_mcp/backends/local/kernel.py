@@ -166,7 +166,7 @@ class Kernel:
             self._cgroups = cgroups.create(*launch.cgroup_limits)
         argv = [
             *(self._cgroups.wrapper() if self._cgroups is not None else ()),
-            *(str(self._conn_dir) if arg == CONN_DIR else arg for arg in launch.wrapper),
+            *(arg.replace(CONN_DIR, str(self._conn_dir)) for arg in launch.wrapper),  # also inside `-D name=path`
             launch.python,
             launch.script,
             json.dumps(launch.limits),
