@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
+
+try:
+    import resource
+except ImportError:  # Windows: no rlimits
+    resource = None  # type: ignore[assignment]
 
 
 def apply_limits(limits: dict[str, int]) -> None:
+    if resource is None:
+        return
     table = {
         "memory_bytes": resource.RLIMIT_AS,
         "cpu_seconds": resource.RLIMIT_CPU,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import psutil
+
 from ci_mcp.backends.local import seatbelt
 from ci_mcp.backends.local.kernel import CONN_DIR, KernelLaunch
 from ci_mcp.errors import ConfigError
@@ -200,20 +202,17 @@ def limits(memory_mb: int, cpu_seconds: int, processes: int, file_mb: int) -> di
     }
 
 
-def _user_processes() -> int:
-
-    uid = str(os.getuid())
+def _user_processes(uid: int | None = None) -> int:
+    """How many processes the user (`uid`, default this process's real uid) runs; 0 where there are no uids."""
+    if uid is None:
+        getuid = getattr(os, "getuid", None)  # POSIX only; Windows has no RLIMIT_NPROC either
+        if getuid is None:
+            return 0
+        uid = getuid()
     count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    count += line.split()[1] == uid
-                    break
-        except OSError:
-            continue
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info.get("uids")
+        count += uids is not None and uids.real == uid
     return count
 
 
