@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ci_mcp.backends.local import interpreter, sandbox, workspace
+from ci_mcp.backends.local import installs, interpreter, sandbox, workspace
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
@@ -419,6 +419,7 @@ class LocalBackend:
                         interpreter.libraries_sentence(self.kernel_interpreter()),
                     )
                 assert code is not None
+                self._refuse_installs(code)
                 result = await self._run_locked(live, code, inputs, timeout, progress, started, request.on_output)
                 live.history.append(code)
                 if written is not None:
@@ -441,6 +442,13 @@ class LocalBackend:
                     self.store.update_session(live.session_id)
                 except (CiMcpError, sqlite3.Error) as exc:  # bookkeeping only: never lose the result for it
                     log.warning("could not record the use of session %s: %s", live.session_id, exc)
+
+    def _refuse_installs(self, code: str) -> None:
+        """A sandboxed kernel has no network: an install line is refused before anything runs, saying how."""
+        line = installs.install_line(code) if self.plan.mode != "none" else None
+        if line is not None:
+            libraries = interpreter.libraries_sentence(self.kernel_interpreter())
+            raise InvalidInputError(installs.refusal(line, libraries))
 
     async def _run_locked(
         self,
