@@ -173,3 +173,33 @@ def test_the_users_processes_are_counted_by_psutil_as_by_proc() -> None:
         for proc in started:
             proc.kill()
             proc.wait()
+
+
+LAUNCHER = REPO / "src" / "ci_mcp" / "backends" / "local" / "kernel_launcher.py"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK), reason="runs as another user: needs root"
+)
+def test_a_limit_above_the_hard_limit_in_force_is_held_to_it() -> None:
+    """macOS keeps a finite hard limit on processes per user; asking for more must not stop the kernel from
+    starting. Here the file-size limit stands in for it, in a process of another user (root may raise limits)."""
+    script = (
+        "import importlib.util, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10 << 20, 10 << 20))\n"
+        "spec = importlib.util.spec_from_file_location('launcher', sys.argv[1])\n"
+        "launcher = importlib.util.module_from_spec(spec); spec.loader.exec_module(launcher)\n"
+        "launcher.apply_limits({'file_bytes': 20 << 20})\n"
+        "print(resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+    )
+    done = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", script, str(LAUNCHER)],
+        user=65534,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"({10 << 20}, {10 << 20})"

@@ -62,12 +62,14 @@ def test_the_profile_allows_writes_only_to_the_working_and_private_directories(t
     assert writes == {str(workspace), str(workspace.resolve()), CONN_DIR}
     fixed = [r for r in _rules(profile.text) if "file-write" in r and "(param" not in r]
     assert fixed == ['(allow file-write-data (literal "/dev/null"))', '(allow file-write-data (literal "/dev/zero"))']
-    reads = _paths_of(profile, r"file-read\* \(subpath|file-read\* file-write")
+    reads = _paths_of(profile, r"file-read\*")
     assert str(venv) in reads and "/usr" in reads
     home = Path.home()
     assert not any(home.is_relative_to(p) or Path(p) == Path("/") for p in reads), reads  # no listing of the home
     assert str(tmp_path) not in reads  # the parent of the workspace: its metadata only
     assert str(tmp_path) in _paths_of(profile, r"file-read-metadata \(literal")
+    assert _paths_of(profile, r"process-exec") == reads  # programs run only from what it may read
+    assert not any(r.startswith("(allow process-exec") for r in _rules(profile.text))
 
 
 def test_a_path_with_quotes_or_parentheses_stays_data(tmp_path: Path) -> None:

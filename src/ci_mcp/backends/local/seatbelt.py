@@ -2,9 +2,11 @@
 
 Everything is denied unless allowed below. The kernel may read the system's libraries and tools (/usr, /bin,
 /System, the dyld and time-zone databases, a few /etc files), its Python installation (every path the interpreter
-imports from, as `interpreter.probe` learns them) and ci-mcp's launcher; it may read and write only the session's
-working directory and its private connection directory (which is also its TMPDIR). No network: the only sockets it
-may bind, accept on or connect to are Unix sockets inside the connection directory (the kernel's IPC channels).
+imports from, as `interpreter.probe` learns them) and ci-mcp's launcher, and run programs from those; it may read
+and write only the session's working directory and its private connection directory (which is also its TMPDIR
+and HOME). Of other paths it sees only the metadata of the directories on the way to these, and of the system's
+settings only sysctl values. No network: the only sockets it may bind, accept on or connect to are Unix sockets
+inside those directories (the kernel's IPC channels live in the connection directory).
 
 No path is ever written into the profile text: each is handed to `sandbox-exec` as a `-D NAME=path` parameter and
 the profile refers to it as `(param "NAME")`, so a path with `"`, `)` or `;` in it is data, never profile syntax.
@@ -37,6 +39,7 @@ SYSTEM_READ = (
     "/private/etc/group",
     "/private/etc/hosts",
     "/private/etc/services",
+    "/private/var/select",  # which shell /bin/sh runs
     "/dev/null",
     "/dev/zero",
     "/dev/random",
@@ -44,10 +47,12 @@ SYSTEM_READ = (
 )
 """What every process needs to start and run on macOS (libraries, tools, time zones, user names, entropy)."""
 
+SYSTEM_LINKS = ("/etc", "/tmp", "/var")
+"""macOS's links into /private: readable as links (their metadata), so paths through them resolve."""
+
 _BASE = """(version 1)
 (deny default)
 (allow process-fork)
-(allow process-exec)
 (allow signal (target same-sandbox))
 (allow process-info* (target same-sandbox))
 (allow sysctl-read)
@@ -96,14 +101,15 @@ def profile(*, read: Iterable[str], write: Iterable[str], private: str, private_
     reads = _spellings([*SYSTEM_READ, *read])
     writes = _spellings(write)
     parents = _ancestors([*reads, *writes, private_parent + "/k"])  # the private directory's parent included
-    for path in parents:
+    for path in [*parents, *(link for link in SYSTEM_LINKS if link not in parents)]:
         # realpath and the import system look at each parent directory (its metadata only, never its listing)
         rules.append(f"(allow file-read-metadata (literal {param('PARENT', path)}))")
     for path in reads:
-        rules.append(f"(allow file-read* (subpath {param('READ', path)}))")
+        where = param("READ", path)
+        rules.append(f"(allow file-read* process-exec (subpath {where}))")
     for path in [*writes, private]:
         where = param("WRITE", path)
-        rules.append(f"(allow file-read* file-write* (subpath {where}))")
+        rules.append(f"(allow file-read* file-write* process-exec (subpath {where}))")
         rules.append(f"(allow network-bind network-inbound (local unix-socket (subpath {where})))")
         rules.append(f"(allow network-outbound (remote unix-socket (subpath {where})))")
     return Profile(_BASE + "\n".join(rules) + "\n", tuple(params))
