@@ -34,7 +34,10 @@ async def test_installing_in_the_sandbox_fails_at_once_and_says_how_to_add_packa
             "run_code_analysis", {"code": f"x += 1\n{install}\nimport tabulate", "session_id": session}
         )
         after = await client.call_tool("run_code_analysis", {"code": "print('x is', x)", "session_id": session})
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        told = f"{client.instructions}\n{tools['run_code_analysis'].description}"
     store.close()
+    assert "packages cannot be installed (`%pip install` is refused)" in told, told  # so it need not try
     text = all_text(refused)
     assert refused.is_error, text
     assert "cannot be installed" in text and "the kernel's sandbox has none" in text, text

@@ -205,7 +205,11 @@ class LocalBackend:
             f"{nl} {interpreter.libraries_sentence(python)} {figures}"
             f"{'files' if figures else 'Files'} written to the working directory come back as files"
             + (" (after savefig, plt.close() the figure to avoid getting it twice)" if figures else "")
-            + ". No network access."
+            + (
+                ". No network access, so packages cannot be installed (`%pip install` is refused): use what is there."
+                if self.plan.mode != "none"
+                else ". No network access."
+            )
         )
 
     # -- kernels ---------------------------------------------------------------------------------------------
