@@ -33,7 +33,9 @@ def _global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=default, help="where files and metadata are kept (CI_MCP_DATA_DIR)"
     )
-    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default=default, help="(CI_MCP_SANDBOX)")
+    parser.add_argument(
+        "--sandbox", choices=["auto", "bwrap", "seatbelt", "none"], default=default, help="(CI_MCP_SANDBOX)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -107,7 +106,7 @@ async def _local(settings: Settings) -> list[Check]:
         plan = sandbox.plan_sandbox(settings.sandbox)
     except ConfigError as exc:
         return [("sandbox", False, str(exc))]
-    checks.append(("sandbox", plan.mode == "bwrap", plan.reason))
+    checks.append(("sandbox", plan.mode in ("bwrap", "seatbelt"), plan.reason))
     if plan.mode == "bwrap":
         checks.append(("privileges", *sandbox.probe_privileges()))
     checks.append(("cgroups", True, cgroups.layout().describe()))
@@ -129,7 +128,7 @@ async def _local(settings: Settings) -> list[Check]:
         finally:
             await backend.aclose()
             store.close()
-    if os.geteuid() == 0 and plan.mode == "none":
+    if sandbox.is_root() and plan.mode == "none":
         checks.append(("user", False, "running as root without a sandbox: kernels have root's rights"))
     return checks
 

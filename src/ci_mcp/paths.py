@@ -190,7 +190,8 @@ def resolve_writable(raw: str, filename: str, roots: Sequence[Path], overwrite: 
 
 def write_atomically(target: Path, source: Path) -> None:
     tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    # O_EXCL alone already refuses an existing name (a symlink included); O_NOFOLLOW is POSIX only
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             while chunk := src.read(1024 * 1024):

@@ -64,7 +64,7 @@ class Settings(BaseModel):
     kernel_pool_size: int = 1
     kernel_preload: bool = True
     """Pre-import numpy, pandas and matplotlib in pooled kernels."""
-    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    sandbox: Literal["auto", "bwrap", "seatbelt", "none"] = "auto"
     memory_limit_mb: int = 2048
     cpu_time_limit_seconds: int = 3600
     max_processes: int = 256

@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ci_mcp.backends.local import interpreter, sandbox, workspace
+from ci_mcp.backends.local import installs, interpreter, sandbox, workspace
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
@@ -119,7 +119,7 @@ class LocalBackend:
         self._reserved = 0  # session slots held by kernels being started
         self._starting: dict[str, anyio.Event] = {}  # known sessions whose kernel is being started
         self._tg: TaskGroup | None = None
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-"))
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix="ci-mcp-")).resolve()  # Seatbelt matches resolved paths
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
         self._interpreter: interpreter.Interpreter | None = None
@@ -137,7 +137,7 @@ class LocalBackend:
 
     async def start(self) -> None:
         python = await anyio.to_thread.run_sync(self.kernel_interpreter)
-        if self.plan.mode == "bwrap":
+        if self.plan.mode in ("bwrap", "seatbelt"):
             self._py_roots = list(python.mounts)
         if "matplotlib" in python.libraries:
             await anyio.to_thread.run_sync(self._prepare_mpl_cache)
@@ -206,7 +206,11 @@ class LocalBackend:
             f"{nl} {interpreter.libraries_sentence(python)} {figures}"
             f"{'files' if figures else 'Files'} written to the working directory come back as files"
             + (" (after savefig, plt.close() the figure to avoid getting it twice)" if figures else "")
-            + ". No network access."
+            + (
+                ". No network access, so packages cannot be installed (`%pip install` is refused): use what is there."
+                if self.plan.mode != "none"
+                else ". No network access."
+            )
         )
 
     # -- kernels ---------------------------------------------------------------------------------------------
@@ -416,6 +420,7 @@ class LocalBackend:
                         interpreter.libraries_sentence(self.kernel_interpreter()),
                     )
                 assert code is not None
+                self._refuse_installs(code)
                 result = await self._run_locked(live, code, inputs, timeout, progress, started, request.on_output)
                 live.history.append(code)
                 if written is not None:
@@ -438,6 +443,13 @@ class LocalBackend:
                     self.store.update_session(live.session_id)
                 except (CiMcpError, sqlite3.Error) as exc:  # bookkeeping only: never lose the result for it
                     log.warning("could not record the use of session %s: %s", live.session_id, exc)
+
+    def _refuse_installs(self, code: str) -> None:
+        """A sandboxed kernel has no network: an install line is refused before anything runs, saying how."""
+        line = installs.install_line(code) if self.plan.mode != "none" else None
+        if line is not None:
+            libraries = interpreter.libraries_sentence(self.kernel_interpreter())
+            raise InvalidInputError(installs.refusal(line, libraries))
 
     async def _run_locked(  # noqa: C901 - known, to split (issue 10)
         self,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import re
 import secrets
@@ -202,7 +201,7 @@ class Kernel:
             self._cgroups = cgroups.create(*launch.cgroup_limits)
         argv = [
             *(self._cgroups.wrapper() if self._cgroups is not None else ()),
-            *(str(self._conn_dir) if arg == CONN_DIR else arg for arg in launch.wrapper),
+            *(arg.replace(CONN_DIR, str(self._conn_dir)) for arg in launch.wrapper),  # also inside `-D name=path`
             launch.python,
             launch.script,
             json.dumps(launch.limits),
@@ -461,7 +460,7 @@ class Kernel:
         if not self.launch.wrapper and self._process is not None:
             # Without a sandbox wrapper the kernel is our direct child: a signal is quicker and always works.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGINT)
+                procs.kill_group(self._process.pid, signal.SIGINT)
 
     async def restart(self) -> None:
         await self.stop()
@@ -477,7 +476,7 @@ class Kernel:
             self._cgroups.kill_all()  # frozen or not: every process of the session, not only the process group
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+                procs.kill_group(process.pid, procs.KILL)
             with anyio.move_on_after(5), anyio.CancelScope(shield=True):
                 await process.wait()
         if self._conn_dir is not None:

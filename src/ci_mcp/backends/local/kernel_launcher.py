@@ -9,12 +9,18 @@ from __future__ import annotations
 import binascii
 import json
 import os
-import resource
 import sys
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # Windows: no rlimits
+    resource = None  # type: ignore[assignment]
+
 
 def apply_limits(limits: dict[str, int]) -> None:
+    if resource is None:
+        return
     table = {
         "memory_bytes": resource.RLIMIT_AS,
         "cpu_seconds": resource.RLIMIT_CPU,
@@ -27,11 +33,16 @@ def apply_limits(limits: dict[str, int]) -> None:
             soft = hard = int(value)
             if key == "cpu_seconds":
                 hard = soft + 5  # SIGXCPU first, SIGKILL a little later
+            ceiling = resource.getrlimit(rlimit)[1]  # never above the hard limit in force (macOS: NPROC's)
+            if ceiling != resource.RLIM_INFINITY:
+                soft, hard = min(soft, ceiling), min(hard, ceiling)
             resource.setrlimit(rlimit, (soft, hard))
 
 
 def die_with_parent() -> None:
     """Linux: get SIGKILL when the server dies, so no kernel outlives a killed server (bwrap does this too)."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
         import signal

@@ -1,4 +1,7 @@
-"""Finding and ending the processes a kernel left behind, from the host side, through /proc.
+"""Finding and ending the processes a kernel left behind, from the host side, through /proc (or psutil).
+
+Where there is no /proc (macOS, Windows) the same questions go to psutil; on Linux /proc is read directly, as a
+process's `children` file answers at once where psutil would scan every process.
 
 After each run every process in the session's sandbox other than the kernel itself is killed: a run's background
 processes do not outlive it, and a fork bomb's survivors are gone before the next call. Where the session has a
@@ -13,10 +16,29 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 _PROC = Path("/proc")
+USE_PROC = (_PROC / "self" / "stat").exists()
+"""Read /proc (Linux) rather than ask psutil."""
+KILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL; SIGTERM there is TerminateProcess
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Send `sig` to the process group `pid` leads (POSIX), or to the process alone where there are no groups."""
+    killpg = getattr(os, "killpg", None)
+    if killpg is not None:
+        killpg(pid, sig)
+    else:
+        os.kill(pid, sig)
 
 
 def children(pid: int) -> list[int]:
+    if not USE_PROC:
+        try:
+            return [child.pid for child in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
     found: list[int] = []
     try:
         tasks = list((_PROC / str(pid) / "task").iterdir())
@@ -42,8 +64,14 @@ def descendants(pid: int, limit: int = 100_000) -> list[int]:
 
 
 def cmdline(pid: int) -> str:
+    """The arguments of `pid` joined by spaces ("" when it is gone or hidden)."""
+    if not USE_PROC:
+        try:
+            return " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            return ""
     try:
-        return (_PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (_PROC / str(pid) / "cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 
@@ -72,7 +100,7 @@ def kill_strays(root: int, kernel: int, limit_seconds: float = 2.0) -> int:
         quiet_rounds = 0
         for pid in strays:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, KILL)
                 killed += 1
         time.sleep(0.005)
     return killed
@@ -92,6 +120,11 @@ def ancestors(pid: int, depth: int = 16) -> list[int]:
 
 
 def _zombie(pid: int) -> bool:
+    if not USE_PROC:
+        try:
+            return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.Error:
+            return True
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
@@ -104,6 +137,11 @@ def _is_ancestor_of(pid: int, child: int) -> bool:
 
 
 def _ppid(pid: int) -> int | None:
+    if not USE_PROC:
+        try:
+            return int(psutil.Process(pid).ppid())
+        except psutil.Error:
+            return None
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:

@@ -6,9 +6,10 @@ network at all, loopback included), the session directory read-write at /mnt/dat
 It runs as uid/gid 65534 (nobody) with no capabilities and cannot create further user namespaces, whatever uid the
 server has: a server started as root (common in containers) must not hand the kernel the power to remount the
 read-only binds and change code the server imports later. Nothing else of the host: not the user's home, not the
-server's data directory, not other sessions. Without bwrap (CI_MCP_SANDBOX=none, or auto where bwrap cannot run)
-the kernel runs as a plain child process with resource limits only, and the working directory stands in for
-/mnt/data.
+server's data directory, not other sessions. On macOS (CI_MCP_SANDBOX=seatbelt, or auto where /usr/bin/sandbox-exec
+exists) the kernel runs under a Seatbelt profile with the same file rules and no network (seatbelt.py); the working
+directory stands in for /mnt/data. Without either (CI_MCP_SANDBOX=none, or auto where neither can run) the kernel
+runs as a plain child process with resource limits only, and the working directory stands in for /mnt/data.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import psutil
+
+from ci_mcp.backends.local import seatbelt
 from ci_mcp.backends.local.kernel import CONN_DIR, KernelLaunch
 from ci_mcp.errors import ConfigError
 
@@ -41,11 +45,12 @@ _ETC_ALLOWED = (
 )
 _ENV_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 MB = 1024 * 1024
+PLATFORM = sys.platform
 
 
 @dataclass(frozen=True)
 class SandboxPlan:
-    mode: str  # "bwrap" or "none"
+    mode: str  # "bwrap", "seatbelt" or "none"
     reason: str  # why, in plain words (shown by doctor, the log and the first result of a session)
 
 
@@ -114,16 +119,38 @@ def probe_privileges() -> tuple[bool, str]:
     )
 
 
-def plan_sandbox(mode: str) -> SandboxPlan:
-    """Decide the sandbox for `CI_MCP_SANDBOX` (auto|bwrap|none). `bwrap` without a working bwrap is a ConfigError."""
+def seatbelt_available(platform: str) -> tuple[bool, str]:
+    if platform != "darwin":
+        return False, "Seatbelt (sandbox-exec) exists only on macOS"
+    if not os.access(seatbelt.SANDBOX_EXEC, os.X_OK):
+        return False, f"{seatbelt.SANDBOX_EXEC} is missing"
+    return True, f"Seatbelt via {seatbelt.SANDBOX_EXEC} (untested on a real Mac so far)"
+
+
+def plan_sandbox(mode: str, platform: str | None = None) -> SandboxPlan:
+    """Decide the sandbox for `CI_MCP_SANDBOX` (auto|bwrap|seatbelt|none) on `platform` (default: PLATFORM). A
+    named sandbox that cannot run is a ConfigError; `auto` takes Seatbelt on macOS, bwrap elsewhere, and says
+    loudly when it has neither."""
+    platform = platform or PLATFORM
     if mode == "none":
         return SandboxPlan("none", "CI_MCP_SANDBOX=none: kernels run unconfined, with resource limits only")
-    ok, detail = bwrap_works()
-    if ok:
-        return SandboxPlan("bwrap", detail)
-    if mode == "bwrap":
-        raise ConfigError(f"CI_MCP_SANDBOX=bwrap but {detail}. Install it, or set CI_MCP_SANDBOX=auto.")
-    if os.geteuid() == 0:
+    if mode == "seatbelt" or (mode == "auto" and platform == "darwin"):
+        ok, detail = seatbelt_available(platform)
+        if ok:
+            return SandboxPlan("seatbelt", detail)
+        if mode == "seatbelt":
+            raise ConfigError(f"CI_MCP_SANDBOX=seatbelt but {detail}. Set CI_MCP_SANDBOX=auto.")
+    elif platform == "win32" and mode == "auto":
+        return SandboxPlan(
+            "none", "NOT SANDBOXED: Windows has no kernel sandbox here. Kernels run with your user's rights."
+        )
+    else:
+        ok, detail = bwrap_works()
+        if ok:
+            return SandboxPlan("bwrap", detail)
+        if mode == "bwrap":
+            raise ConfigError(f"CI_MCP_SANDBOX=bwrap but {detail}. Install it, or set CI_MCP_SANDBOX=auto.")
+    if is_root():
         raise ConfigError(
             f"the server runs as root and {detail}, so kernels would run as root on this machine. Install "
             "bubblewrap, run the server as another user, or set CI_MCP_SANDBOX=none to accept that."
@@ -133,7 +160,12 @@ def plan_sandbox(mode: str) -> SandboxPlan:
     )
 
 
-def kernel_env(home: str, python: str | None = None) -> dict[str, str]:
+def is_root() -> bool:
+    geteuid = getattr(os, "geteuid", None)  # POSIX only
+    return geteuid is not None and geteuid() == 0
+
+
+def kernel_env(home: str, python: str | None = None, tmp: str = "/tmp") -> dict[str, str]:
     """A scrubbed environment: nothing of the server's (no AZURE_*, tokens, keys, CI_MCP_*) reaches the code.
     PATH starts with the kernel Python's own bin directory (`python`, default the server's)."""
 
@@ -141,7 +173,7 @@ def kernel_env(home: str, python: str | None = None) -> dict[str, str]:
     env = {
         "PATH": os.pathsep.join([str(bin_dir), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": home,
-        "TMPDIR": "/tmp",
+        "TMPDIR": tmp,
         "MPLCONFIGDIR": CONN_DIR + "/mpl",
         "PYTHONDONTWRITEBYTECODE": "1",
         "OPENBLAS_NUM_THREADS": "2",
@@ -170,20 +202,17 @@ def limits(memory_mb: int, cpu_seconds: int, processes: int, file_mb: int) -> di
     }
 
 
-def _user_processes() -> int:
-
-    uid = str(os.getuid())
+def _user_processes(uid: int | None = None) -> int:
+    """How many processes the user (`uid`, default this process's real uid) runs; 0 where there are no uids."""
+    if uid is None:
+        getuid = getattr(os, "getuid", None)  # POSIX only; Windows has no RLIMIT_NPROC either
+        if getuid is None:
+            return 0
+        uid = getuid()
     count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    count += line.split()[1] == uid
-                    break
-        except OSError:
-            continue
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info.get("uids")
+        count += uids is not None and uids.real == uid
     return count
 
 
@@ -209,6 +238,23 @@ def build_launch(
             limits=kernel_limits,
             script=str(launcher_dir / "kernel_launcher.py"),
             cgroup_limits=cgroup_limits,
+        )
+    if plan.mode == "seatbelt":
+        rules = seatbelt.profile(
+            read=[*map(str, py_roots), str(launcher_dir)],
+            write=[str(workspace)],
+            private=CONN_DIR,
+            private_parent=str(runtime_dir.resolve()),
+        )
+        return KernelLaunch(
+            python=python,
+            cwd=workspace,
+            env=kernel_env(home=CONN_DIR, python=python, tmp=CONN_DIR),
+            mpl_seed=mpl_cache,
+            runtime_dir=runtime_dir,
+            limits=kernel_limits,
+            script=str(launcher_dir / "kernel_launcher.py"),
+            wrapper=tuple(rules.argv()),
         )
     bwrap = shutil.which("bwrap") or "bwrap"
     argv: list[str] = [
