@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 from mcp_types import CallToolResult, TextResourceContents
 
 from ci_mcp.backends.local import sandbox
+from ci_mcp.settings import Settings
 from tests.conftest import (
     NIFTY_CSV,
     all_text,
@@ -194,18 +196,28 @@ async def test_long_output_is_capped_and_the_full_text_is_a_generated_file(make_
     store.close()
 
 
-async def test_progress_is_reported_while_a_run_goes_on(client: Client) -> None:
+async def test_progress_is_reported_while_a_run_goes_on(settings: Settings) -> None:
+    """The run goes on until the client has seen a progress report of it running (the code waits for a file the
+    progress callback writes), so the test orders the two by events, however slow the machine."""
     seen: list[tuple[float, float | None, str | None]] = []
+    c, store = await open_client(settings)
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, total, message))
+        if "running" in (message or ""):
+            for record in store.sessions():
+                (Path(str(record.state["workspace"])) / "go").touch()
 
-    result = await client.call_tool(
-        "run_code_analysis", {"code": "import time; time.sleep(1.6)"}, progress_callback=on_progress
-    )
-    assert not result.is_error
+    code = "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)"
+    async with c:
+        with anyio.fail_after(60):  # a bound, not a measurement
+            result = await c.call_tool(
+                "run_code_analysis", {"code": code, "timeout_seconds": 30}, progress_callback=on_progress
+            )
+    store.close()
+    assert not result.is_error, all_text(result)
     running = [s for s in seen if "running" in (s[2] or "")]
-    assert running and running[0][1] == 60, seen
+    assert running and running[0][1] == 30 and "of at most 30 s" in (running[0][2] or ""), seen
 
 
 async def test_the_walk_through_csv_gives_a_transportation_bar_chart(client: Client, allowed: Path) -> None:
