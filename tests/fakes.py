@@ -45,8 +45,8 @@ class Generated:
 
 @dataclass(frozen=True)
 class Step:
-    """What one scripted run does. `outputs` may hold `Generated` entries with image=True: they become
-    `ImageOutput`s in that place, backed by the stored file."""
+    """What one scripted run does. A `Generated` entry in `outputs` is a picture shown in that place (an
+    `ImageOutput` backed by the stored file); `files` are stored after the outputs, in order."""
 
     outputs: Sequence[OutputItem | Generated] = ()
     files: Sequence[Generated] = ()
@@ -63,6 +63,8 @@ class Step:
 
 @dataclass
 class FakeBackend:
+    """The Backend protocol, scripted: sessions in memory, files in the real store, runs from `script`."""
+
     store: FileStore
     max_upload_bytes: int = 512 * 1024 * 1024
     name: str = "fake"
