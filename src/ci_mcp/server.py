@@ -429,7 +429,8 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
     )
     @answers_errors
     async def close_session(session_id: Annotated[str, Field(description="The session to end.")]) -> CallToolResult:
-        await backend.close_session(session_id.strip())
+        session_id = session_id.strip()
+        await backend.close_session(session_id)
         return CallToolResult(content=[text_block(f"Session {session_id} closed; its files are kept.")])
 
     return server

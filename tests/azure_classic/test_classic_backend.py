@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -277,14 +276,12 @@ async def test_a_run_stuck_in_requires_action_is_cancelled_with_a_clear_message(
 async def test_cancelling_the_call_cancels_the_remote_run(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:
-    started = time.monotonic()
-    with anyio.fail_after(30):
+    with anyio.fail_after(30):  # a bound, not a measurement: uncancelled, the run would hold the group for 60 s
         async with anyio.create_task_group() as tg:
             tg.start_soon(backend.run, code("import time\ntime.sleep(60)"), progress)
             assert await anyio.to_thread.run_sync(emulator.state.code_running.wait, 20)
             tg.cancel_scope.cancel()
 
-    assert time.monotonic() - started < 20
     last = list(emulator.state.runs.values())[-1]
     assert last["status"] == "cancelled"
 

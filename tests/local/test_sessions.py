@@ -130,18 +130,26 @@ async def test_calls_on_one_session_are_serialised_and_sessions_run_in_parallel(
         async def call(key: str, sid: str, code: str) -> None:
             results[key] = all_text(await client.call_tool("run_code_analysis", {"code": code, "session_id": sid}))
 
-        started = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call, "a1", sid_a, "import time\ntime.sleep(1.5)\nn += 1\nprint('a1', n)")
-            await anyio.sleep(0.2)
-            tg.start_soon(call, "a2", sid_a, "n += 10\nprint('a2', n)")
-            tg.start_soon(call, "b", sid_b, "import time\ntime.sleep(1.5)\nprint('b done')")
-        elapsed = time.monotonic() - started
+        # a1 holds session a until the test lets it go, which it does only once b has finished: were sessions run
+        # one at a time, b would wait for a1 and the bound below would fail.
+        workspace_a = Path(str(store.session(sid_a).state["workspace"]))
+        hold = (
+            "import os, time\nopen('a1-running', 'w').close()\n"
+            "while not os.path.exists('a1-go'):\n    time.sleep(0.01)\nn += 1\nprint('a1', n)"
+        )
+        with anyio.fail_after(60):  # a bound, not a measurement: the broken build waits here
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "a1", sid_a, hold)
+                while not (workspace_a / "a1-running").exists():
+                    await anyio.sleep(0.02)
+                tg.start_soon(call, "a2", sid_a, "n += 10\nprint('a2', n)")
+                await call("b", sid_b, "print('b done')")
+                assert "a1" not in results and "a2" not in results  # a2 waits for a1, a1 for the test
+                (workspace_a / "a1-go").touch()
     store.close()
     assert "a1 1" in results["a1"] and "a2 11" in results["a2"]  # a2 waited for a1 and saw its state
     assert "a2 11" not in results["a1"] and "a1 1" not in results["a2"]  # outputs not mixed up
     assert "b done" in results["b"]
-    assert elapsed < 2.9, elapsed  # a1 and b overlapped (serial would take at least 3 s)
 
 
 @pytest.mark.parametrize("cold", ["new session", "revived session"])

@@ -12,8 +12,11 @@ import pytest
 from mcp import Client
 from mcp_types import CallToolResult
 
+from ci_mcp.models import TextOutput
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, generated_ids, links, open_client, session_of, uploaded_id
+from tests.conftest import all_text, generated_ids, links, session_of, uploaded_id
+from tests.fakes import FakeBackend, Generated, Step
+from tests.surface.conftest import connect, fake_backend
 
 pytestmark = pytest.mark.anyio
 
@@ -21,21 +24,19 @@ OLD_VERSIONS = ["2024-11-05", "2025-03-26"]
 
 
 @asynccontextmanager
-async def client_at(settings: Settings, version: str | None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
+async def client_at(
+    settings: Settings, version: str | None, monkeypatch: pytest.MonkeyPatch, backend: FakeBackend | None = None
+) -> AsyncIterator[Client]:
     """An in-memory client; `version` pins the initialize handshake to that protocol version (None: current)."""
-    if version is None:
-        c, store = await open_client(settings)
-    else:
+    options: dict[str, str] = {}
+    if version is not None:
         # The SDK client always offers its newest handshake version; pin the offer the way an older client makes it.
         monkeypatch.setattr(mcp.client.session, "LATEST_HANDSHAKE_VERSION", version)
-        c, store = await open_client(settings, mode="legacy")
-    try:
-        async with c:
-            if version is not None:
-                assert c.protocol_version == version
-            yield c
-    finally:
-        store.close()
+        options["mode"] = "legacy"
+    async with connect(settings, backend, **options) as (client, _):
+        if version is not None:
+            assert client.protocol_version == version
+        yield client
 
 
 async def upload(client: Client, name: str, data: bytes) -> str:
@@ -79,9 +80,10 @@ async def test_a_current_client_still_gets_a_resource_link(
 async def test_run_results_with_a_written_file_fit_the_clients_version(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, version: str | None
 ) -> None:
-    code = "open('report.txt', 'w').write('hello')\nprint('stdout-marker')"
-    async with client_at(settings, version, monkeypatch) as client:
-        result = await client.call_tool("run_code_analysis", {"code": code})
+    backend = fake_backend(settings)
+    async with client_at(settings, version, monkeypatch, backend) as client:
+        backend.script(Step(outputs=[TextOutput("stdout-marker")], files=[Generated("report.txt", b"hello")]))
+        result = await client.call_tool("run_code_analysis", {"code": "write report.txt"})
         assert not result.is_error, all_text(result)
         text = all_text(result)
         assert session_of(result).startswith("sess")
