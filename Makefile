@@ -20,6 +20,7 @@ demo: setup
 
 test: setup lint typecheck mcpb-cli
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory package
 
 # The inner loop: everything but the slow groups (azure, hostile, e2e; see tests/conftest.py).
 test-fast: setup
