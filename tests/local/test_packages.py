@@ -81,9 +81,8 @@ async def test_an_operator_adds_a_package_with_a_kernel_python_in_another_virtua
     async with plain:
         without = await plain.call_tool("run_code_analysis", {"code": code})
     plain_store.close()
-    monkeypatch.setenv("CI_MCP_KERNEL_PYTHON", str(python))
-    monkeypatch.setenv("CI_MCP_SANDBOX", mode)
-    from_env = Settings(data_dir=tmp_path / "data-2", kernel_pool_size=0, kernel_preload=False)
+    environment = {"CI_MCP_KERNEL_PYTHON": str(python), "CI_MCP_SANDBOX": mode}  # as the operator sets them
+    from_env = Settings.from_env(environment, data_dir=tmp_path / "data-2", kernel_pool_size=0, kernel_preload=False)
     assert from_env.kernel_python == str(python)
     added, store = await open_client(from_env)
     async with added:

@@ -1,6 +1,7 @@
 """src/ci_mcp/settings.py: how the environment's strings become settings, and the start-up checks' messages.
 
-These build `Settings` from a patched environment on purpose: that parsing is what `cli.py` relies on."""
+These build `Settings` with `Settings.from_env` from an explicit environment: that parsing is what `cli.py` relies
+on (a plain `Settings(...)` never reads the process environment)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,7 @@ def no_unprefixed_azure_names(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
+    return Settings.from_env(env)
 
 
 def test_allowed_dirs_are_split_on_the_path_separator(monkeypatch: pytest.MonkeyPatch) -> None:
