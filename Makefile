@@ -22,9 +22,10 @@ test: setup lint typecheck mcpb-cli
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory package
 
-# The inner loop: everything but the slow groups (azure, hostile, e2e; see tests/conftest.py).
+# The inner loop, in seconds: the MCP surface over a scripted backend and the unit tests; everything but the slow
+# groups (azure, hostile, e2e, kernel; see tests/conftest.py). `make test` runs them all.
 test-fast: setup
-	$(PY) -m pytest -q -m "not azure and not hostile and not e2e"
+	$(PY) -m pytest -q -m "not azure and not hostile and not e2e and not kernel"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks

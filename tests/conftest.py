@@ -55,6 +55,9 @@ SLOW_GROUPS = {
         "tests/local/test_durability.py",
         "tests/packaging/",
     ),
+    # Real sandboxed kernels where the kernel is the subject; the MCP surface itself is in tests/surface (a scripted
+    # backend) and the modules' own behaviour in tests/unit, which together are the fast loop.
+    "kernel": ("tests/local/",),
 }
 
 
