@@ -147,6 +147,8 @@ async def main(seconds: float, levels: list[int]) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            if proc.stderr is not None:
+                proc.stderr.close()
     table = [
         "| clients (sessions) | calls | calls/s | p50 ms | p95 ms | server RSS MB | server + kernels PSS MB |",
         "|---|---|---|---|---|---|---|",

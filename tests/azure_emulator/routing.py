@@ -113,14 +113,14 @@ async def json_body(request: Request) -> dict[str, Any]:
 async def upload_form(request: Request) -> tuple[str, bytes, str]:
     """(filename, bytes, purpose) of a multipart upload; the name comes from the part's filename or a separate
     `filename` form field (azure-ai-agents' `files.upload(file=BytesIO, filename=...)`)."""
-    form = await request.form()
-    part = form.get("file")
-    if part is None or isinstance(part, str):
-        raise ValueError("missing file part")
-    data = await part.read()
-    field_name = form.get("filename")
-    filename = field_name if isinstance(field_name, str) and field_name else (part.filename or "upload.bin")
-    purpose = form.get("purpose")
+    async with request.form() as form:  # closes the parts' temporary files
+        part = form.get("file")
+        if part is None or isinstance(part, str):
+            raise ValueError("missing file part")
+        data = await part.read()
+        field_name = form.get("filename")
+        filename = field_name if isinstance(field_name, str) and field_name else (part.filename or "upload.bin")
+        purpose = form.get("purpose")
     return filename, data, purpose if isinstance(purpose, str) else "assistants"
 
 

@@ -98,3 +98,5 @@ async def test_progress_and_cancellation_reach_the_azure_backends_over_http(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()

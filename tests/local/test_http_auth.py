@@ -227,6 +227,8 @@ def test_the_cli_says_where_it_serves_and_how_it_authenticates(tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 # -- OAuth resource-server mode --------------------------------------------------------------------------------
@@ -274,6 +276,7 @@ def issuer() -> Any:
 
     yield Issuer()
     httpd.shutdown()
+    httpd.server_close()
 
 
 async def test_oauth_mode_accepts_only_the_issuers_tokens_for_this_audience(

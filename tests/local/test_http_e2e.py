@@ -61,6 +61,8 @@ async def test_an_agent_uses_the_tools_over_streamable_http(tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 @pytest.mark.parametrize("example", ["agent_delegation.py", "openai_agents_delegation.py"])
@@ -126,3 +128,5 @@ async def test_the_delegation_examples_work_against_a_server_with_a_token(tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()
