@@ -7,7 +7,6 @@ call it with and without tokens.
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from ci_mcp.errors import ConfigError
 from ci_mcp.http import max_body_bytes, plan_http
 from ci_mcp.settings import Settings
 from tests.conftest import all_text, session_of, uploaded_id
+from tests.http_helpers import cli_http_server, client_for, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -39,12 +39,6 @@ INITIALIZE = (
     b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},'
     b'"clientInfo":{"name":"probe","version":"0"}}}'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -60,14 +54,6 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
             yield f"http://127.0.0.1:{settings.port}/mcp"
         finally:
             server.should_exit = True
-
-
-@asynccontextmanager
-async def client_for(url: str, token: str | None) -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60))
-    async with http, Client(streamable_http_client(url, http_client=http)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -211,24 +197,12 @@ def test_the_cli_says_where_it_serves_and_how_it_authenticates(tmp_path: Path) -
     assert "CI_MCP_HTTP_TOKENS" in refused.stderr and "Traceback" not in refused.stderr
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# agents\nalice:{ALICE}\n")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ci_mcp", "serve", "--transport", "http", "--port", str(port)],
-        env={**env, "CI_MCP_HTTP_TOKEN_FILE": str(token_file), "CI_MCP_KERNEL_POOL_SIZE": "0"},
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        assert f"http://127.0.0.1:{port}/mcp" in first and "bearer tokens (1 configured)" in first, first
+    with cli_http_server(
+        tmp_path, {"CI_MCP_HTTP_TOKEN_FILE": str(token_file), "CI_MCP_KERNEL_POOL_SIZE": "0"}
+    ) as served:
+        first = served.start_line
+        assert f"http://127.0.0.1:{served.port}/mcp" in first and "bearer tokens (1 configured)" in first, first
         assert ALICE not in first
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 # -- OAuth resource-server mode --------------------------------------------------------------------------------
