@@ -18,6 +18,7 @@ from mcp import Client
 from mcp_types import CallToolResult, ImageContent, ResourceLink, TextContent
 
 from ci_mcp.backends.factory import create_backend
+from ci_mcp.models import RunResult, TextOutput
 from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
@@ -153,6 +154,11 @@ def images(result: CallToolResult) -> list[bytes]:
 
 def links(result: CallToolResult) -> list[ResourceLink]:
     return [b for b in result.content if isinstance(b, ResourceLink)]
+
+
+def stdout_of(result: RunResult) -> str:
+    """What a backend's run printed to stdout (backend-level tests, without the MCP face)."""
+    return "".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "stdout")
 
 
 def session_of(result: CallToolResult) -> str:

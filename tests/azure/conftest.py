@@ -16,6 +16,8 @@ from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.azure_emulator.server import Emulator
 
+RESPONSES = "POST /openai/v1/responses"
+"""The request-log route of a streamed (or background) response."""
 FAST_RETRIES = RetryPolicy(attempts=4, base_delay=0.01, max_wait=5.0)
 
 

@@ -9,16 +9,15 @@ import pytest
 from mcp import Client
 
 from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, REPLACED_NOTICE, AzureAgentsBackend
-from ci_mcp.models import RunRequest, TextOutput
-from tests.azure.conftest import ProgressLog
+from ci_mcp.models import RunRequest
+from tests.azure.conftest import RESPONSES, ProgressLog
 from tests.azure_emulator.server import Emulator
-from tests.conftest import all_text, session_of, uploaded_id
+from tests.conftest import all_text, session_of, stdout_of, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
 ADD = "POST /openai/v1/containers/{container_id}/files"
 LIST = "GET /openai/v1/containers/{container_id}/files"
-RESPONSES = "POST /openai/v1/responses"
 READ_BOTH = "read = lambda n: open('/mnt/data/' + n).read().split()\nprint(kept, read('first.csv'), read('later.csv'))"
 
 
@@ -26,10 +25,6 @@ async def upload(mcp: Client, name: str, data: bytes) -> str:
     return uploaded_id(
         await mcp.call_tool("upload_file", {"content_base64": base64.b64encode(data).decode(), "filename": name})
     )
-
-
-def stdout_of(result: object) -> str:
-    return "".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "stdout")  # type: ignore[attr-defined]
 
 
 async def test_a_file_named_in_a_later_call_is_added_to_the_existing_container_and_checked_by_listing(

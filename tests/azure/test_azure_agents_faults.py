@@ -11,23 +11,19 @@ from azure.core.exceptions import ClientAuthenticationError
 from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
 from ci_mcp.backends.azure.errors import AzureAuthError
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
-from ci_mcp.models import RunRequest, TextOutput
+from ci_mcp.models import RunRequest
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
-from tests.azure.conftest import ProgressLog
+from tests.azure.conftest import RESPONSES, ProgressLog
 from tests.azure_emulator.credential import EmulatorCredential
 from tests.azure_emulator.server import Emulator
+from tests.conftest import stdout_of
 
 pytestmark = pytest.mark.anyio
 
-RESPONSES = "POST /openai/v1/responses"
 CONTENT = "GET /openai/v1/containers/{container_id}/files/{file_id}/content"
 CANCEL = "POST /openai/v1/responses/{response_id}/cancel"
 SLOW_CODE = "import time\nfor _ in range(600):\n    time.sleep(0.05)\n"
-
-
-def stdout_of(result: object) -> str:
-    return "".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "stdout")  # type: ignore[attr-defined]
 
 
 async def test_a_429_with_retry_after_is_retried_after_the_requested_wait(

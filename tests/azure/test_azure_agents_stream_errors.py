@@ -9,18 +9,12 @@ from mcp import Client
 
 from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
-from ci_mcp.models import RunRequest, TextOutput
-from tests.azure.conftest import ProgressLog
+from ci_mcp.models import RunRequest
+from tests.azure.conftest import RESPONSES, ProgressLog
 from tests.azure_emulator.server import Emulator
-from tests.conftest import all_text
+from tests.conftest import all_text, stdout_of
 
 pytestmark = pytest.mark.anyio
-
-RESPONSES = "POST /openai/v1/responses"
-
-
-def stdout_of(result: object) -> str:
-    return "".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "stdout")  # type: ignore[attr-defined]
 
 
 async def test_a_rate_limit_error_event_before_any_output_is_retried_after_the_wait_it_names(

@@ -17,6 +17,7 @@ from ci_mcp.models import ImageOutput, RunRequest, RunResult, TextOutput
 from tests.azure_classic.conftest import Progress, Sleeps, code
 from tests.azure_emulator.classic_routes import require_action_next_run
 from tests.azure_emulator.server import Emulator
+from tests.conftest import stdout_of
 
 pytestmark = pytest.mark.anyio
 
@@ -31,10 +32,6 @@ fig.savefig("/mnt/data/bars.png")
 display(Image(filename="/mnt/data/bars.png"))
 print("saved")
 """
-
-
-def stdout_of(result: RunResult) -> str:
-    return "".join(o.text for o in result.outputs if isinstance(o, TextOutput) and o.kind == "stdout")
 
 
 def answer_of(result: RunResult) -> str:
