@@ -152,6 +152,20 @@ async def test_calls_on_one_session_are_serialised_and_sessions_run_in_parallel(
     assert "b done" in results["b"]
 
 
+def gate_kernel_starts(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, anyio.Event]:
+    """From now on every kernel start sets `entered` and waits until the test sets `gate`."""
+    entered, gate = anyio.Event(), anyio.Event()
+    start_kernel = backend._start_kernel
+
+    async def gated_start(ws: Path) -> Kernel:
+        entered.set()
+        await gate.wait()
+        return await start_kernel(ws)
+
+    monkeypatch.setattr(backend, "_start_kernel", gated_start)
+    return entered, gate
+
+
 @pytest.mark.parametrize("cold", ["new session", "revived session"])
 async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, cold: str
@@ -168,15 +182,7 @@ async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
             args["session_id"] = idle
 
         # From here on every kernel start waits at a gate the test opens only after the warm call has finished.
-        entered, gate = anyio.Event(), anyio.Event()
-        start_kernel = backend._start_kernel
-
-        async def gated_start(ws: Path) -> Kernel:
-            entered.set()
-            await gate.wait()
-            return await start_kernel(ws)
-
-        monkeypatch.setattr(backend, "_start_kernel", gated_start)
+        entered, gate = gate_kernel_starts(backend, monkeypatch)
         cold_result: list[str] = []
 
         async def cold_call() -> None:
@@ -205,15 +211,7 @@ async def test_a_session_whose_kernel_is_starting_counts_against_the_session_lim
     settings = make_settings(kernel_pool_size=0, max_sessions=1)
     store = FileStore(settings.data_dir)
     backend = LocalBackend(settings, store)
-    entered, gate = anyio.Event(), anyio.Event()
-    start_kernel = backend._start_kernel
-
-    async def gated_start(ws: Path) -> Kernel:
-        entered.set()
-        await gate.wait()
-        return await start_kernel(ws)
-
-    monkeypatch.setattr(backend, "_start_kernel", gated_start)
+    entered, gate = gate_kernel_starts(backend, monkeypatch)
     async with Client(create_server(backend, settings)) as client:
         first: list[str] = []
 
