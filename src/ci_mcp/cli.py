@@ -167,38 +167,33 @@ def _check_port(host: str, port: int) -> None:
 def _serve(settings: Settings) -> int:
     if settings.transport == "http":
         return _serve_http(settings)
+    _build_server(settings).run("stdio")
+    return 0
+
+
+def _build_server(settings: Settings, plan: HttpPlan | None = None) -> Any:
+    """The MCP server on the configured backend and store (pruned first when a retention is set)."""
     from ci_mcp.backends.factory import create_backend
     from ci_mcp.housekeeping import prune_on_start
-    from ci_mcp.store import FileStore
+    from ci_mcp.store import open_store
 
-    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
+    store = open_store(settings)
     prune_on_start(store, settings)
     # The backend first: its probes (the sandbox, the kernel's Python) run while the MCP SDK is imported.
     backend = create_backend(settings, store)
     from ci_mcp.server import create_server
 
-    server = create_server(backend, settings)
-    server.run("stdio")
-    return 0
+    return create_server(backend, settings, plan)
 
 
 def http_app(settings: Settings, plan: HttpPlan) -> Any:
     """The streamable HTTP app (a Starlette app) for `plan` (from `http.plan_http`)."""
-    from ci_mcp.backends.factory import create_backend
-    from ci_mcp.housekeeping import prune_on_start
-    from ci_mcp.server import create_server
-    from ci_mcp.store import FileStore
-
-    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
-    prune_on_start(store, settings)
-    server = create_server(create_backend(settings, store), settings, plan)
-    app = server.streamable_http_app(
+    return _build_server(settings, plan).streamable_http_app(
         max_request_body_size=plan.max_body_bytes,
         transport_security=plan.security,
         session_idle_timeout=settings.http_session_idle_seconds,
         host=settings.host,
     )
-    return app
 
 
 def _serve_http(settings: Settings) -> int:

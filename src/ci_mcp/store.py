@@ -22,10 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ci_mcp.errors import FileTooLargeError, NotFoundError, StorageFullError
 from ci_mcp.models import FileInfo, FileOrigin, SessionInfo
+
+if TYPE_CHECKING:
+    from ci_mcp.settings import Settings
 
 _CHUNK = 1024 * 1024
 MB = 1024 * 1024
@@ -72,6 +75,11 @@ def guess_media_type(name: str) -> str:
         return _EXTRA_TYPES[suffix]
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed or "application/octet-stream"
+
+
+def open_store(settings: Settings) -> FileStore:
+    """The store of the configured data directory, with its quota (`CI_MCP_MAX_STORE_MB`)."""
+    return FileStore(settings.data_dir, max_bytes=settings.max_store_mb * MB)
 
 
 def no_such_file(file_id: str) -> NotFoundError:

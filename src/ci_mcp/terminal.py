@@ -12,7 +12,7 @@ from ci_mcp.backends.factory import create_backend
 from ci_mcp.errors import InvalidInputError
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore
+from ci_mcp.store import open_store
 
 
 def cli_words(message: str) -> str:
@@ -63,7 +63,7 @@ async def run_once(
     for path in files:
         if not path.is_file():
             raise InvalidInputError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
-    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
+    store = open_store(settings)
     backend = create_backend(settings, store)
     await backend.start()
     try:
