@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,9 @@ from ci_mcp.models import FileInfo, FileOrigin, SessionInfo
 
 if TYPE_CHECKING:
     from ci_mcp.settings import Settings
+
+OtherIds = Callable[[str], "str | None"]
+"""A backend's answer for a file id the store does not know (`FileStore.recognise_ids`)."""
 
 _CHUNK = 1024 * 1024
 MB = 1024 * 1024
@@ -123,6 +126,7 @@ class FileStore:
         self.data_dir = data_dir
         self.max_bytes = max_bytes
         self._commit_lock = threading.Lock()
+        self._other_ids: OtherIds | None = None
         self.files_dir = data_dir / "files"
         self.tmp_dir = data_dir / "tmp"
         self.workspaces_dir = data_dir / "workspaces"
@@ -364,15 +368,24 @@ class FileStore:
                 media_type=media_type,
             )
 
+    def recognise_ids(self, other_ids: OtherIds) -> None:
+        """Let a backend whose service gives files ids of its own (Azure) answer for an id the store does not know:
+        `other_ids(id)` returns the store's id of that file, raises a `NotFoundError` that says what the id is, or
+        returns None (the usual "no file" answer)."""
+        self._other_ids = other_ids
+
     def get(self, file_id: str) -> FileInfo:
         row = self._db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
+        if row is None and self._other_ids is not None:
+            known = self._other_ids(file_id)
+            if known is not None:
+                row = self._db.execute("SELECT * FROM files WHERE file_id = ?", (known,)).fetchone()
         if row is None:
             raise no_such_file(file_id)
         return _file_from_row(row)
 
     def path(self, file_id: str) -> Path:
-        self.get(file_id)
-        return self.files_dir / file_id
+        return self.files_dir / self.get(file_id).file_id
 
     def read(self, file_id: str) -> bytes:
         return self.path(file_id).read_bytes()

@@ -173,7 +173,7 @@ async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
     settings = make_settings(kernel_pool_size=0)
     store = FileStore(settings.data_dir)
     backend = LocalBackend(settings, store)
-    async with Client(create_server(backend, settings)) as client:
+    async with Client(create_server(backend, store, settings)) as client:
         warm_sid = session_of(await client.call_tool("run_code_analysis", {"code": "n = 41"}))
         args: dict[str, str] = {"code": "print('cold ran')"}
         if cold == "revived session":
@@ -212,7 +212,7 @@ async def test_a_session_whose_kernel_is_starting_counts_against_the_session_lim
     store = FileStore(settings.data_dir)
     backend = LocalBackend(settings, store)
     entered, gate = gate_kernel_starts(backend, monkeypatch)
-    async with Client(create_server(backend, settings)) as client:
+    async with Client(create_server(backend, store, settings)) as client:
         first: list[str] = []
 
         async def first_call() -> None:

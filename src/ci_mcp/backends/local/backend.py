@@ -38,6 +38,7 @@ from ci_mcp.errors import (
     InvalidInputError,
     StorageFullError,
 )
+from ci_mcp.files import keep_generated_now
 from ci_mcp.models import (
     FileInfo,
     OutputCallback,
@@ -370,25 +371,6 @@ class LocalBackend:
     async def sessions(self) -> list[SessionInfo]:
         return [self.store.session_info(r, r.session_id in self._live) for r in self.store.sessions(self.name)]
 
-    # -- files -----------------------------------------------------------------------------------------------
-
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        if isinstance(source, bytes):
-            data = source
-            return await anyio.to_thread.run_sync(lambda: self.store.put_bytes(name, data, origin="upload"))
-        return await anyio.to_thread.run_sync(
-            lambda: self.store.put_path(name, source, origin="upload", max_bytes=self.settings.max_upload_bytes)
-        )
-
-    async def file_info(self, file_id: str) -> FileInfo:
-        return self.store.get(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        return self.store.path(file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        return self.store.list(session_id)
-
     # -- runs ------------------------------------------------------------------------------------------------
 
     async def run(self, request: RunRequest, progress: ProgressCallback) -> RunResult:
@@ -568,7 +550,7 @@ class LocalBackend:
         except Exception as exc:
             failed(exc, "collecting the files the run wrote")
         try:
-            collector.finish(live.runs)
+            await anyio.to_thread.run_sync(collector.finish, live.runs)  # may keep the full output: off the loop
         except Exception as exc:
             failed(exc, "keeping the full output")
         for cause, names in lost.items():
@@ -657,12 +639,9 @@ class LocalBackend:
                 continue
             try:
                 with os.fdopen(fd, "rb") as fh:
-                    info = self.store.put_stream(
-                        storable(rel),
-                        fh,
-                        origin="generated",
-                        max_bytes=self.settings.max_upload_bytes,
-                        session_id=live.session_id,
+                    limit = self.settings.max_upload_bytes
+                    info = keep_generated_now(
+                        self.store, storable(rel), fh, session_id=live.session_id, max_bytes=limit
                     )
             except FileTooLargeError:
                 too_big = self.settings.max_upload_bytes

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -135,8 +134,8 @@ class AzureAgentsBackend:
                 "CI_MCP_BACKEND=azure needs AZURE_AI_PROJECT_ENDPOINT "
                 "(https://<account>.services.ai.azure.com/api/projects/<project>)."
             )
-        self._settings = settings
-        self._store = store
+        self.settings = settings
+        self.store = store
         self._endpoint = settings.azure_endpoint.rstrip("/")
         self._credential = credential
         self._ca_file = ca_file
@@ -176,23 +175,16 @@ class AzureAgentsBackend:
 
     # -- files -------------------------------------------------------------------------------------------------------
 
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        """Keep the file in the store, then send it to Azure (Files API, purpose=assistants). If Azure refuses, the
-        error is raised; the stored copy stays and is sent again when a run first uses it."""
-        if isinstance(source, bytes):
-            info = await anyio.to_thread.run_sync(lambda: self._store.put_bytes(name, source, origin="upload"))
-        else:
-            info = await anyio.to_thread.run_sync(
-                lambda: self._store.put_path(name, source, origin="upload", max_bytes=self._settings.max_upload_bytes)
-            )
+    async def file_stored(self, info: FileInfo) -> None:
+        """An upload is in the store: send it to Azure now (Files API, purpose=assistants). If Azure refuses, the
+        error is the upload's answer; the stored copy stays and is sent again when a run first uses it."""
         await self._remote_id(info, deadline=None)
-        return info
 
     async def _remote_id(self, info: FileInfo, deadline: float | None) -> str:
         known = self._remote.get(info.file_id, info.sha256)
         if known:
             return known
-        path = self._store.path(info.file_id)
+        path = self.store.path(info.file_id)
         client = self._c().openai
 
         async def send() -> Any:
@@ -205,22 +197,13 @@ class AzureAgentsBackend:
         self._remote.put(info.file_id, info.sha256, str(created.id))
         return str(created.id)
 
-    async def file_info(self, file_id: str) -> FileInfo:
-        return self._store.get(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        return self._store.path(file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        return self._store.list(session_id)
-
     # -- sessions ----------------------------------------------------------------------------------------------------
 
     def _session(self, session_id: str) -> SessionRecord:
-        return self._store.open_session(session_id, BACKEND)
+        return self.store.open_session(session_id, BACKEND)
 
     async def sessions(self) -> list[SessionInfo]:
-        return [self._store.session_info(r, live=True) for r in self._store.sessions(BACKEND) if not r.closed]
+        return [self.store.session_info(r, live=True) for r in self.store.sessions(BACKEND) if not r.closed]
 
     async def close_session(self, session_id: str) -> None:
         rec = self._session(session_id)
@@ -235,7 +218,7 @@ class AzureAgentsBackend:
                 )
             except Exception as exc:  # closing stays local even when Azure cannot be told
                 log.info("could not delete conversation %s: %s", conversation_id, exc)
-        self._store.update_session(session_id, closed=True)
+        self.store.update_session(session_id, closed=True)
         self._locks.pop(session_id, None)
 
     async def _new_conversation(self, deadline: float) -> str:
@@ -254,10 +237,10 @@ class AzureAgentsBackend:
         if not (request.code or request.request):
             raise InvalidInputError("Pass `request` (what to analyse, in plain words) or `code` (Python to run).")
         started = time.monotonic()
-        timeout = self._settings.run_timeout(request.timeout_seconds)
-        new_files = [self._store.get(fid) for fid in request.file_ids]
+        timeout = self.settings.run_timeout(request.timeout_seconds)
+        new_files = [self.store.get(fid) for fid in request.file_ids]
         if request.session_id is None:
-            session_id = self._store.create_session(BACKEND).session_id
+            session_id = self.store.create_session(BACKEND).session_id
         else:
             session_id = self._session(request.session_id).session_id
         lock = self._locks.setdefault(session_id, anyio.Lock())
@@ -292,7 +275,7 @@ class AzureAgentsBackend:
                 f"A session can use at most {MAX_FILES} files on Azure; this one would have {len(attached_ids)}. "
                 "Start a new session (omit session_id) with the files this step needs."
             )
-        attached = [self._store.get(fid) for fid in attached_ids]
+        attached = [self.store.get(fid) for fid in attached_ids]
         fresh = {f.file_id for f in new_files if f.file_id not in state.files}
         clients = self._c()
         expired = False
@@ -302,7 +285,7 @@ class AzureAgentsBackend:
                 version = await self._versions.ensure(clients.project, len(remote_ids), deadline)
                 if not state.conversation_id:
                     state.conversation_id = await self._new_conversation(deadline)
-                    self._store.update_session(session_id, state=state.dump())
+                    self.store.update_session(session_id, state=state.dump())
                 elif state.container_id and fresh:
                     to_add = [(f, rid) for f, rid in zip(attached, remote_ids, strict=True) if f.file_id in fresh]
                     try:
@@ -334,11 +317,11 @@ class AzureAgentsBackend:
             state.conversation_id = await self._new_conversation(deadline)
             state.container_id = None
             state.seen = {}
-            self._store.update_session(session_id, state=state.dump())
+            self.store.update_session(session_id, state=state.dump())
             outcome = await self._respond(state, body, report, deadline)
         state.files = attached_ids
         if outcome.timed_out or outcome.digest is None:
-            self._store.update_session(session_id, state=state.dump())
+            self.store.update_session(session_id, state=state.dump())
             partial = (TextOutput(outcome.partial_text, kind="answer"),) if outcome.partial_text else ()
             return RunResult(
                 session_id=session_id,
@@ -359,7 +342,7 @@ class AzureAgentsBackend:
         if used:
             state.container_id = used[-1]
         state.seen.update(collected.seen)
-        self._store.update_session(session_id, state=state.dump())
+        self.store.update_session(session_id, state=state.dump())
         raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
         status: RunStatus = "error" if raised else "ok"
         if outcome.digest.status == "incomplete":
@@ -423,12 +406,12 @@ class AzureAgentsBackend:
     ) -> Collected:
         assert outcome.digest is not None
         collected = await anyio.to_thread.run_sync(
-            lambda: render_steps(outcome.digest, request.code, self._store, session_id)  # type: ignore[arg-type]
+            lambda: render_steps(outcome.digest, request.code, self.store, session_id)  # type: ignore[arg-type]
         )
         await fetch_files(
             self._c().openai,
             outcome.digest,
-            store=self._store,
+            store=self.store,
             session_id=session_id,
             seen=state.seen,
             policy=self._policy,
