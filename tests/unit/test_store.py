@@ -166,3 +166,23 @@ def test_sessions_are_recorded_updated_and_closed(store: FileStore) -> None:
 )
 def test_media_types_come_from_the_name(name: str, media_type: str) -> None:
     assert guess_media_type(name) == media_type
+
+
+def test_ids_a_backend_recognises_resolve_to_the_stored_file_and_others_stay_unknown(store: FileStore) -> None:
+    info = store.put_bytes("bars.png", b"\x89PNG", origin="generated", session_id="sess-1")
+
+    def other_ids(file_id: str) -> str | None:
+        if file_id == "assistant-known":
+            return info.file_id
+        if file_id.startswith("assistant-"):
+            raise NotFoundError(f"'{file_id}' is the service's id, not ours")
+        return None
+
+    store.recognise_ids(other_ids)
+
+    assert store.get("assistant-known") == info
+    assert store.path("assistant-known") == store.path(info.file_id)
+    with pytest.raises(NotFoundError, match="the service's id"):
+        store.get("assistant-other")
+    with pytest.raises(NotFoundError, match="No file with id 'file-nope'"):
+        store.get("file-nope")
