@@ -1,8 +1,10 @@
 """The `azure-classic` backend: Foundry classic agents (azure-ai-agents: agents, threads, messages, runs).
 
 The flow of the original Azure walk-through, served through the three tools:
-- `upload`: keep the local copy in the store, then upload to Azure with purpose "agents" (`assistants` on the wire).
-  Azure never gives uploaded inputs back, so the local copy is the only one that can be fetched later.
+- an upload: the server keeps the local copy in its store, then `file_stored` uploads it to Azure with purpose
+  "agents" (`assistants` on the wire). Azure never gives uploaded inputs back, so the local copy is the only one
+  that can be fetched later; an Azure id the model copies from an answer is recognised by the store
+  (`FileStore.recognise_ids`).
 - `run`: one reused agent with the Code Interpreter tool (found by name, or created once); session = thread; the
   step's files go on the user message as attachments for the Code Interpreter; the run is streamed
   (`runs.stream`), never polled, with progress from run and step events and a deadline; cancelling the call
