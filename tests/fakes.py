@@ -30,7 +30,8 @@ from ci_mcp.models import (
     SessionInfo,
     TextOutput,
 )
-from ci_mcp.store import FileStore, new_session_id, no_such_session
+from ci_mcp.sessions import new_session_id, no_such_session
+from ci_mcp.store import FileStore
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from ci_mcp.backends.base import Backend
 from ci_mcp.errors import CapacityError
 from ci_mcp.files import FileAccess
 from ci_mcp.models import FileInfo, ProgressCallback, RunRequest, RunResult, SessionInfo
-from ci_mcp.store import no_such_file, no_such_session
+from ci_mcp.sessions import no_such_session
+from ci_mcp.store import no_such_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS owners (

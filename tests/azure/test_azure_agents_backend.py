@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend, SessionState
 from ci_mcp.errors import InvalidInputError, NotFoundError
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog
@@ -84,7 +84,8 @@ async def test_a_session_continues_in_the_same_conversation_with_its_python_stat
     assert second.session_id == first.session_id
     assert any(isinstance(o, TextOutput) and o.text.strip() == "42" for o in second.outputs)
     assert len(emu.state.conversations) == conversations_before
-    conversation = emu.state.conversations[str(backend.store.session(first.session_id).state["conversation_id"])]
+    state = backend.records.get(first.session_id, SessionState).state
+    conversation = emu.state.conversations[str(state.conversation_id)]
     codes = [item["code"].strip() for item in conversation.items if item["type"] == "code_interpreter_call"]
     assert codes == ["x = 41", "print(x + 1)"]
 
@@ -201,7 +202,7 @@ async def test_closing_a_session_deletes_the_conversation_and_refuses_further_ru
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
     result = await backend.run(RunRequest(None, "print(1)", None), ProgressLog())
-    conversation = backend.store.session(result.session_id).state["conversation_id"]
+    conversation = backend.records.get(result.session_id, SessionState).state.conversation_id
     assert conversation in emu.state.conversations
 
     await backend.close_session(result.session_id)

@@ -8,7 +8,7 @@ import anyio
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
-from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend, SessionState
 from ci_mcp.backends.azure.errors import AzureAuthError
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import RunRequest
@@ -109,8 +109,8 @@ async def test_an_expired_container_is_replaced_once_with_a_notice_that_state_wa
 ) -> None:
     info = await files_of(backend).upload("keep.csv", b"a\n1\n")
     first = await backend.run(RunRequest(None, "x = 1", None, (info.file_id,)), ProgressLog())
-    old_conversation = backend.store.session(first.session_id).state["conversation_id"]
-    emu.state.expire_container(str(backend.store.session(first.session_id).state["container_id"]))
+    old_conversation = backend.records.get(first.session_id, SessionState).state.conversation_id
+    emu.state.expire_container(str(backend.records.get(first.session_id, SessionState).state.container_id))
 
     second = await backend.run(
         RunRequest(first.session_id, "import os\nprint('x' in globals(), os.listdir('/mnt/data'))", None),
@@ -119,7 +119,7 @@ async def test_an_expired_container_is_replaced_once_with_a_notice_that_state_wa
 
     assert second.status == "ok" and second.notices == (EXPIRED_NOTICE,)
     assert "False ['keep.csv']" in stdout_of(second)
-    assert backend.store.session(first.session_id).state["conversation_id"] != old_conversation
+    assert backend.records.get(first.session_id, SessionState).state.conversation_id != old_conversation
     third = await backend.run(RunRequest(first.session_id, "y = 2", None), ProgressLog())
     assert third.notices == ()
 

@@ -144,17 +144,6 @@ def test_opening_again_removes_temporaries_orphan_blobs_and_rows_without_blobs(t
         reopened.close()
 
 
-def test_sessions_are_recorded_updated_and_closed(store: FileStore) -> None:
-    rec = store.create_session("local", {"workspace": "/w"})
-    assert store.session(rec.session_id) == rec and rec.session_id.startswith("sess-")
-    store.update_session(rec.session_id, state={"workspace": "/v"}, closed=True)
-    updated = store.session(rec.session_id)
-    assert updated.state == {"workspace": "/v"} and updated.closed and updated.last_used_at >= rec.last_used_at
-    assert [s.session_id for s in store.sessions("local")] == [rec.session_id] and store.sessions("azure") == []
-    with pytest.raises(NotFoundError, match="looks like a file id"):
-        store.session("file-0")
-
-
 @pytest.mark.parametrize(
     ("name", "media_type"),
     [

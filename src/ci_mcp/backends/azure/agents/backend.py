@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,8 +55,9 @@ from ci_mcp.models import (
     SessionInfo,
     TextOutput,
 )
+from ci_mcp.sessions import SessionRecord, SessionStore, session_info
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore, SessionRecord
+from ci_mcp.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class SessionState:
     """Container file id -> size of generated files already fetched."""
 
     @classmethod
-    def load(cls, raw: dict[str, object]) -> SessionState:
+    def load(cls, raw: Mapping[str, object]) -> SessionState:
         files = raw.get("files")
         seen = raw.get("seen")
         return cls(
@@ -136,6 +138,7 @@ class AzureAgentsBackend:
             )
         self.settings = settings
         self.store = store
+        self.records = SessionStore(store.data_dir)
         self._endpoint = settings.azure_endpoint.rstrip("/")
         self._credential = credential
         self._ca_file = ca_file
@@ -199,15 +202,14 @@ class AzureAgentsBackend:
 
     # -- sessions ----------------------------------------------------------------------------------------------------
 
-    def _session(self, session_id: str) -> SessionRecord:
-        return self.store.open_session(session_id, BACKEND)
+    def _session(self, session_id: str) -> SessionRecord[SessionState]:
+        return self.records.open(session_id, BACKEND, SessionState)
 
     async def sessions(self) -> list[SessionInfo]:
-        return [self.store.session_info(r, live=True) for r in self.store.sessions(BACKEND) if not r.closed]
+        return [session_info(r, True, self.store) for r in self.records.list(SessionState, BACKEND) if not r.closed]
 
     async def close_session(self, session_id: str) -> None:
-        rec = self._session(session_id)
-        state = SessionState.load(rec.state)
+        state = self._session(session_id).state
         if state.conversation_id:
             conversation_id = state.conversation_id
             try:
@@ -218,7 +220,7 @@ class AzureAgentsBackend:
                 )
             except Exception as exc:  # closing stays local even when Azure cannot be told
                 log.info("could not delete conversation %s: %s", conversation_id, exc)
-        self.store.update_session(session_id, closed=True)
+        self.records.update(session_id, closed=True)
         self._locks.pop(session_id, None)
 
     async def _new_conversation(self, deadline: float) -> str:
@@ -240,12 +242,12 @@ class AzureAgentsBackend:
         timeout = self.settings.run_timeout(request.timeout_seconds)
         new_files = [self.store.get(fid) for fid in request.file_ids]
         if request.session_id is None:
-            session_id = self.store.create_session(BACKEND).session_id
+            session_id = self.records.create(BACKEND, SessionState()).session_id
         else:
             session_id = self._session(request.session_id).session_id
         lock = self._locks.setdefault(session_id, anyio.Lock())
         async with lock:
-            state = SessionState.load(self._session(session_id).state)
+            state = self._session(session_id).state
             deadline = anyio.current_time() + timeout
             report = StageReporter(progress)
             await report("preparing")
@@ -285,7 +287,7 @@ class AzureAgentsBackend:
                 version = await self._versions.ensure(clients.project, len(remote_ids), deadline)
                 if not state.conversation_id:
                     state.conversation_id = await self._new_conversation(deadline)
-                    self.store.update_session(session_id, state=state.dump())
+                    self.records.update(session_id, state=state)
                 elif state.container_id and fresh:
                     to_add = [(f, rid) for f, rid in zip(attached, remote_ids, strict=True) if f.file_id in fresh]
                     try:
@@ -317,11 +319,11 @@ class AzureAgentsBackend:
             state.conversation_id = await self._new_conversation(deadline)
             state.container_id = None
             state.seen = {}
-            self.store.update_session(session_id, state=state.dump())
+            self.records.update(session_id, state=state)
             outcome = await self._respond(state, body, report, deadline)
         state.files = attached_ids
         if outcome.timed_out or outcome.digest is None:
-            self.store.update_session(session_id, state=state.dump())
+            self.records.update(session_id, state=state)
             partial = (TextOutput(outcome.partial_text, kind="answer"),) if outcome.partial_text else ()
             return RunResult(
                 session_id=session_id,
@@ -342,7 +344,7 @@ class AzureAgentsBackend:
         if used:
             state.container_id = used[-1]
         state.seen.update(collected.seen)
-        self.store.update_session(session_id, state=state.dump())
+        self.records.update(session_id, state=state)
         raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
         status: RunStatus = "error" if raised else "ok"
         if outcome.digest.status == "incomplete":

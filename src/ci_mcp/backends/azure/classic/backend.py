@@ -22,6 +22,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +48,9 @@ from ci_mcp.errors import (
     RunFailedError,
 )
 from ci_mcp.models import FileInfo, ProgressCallback, RunRequest, RunResult, RunStatus, SessionInfo
+from ci_mcp.sessions import SessionRecord, SessionStore, session_info
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore, SessionRecord
+from ci_mcp.store import FileStore
 
 if TYPE_CHECKING:
     from azure.ai.agents.aio import AgentsClient
@@ -63,6 +65,21 @@ _CANCEL_WAIT_SECONDS = 10.0
 _UPLOAD_PROCESSING_SECONDS = 120.0
 _MESSAGES_PAGE = 100
 """The service's largest page: one listing holds a run's messages."""
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    """What a session keeps in its session record: the Azure thread it is."""
+
+    thread_id: str = ""
+
+    @classmethod
+    def load(cls, raw: Mapping[str, object]) -> ThreadState:
+        thread_id = raw.get("thread_id")
+        return cls(thread_id if isinstance(thread_id, str) else "")
+
+    def dump(self) -> dict[str, object]:
+        return {"thread_id": self.thread_id}
 
 
 class ClassicAgentsBackend:
@@ -98,6 +115,7 @@ class ClassicAgentsBackend:
             )
         self.settings = settings
         self.store = store
+        self.records = SessionStore(store.data_dir)
         self._endpoint = settings.azure_endpoint
         self._own_credential = credential is None
         self._credential = credential
@@ -215,13 +233,14 @@ class ClassicAgentsBackend:
     # -- sessions ---------------------------------------------------------------------------------------------
 
     async def sessions(self) -> list[SessionInfo]:
-        return [self.store.session_info(r, live=not r.closed) for r in self.store.sessions(BACKEND_NAME)]
+        records = self.records.list(ThreadState, BACKEND_NAME)
+        return [session_info(r, not r.closed, self.store) for r in records]
 
     async def close_session(self, session_id: str) -> None:
         record = self._session_record(session_id, allow_closed=True)
         if record.closed:
             return
-        thread_id = str(record.state.get("thread_id", ""))
+        thread_id = record.state.thread_id
         client = self._require_client()
         if thread_id:
             try:
@@ -233,20 +252,20 @@ class ClassicAgentsBackend:
                 )
             except CiMcpError as exc:  # closing stays local even when Azure cannot be told
                 log.info("could not delete thread %s: %s", thread_id, exc)
-        self.store.update_session(session_id, closed=True)
+        self.records.update(session_id, closed=True)
         self._session_locks.pop(session_id, None)
 
-    def _session_record(self, session_id: str, *, allow_closed: bool = False) -> SessionRecord:
-        return self.store.open_session(session_id, BACKEND_NAME, allow_closed=allow_closed)
+    def _session_record(self, session_id: str, *, allow_closed: bool = False) -> SessionRecord[ThreadState]:
+        return self.records.open(session_id, BACKEND_NAME, ThreadState, allow_closed=allow_closed)
 
-    async def _open_session(self, session_id: str | None) -> SessionRecord:
+    async def _open_session(self, session_id: str | None) -> SessionRecord[ThreadState]:
         if session_id is not None:
             return self._session_record(session_id)
         client = self._require_client()
         thread = await call_sdk(
             client.threads.create, what="creating a thread", sleep=self._sleep, policy=self._retry, idempotent=False
         )
-        return self.store.create_session(BACKEND_NAME, {"thread_id": str(thread.id)})
+        return self.records.create(BACKEND_NAME, ThreadState(str(thread.id)))
 
     def _lock_for(self, session_id: str) -> anyio.Lock:
         return self._session_locks.setdefault(session_id, anyio.Lock())
@@ -321,7 +340,7 @@ class ClassicAgentsBackend:
         async with self._lock_for(record.session_id):
             record = self._session_record(record.session_id)
             await self._ensure_agent()
-            thread_id = str(record.state["thread_id"])
+            thread_id = record.state.thread_id
             attached = await self._attach(record, request.file_ids, deadline)
             await self._post_message(record, thread_id, request, attached)
             tracker = RunTracker()
@@ -344,7 +363,9 @@ class ClassicAgentsBackend:
                 duration_seconds=anyio.current_time() - started,
             )
 
-    async def _attach(self, record: SessionRecord, file_ids: tuple[str, ...], deadline: float) -> list[Attached]:
+    async def _attach(
+        self, record: SessionRecord[ThreadState], file_ids: tuple[str, ...], deadline: float
+    ) -> list[Attached]:
         attached: list[Attached] = []
         for file_id in dict.fromkeys(file_ids):
             info = self.store.get(file_id)
@@ -354,7 +375,7 @@ class ClassicAgentsBackend:
         return attached
 
     async def _post_message(
-        self, record: SessionRecord, thread_id: str, request: RunRequest, attached: list[Attached]
+        self, record: SessionRecord[ThreadState], thread_id: str, request: RunRequest, attached: list[Attached]
     ) -> None:
         from azure.ai.agents.models import CodeInterpreterToolDefinition, MessageAttachment
 
