@@ -1,7 +1,9 @@
 """The MCP face of ci-mcp: registration of the tools and the files resource.
 
 With `rendering.py` (domain results to MCP content) and `http.py` (how HTTP callers get in), the only modules that
-import `mcp`. Upload policy lives in `uploads.py`; every tool's failures map to results in one place
+import `mcp`. `create_server` only registers: each tool here is its name, description and argument schema, a call
+to its body in `tools.ToolHandlers` (no MCP there) and the rendering of the answer. Upload policy lives in
+`uploads.py`, path policy in `paths.py`; every tool's failures map to results in one place
 (`rendering.answers_errors`). The tools declare no output schema, because some clients (Claude Code among them) drop
 image blocks otherwise.
 """
