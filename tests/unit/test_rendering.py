@@ -12,8 +12,9 @@ from ci_mcp.rendering import MAX_LISTED_FILES, META_KEY, closed, file_list, save
 
 
 def info(file_id: str = "file-1", name: str = "a.csv", session_id: str | None = None) -> FileInfo:
-    origin = "generated" if session_id else "upload"
-    return FileInfo(file_id, name, 1234, "text/csv", origin, "0" * 64, 0.0, session_id)
+    if session_id:
+        return FileInfo(file_id, name, 1234, "text/csv", "generated", "0" * 64, 0.0, session_id)
+    return FileInfo(file_id, name, 1234, "text/csv", "upload", "0" * 64, 0.0)
 
 
 def text(result: CallToolResult) -> str:
