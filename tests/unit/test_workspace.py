@@ -12,6 +12,8 @@ import pytest
 
 from ci_mcp.backends.local import workspace
 
+pytestmark = pytest.mark.usefixtures("each_walk")  # every test with the descriptor walk and with the path walk
+
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
