@@ -56,8 +56,9 @@ paths with the checks described above. Tests set it to False to run the path wal
 
 
 def pause_point(stage: str, rel: str) -> None:
-    """Called between looking at `rel` and acting on it ("descend", "open", "remove"): the moment a kernel racing
-    the walk would swap something. Does nothing; tests replace it to make that race happen every time."""
+    """Called between looking at `rel` and acting on it ("descend", "open", "remove"; "listed" after listing the
+    directory `rel` and before looking at its entries): the moment a kernel racing the walk would swap something.
+    Does nothing; tests replace it to make that race happen every time."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class _Walk:
 
     def walk(self, fd: int, prefix: str, hidden: bool, depth: int) -> None:
         names = self._names(fd)
+        pause_point("listed", prefix)
         for name in names or ():
             if time.monotonic() > self.deadline:
                 self._over()
@@ -208,7 +210,9 @@ class _PathWalk(_Walk):
         if not _same_dir(path, expected):
             return
         looked: list[tuple[str, os.stat_result]] = []
-        for name in self._names(path) or ():
+        names = self._names(path)
+        pause_point("listed", prefix)
+        for name in names or ():
             if time.monotonic() > self.deadline:
                 self._over()
                 break
