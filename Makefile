@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli clean
+.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli registry-schema clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
-test: setup lint typecheck mcpb-cli
+test: setup lint typecheck mcpb-cli registry-schema
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory package
 
@@ -63,6 +63,11 @@ $(MCPB):
 mcpb-cli:
 	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the MCP Bundle manifest tests will be skipped"; \
 	else $(MAKE) --no-print-directory $(MCPB) || echo "could not install $(MCPB): its tests will be skipped"; fi
+
+# The MCP registry's schema for server.json (the version its $schema names), for the test that validates it; where it
+# cannot be downloaded, a notice and a skipped test.
+registry-schema:
+	@$(PYTHON) scripts/registry-schema.py
 
 bundle: $(MCPB)
 	rm -rf $(BUNDLE_DIR) && mkdir -p $(BUNDLE_DIR) dist
