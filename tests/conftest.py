@@ -71,6 +71,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="paths: walk session directories by paths, as on Windows (no directory file descriptors), in every test",
     )
 
+    parser.addoption(
+        "--image-entry",
+        default="",
+        help="the ci-mcp console script of a clean install (make package's venv): the container image's entry "
+        "command test runs it instead of `python -m ci_mcp` from this source tree",
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--walk") == "paths":
