@@ -23,7 +23,13 @@ from ci_mcp.backends.local import procs, sandbox
 from tests.conftest import REPO
 
 POSIX_ONLY_MODULES = ("resource", "fcntl", "pwd", "grp", "termios")
-POSIX_ONLY_OS = ("O_NOFOLLOW", "O_DIRECTORY", "O_NOCTTY", "O_NONBLOCK", "O_CLOEXEC", "geteuid", "getuid", "killpg")
+# What Windows lacks, hidden from ci-mcp's modules as they are imported again. Not os.WNOHANG: the standard library's
+# own POSIX code (subprocess), which runs underneath here, needs it.
+POSIX_ONLY_OS = (
+    *("O_NOFOLLOW", "O_DIRECTORY", "O_NOCTTY", "O_NONBLOCK", "O_CLOEXEC"),
+    *("geteuid", "getuid", "killpg", "fork", "setsid", "getpgid", "setpgid", "mkfifo"),
+)
+POSIX_ONLY_SIGNALS = ("SIGKILL", "SIGXCPU", "SIGCHLD", "SIGUSR1")
 
 _AS_WINDOWS = textwrap.dedent(
     """
@@ -44,6 +50,10 @@ _AS_WINDOWS = textwrap.dedent(
             delattr(os, attr)
     os.supports_dir_fd = set()  # Windows: no dir_fd= and no os.scandir(fd)
     os.supports_fd = {os.stat}
+    import signal
+    for attr in SIGNALS:
+        if hasattr(signal, attr):
+            delattr(signal, attr)
     sys.platform = "win32"
 
     import ci_mcp.backends.local.kernel_launcher  # the kernel's entry point imports without resource
@@ -80,7 +90,8 @@ _AS_WINDOWS = textwrap.dedent(
 
 
 def test_the_server_answers_with_the_local_backend_where_posix_only_modules_are_missing(tmp_path: Path) -> None:
-    script = f"MODULES = {POSIX_ONLY_MODULES!r}\nOS_ATTRS = {POSIX_ONLY_OS!r}\n" + _AS_WINDOWS
+    script = f"MODULES = {POSIX_ONLY_MODULES!r}\nOS_ATTRS = {POSIX_ONLY_OS!r}\nSIGNALS = {POSIX_ONLY_SIGNALS!r}\n"
+    script += _AS_WINDOWS
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_MCP_", "AZURE_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
     done = subprocess.run(
