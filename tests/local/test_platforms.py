@@ -57,7 +57,10 @@ _AS_WINDOWS = textwrap.dedent(
     sys.platform = "win32"
 
     import ci_mcp.backends.local.kernel_launcher  # the kernel's entry point imports without resource
-    from ci_mcp.backends.local import workspace
+    from ci_mcp.backends.local import cgroups, procs, workspace
+
+    cgroups._MOUNTS = Path("/nonexistent/mounts")  # Windows has no /proc: no cgroups, and psutil for processes
+    procs.USE_PROC = False
     from ci_mcp.backends.factory import create_backend
     from ci_mcp.server import create_server
     from ci_mcp.settings import Settings
@@ -81,7 +84,7 @@ _AS_WINDOWS = textwrap.dedent(
                 read = await client.read_resource(links["out/answer.txt"])
                 fetched = read.contents[0].text
         answer = {"tools": tools, "run": texts, "error": run.is_error, "links": sorted(links), "fetched": fetched}
-        print(json.dumps(answer | {"dir_fds": workspace.DIR_FDS}))
+        print(json.dumps(answer | {"dir_fds": workspace.DIR_FDS, "cgroups": bool(cgroups.layout().hierarchies)}))
 
     asyncio.run(main())
     store.close()
@@ -109,7 +112,7 @@ def test_the_server_answers_with_the_local_backend_where_posix_only_modules_are_
     assert "NOT SANDBOXED: Windows" in run, run  # the loud notice, in the session's first result
     assert "NOT SANDBOXED: Windows" in done.stderr  # and in the log
     assert "42" in run and not answer["error"], run
-    assert answer["dir_fds"] is False  # the walk by paths, as on Windows
+    assert answer["dir_fds"] is False and answer["cgroups"] is False  # the walk by paths, no cgroups: as on Windows
     assert answer["links"] == ["out/answer.txt"] and answer["fetched"] == "forty-two", answer
 
 
