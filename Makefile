@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, one test file at a time each (--dist loadfile: a file's
+# module fixtures and order stay as written); most of its time is spent waiting on kernels and subprocesses, so more
+# workers than cores pays. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
 test: setup lint typecheck mcpb-cli
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory package
 
 # The inner loop, in seconds: the MCP surface over a scripted backend and the unit tests; everything but the slow
