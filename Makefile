@@ -18,15 +18,21 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, one test file at a time each (--dist loadfile: a file's
+# module fixtures and order stay as written); most of its time is spent waiting on kernels and subprocesses, so more
+# workers than cores pays. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
 test: setup lint typecheck mcpb-cli registry-schema
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory test-path-walk
 	$(MAKE) --no-print-directory package
 
 # The local backend's tests with session directories walked by paths, as on Windows (no directory file descriptors);
 # tests/unit/test_workspace.py and tests/local/test_host_walk.py run both walks in every run anyway.
 test-path-walk: setup
-	$(PY) -m pytest -q --walk=paths tests/local/test_tools.py tests/local/test_sessions.py \
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) --walk=paths tests/local/test_tools.py tests/local/test_sessions.py \
 		tests/local/test_store_limits.py tests/local/test_hostile.py tests/local/test_output_caps.py
 
 # The inner loop, in seconds: the MCP surface over a scripted backend and the unit tests; everything but the slow

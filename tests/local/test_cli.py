@@ -169,32 +169,32 @@ def test_run_shows_the_output_while_the_code_is_still_running(tmp_path: Path) ->
         f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\nprint('second line')"
     )
     env = base_env(tmp_path) | {"CI_MCP_SANDBOX": "none"}  # unconfined, so the kernel can see `go`
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "ci_mcp", "run", "--code", code],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
+    ) as proc:  # closes its stdout pipe
+        lines: queue.Queue[str | None] = queue.Queue()
 
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
-    seen: list[str | None] = []
-    try:
-        while "first line\n" not in seen and None not in seen:
-            seen.append(lines.get(timeout=60))  # a bound: without live output the line only comes after `go`
-        assert "first line\n" in seen and proc.poll() is None, seen  # shown while the run waits for `go`
-    finally:
-        go.touch()
-    assert proc.wait(timeout=60) == 0
-    while seen[-1] is not None:
-        seen.append(lines.get(timeout=60))
+        threading.Thread(target=read, daemon=True).start()
+        seen: list[str | None] = []
+        try:
+            while "first line\n" not in seen and None not in seen:
+                seen.append(lines.get(timeout=60))  # a bound: without live output the line only comes after `go`
+            assert "first line\n" in seen and proc.poll() is None, seen  # shown while the run waits for `go`
+        finally:
+            go.touch()
+        assert proc.wait(timeout=60) == 0
+        while seen[-1] is not None:
+            seen.append(lines.get(timeout=60))
     out = "".join(line for line in seen if line is not None)
     assert "second line" in out and out.count("first line") == 1, out  # shown once, not again at the end

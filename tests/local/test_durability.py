@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -36,11 +35,11 @@ def server_params(tmp_path: Path, work: Path) -> StdioServerParameters:
 
 
 async def wait_for(predicate, limit: float = 30.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await anyio.sleep(0.01)
+    """Whether `predicate()` came true within `limit` seconds (polled: it watches another process)."""
+    with anyio.move_on_after(limit):
+        while not predicate():
+            await anyio.sleep(0.01)
+        return True
     return False
 
 

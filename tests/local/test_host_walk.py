@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import anyio
 import pytest
 
 from ci_mcp.backends.local import cgroups, sandbox, workspace
@@ -54,6 +55,7 @@ def _collect(tmp_path: Path, ws: Path, before: workspace.Snapshot, **kw: object)
         pytest.fail("the host blocked on a file the kernel wrote")
     contents = [store.read(i.file_id) for i in collector.generated]
     assert SECRET not in contents
+    anyio.run(backend.aclose)  # never started, but its interpreter probe (a child process, a temp dir) is running
     store.close()
     return collector
 

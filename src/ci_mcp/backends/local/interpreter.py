@@ -106,17 +106,23 @@ class Probe:
         try:
             stdout, stderr = self._proc.communicate(timeout=30)
         except subprocess.TimeoutExpired as exc:
-            self.cancel()
+            self._stop()
             return self._finish(Interpreter(self.python, error=f"{self.python} could not be run ({exc})"))
         return self._finish(self._parse(stdout, stderr, self._proc.returncode))
 
     def cancel(self) -> None:
-        """Stop a probe nobody will read (a backend closed before it needed the answer)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.communicate()
-        if self._answer is None:
-            self._finish(Interpreter(self.python, error="the probe was cancelled"))
+        """Stop a probe nobody will read (a backend closed before it needed the answer): its process is ended and
+        reaped, its pipes closed and its temporary home removed, whether or not it had finished."""
+        with self._lock:
+            if self._answer is None:
+                self._stop()
+                self._finish(Interpreter(self.python, error="the probe was cancelled"))
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.communicate()  # reaps it and closes its pipes, even when it had already exited
 
     def _parse(self, stdout: str, stderr: str, returncode: int) -> Interpreter:
         python = self.python
