@@ -226,3 +226,24 @@ def generated_ids(result: CallToolResult) -> dict[str, str]:
         if line.startswith("Generated files (fetch_generated_file): "):
             return {json.loads(name): fid for name, fid in QUOTED_NAME_ID.findall(line)}
     return {}
+
+
+class Sleeps:
+    """An injected `sleep` that records the waits asked for and returns at once (no test waits on a clock), and
+    the `clock` it advances by each of them."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.now = 1000.0
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()

@@ -15,6 +15,7 @@ from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.azure_emulator.server import Emulator
+from tests.conftest import Sleeps
 
 RESPONSES = "POST /openai/v1/responses"
 """The request-log route of a streamed (or background) response."""
@@ -52,7 +53,7 @@ def azure_settings(emu: Emulator, tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 async def make_backend(
-    emu: Emulator, azure_settings: Callable[..., Settings]
+    emu: Emulator, azure_settings: Callable[..., Settings], sleeps: Sleeps
 ) -> AsyncIterator[Callable[..., Awaitable[AzureAgentsBackend]]]:
     made: list[tuple[AzureAgentsBackend, FileStore]] = []
 
@@ -65,6 +66,7 @@ async def make_backend(
             credential=credential or emu.credential(),
             ca_file=emu.ca_file,
             retry_policy=FAST_RETRIES,
+            sleep=sleeps,
         )
         await backend.start()
         made.append((backend, store))

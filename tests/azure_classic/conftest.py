@@ -15,6 +15,7 @@ from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.azure_emulator.server import Emulator
 from tests.azure_emulator.state import Faults, default_model
+from tests.conftest import Sleeps
 
 
 @pytest.fixture
@@ -37,27 +38,6 @@ def _fresh_script(request: pytest.FixtureRequest) -> None:
         emu.state.faults = Faults()
         emu.state.extra.pop("classic.requires_action", None)
         emu.state.extra.pop("classic.upload_scripts", None)
-
-
-class Sleeps:
-    """An injected `sleep` that records the waits asked for and returns at once (no test waits on a clock), and
-    the `clock` it advances by each of them."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-        self.now = 1000.0
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 @pytest.fixture

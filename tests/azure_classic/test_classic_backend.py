@@ -14,10 +14,10 @@ from PIL import Image
 from ci_mcp.backends.azure.classic.backend import ClassicAgentsBackend
 from ci_mcp.errors import BackendUnavailableError, NotFoundError, RunFailedError
 from ci_mcp.models import ImageOutput, RunRequest, RunResult, TextOutput
-from tests.azure_classic.conftest import Progress, Sleeps, code
+from tests.azure_classic.conftest import Progress, code
 from tests.azure_emulator.classic_routes import require_action_next_run
 from tests.azure_emulator.server import Emulator
-from tests.conftest import files_of, stdout_of
+from tests.conftest import Sleeps, files_of, stdout_of
 
 pytestmark = pytest.mark.anyio
 

@@ -19,10 +19,10 @@ from ci_mcp.models import TextOutput
 from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
-from tests.azure_classic.conftest import Progress, Sleeps, code
+from tests.azure_classic.conftest import Progress, code
 from tests.azure_emulator.classic_routes import process_next_upload
 from tests.azure_emulator.server import Emulator
-from tests.conftest import files_of
+from tests.conftest import Sleeps, files_of
 
 pytestmark = pytest.mark.anyio
 

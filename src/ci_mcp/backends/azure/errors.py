@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -190,6 +190,9 @@ def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
     return idempotent and isinstance(exc, openai.APIConnectionError | ServiceResponseError)
 
 
+Sleep = Callable[[float], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 5
@@ -198,14 +201,13 @@ class RetryPolicy:
     """Backoff without Retry-After: base, 2*base, 4*base, ..."""
     max_wait: float = 30.0
     """The longest single wait; a longer Retry-After is handed back to the caller as BackendUnavailableError."""
+    sleep: Sleep = field(default=anyio.sleep, compare=False, repr=False)
+    """How a wait is waited: tests pass one that records the wait and returns at once, so no test sleeps."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
         """The policy both Azure backends use: CI_MCP_AZURE_MAX_RETRIES and CI_MCP_AZURE_MAX_RETRY_WAIT_SECONDS."""
         return cls(attempts=settings.azure_max_retries + 1, max_wait=settings.azure_max_retry_wait_seconds)
-
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 async def call_with_retry(
@@ -215,11 +217,12 @@ async def call_with_retry(
     policy: RetryPolicy,
     idempotent: bool = True,
     deadline: float | None = None,
-    sleep: Sleep = anyio.sleep,
+    sleep: Sleep | None = None,
 ) -> T:
     """Await `fn()`; retry transient failures (honouring Retry-After); raise a CiMcpError otherwise.
 
-    `deadline` is an `anyio.current_time()` value: a wait that would cross it is not started.
+    `deadline` is an `anyio.current_time()` value: a wait that would cross it is not started. `sleep` (default: the
+    policy's) is what waits between tries.
     """
     attempt = 0
     while True:
@@ -236,7 +239,7 @@ async def call_with_retry(
             if wait > policy.max_wait or (deadline is not None and anyio.current_time() + wait > deadline):
                 raise error from exc
             log.info("retrying in %.2fs (%s): %s", wait, what, error)
-            await sleep(wait)
+            await (sleep or policy.sleep)(wait)
 
 
 _TRY_AGAIN_IN = re.compile(r"(?i)try again in (\d+(?:\.\d+)?) ?s")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -41,7 +41,7 @@ from ci_mcp.backends.azure.agents.outputs import Collected, fetch_files, list_co
 from ci_mcp.backends.azure.agents.stream import StageReporter, StreamOutcome, stream_response
 from ci_mcp.backends.azure.agents.versions import MAX_FILES, AgentVersions, slot_name
 from ci_mcp.backends.azure.agents.wire import compose_message
-from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, call_with_retry, redact
+from ci_mcp.backends.azure.errors import ContainerExpiredError, RetryPolicy, Sleep, call_with_retry, redact
 from ci_mcp.backends.azure.remote_files import RemoteFiles
 from ci_mcp.backends.azure.transport import ensure_io_threads
 from ci_mcp.errors import ConfigError, InvalidInputError, NotFoundError, RunFailedError, RunTimeoutError
@@ -128,9 +128,12 @@ class AzureAgentsBackend:
         credential: TokenCredential | None = None,
         ca_file: str | None = None,
         retry_policy: RetryPolicy | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         """`credential`: a sync TokenCredential (default: DefaultAzureCredential). `ca_file`: extra PEM trust (the
-        emulator's CA in tests). `retry_policy`: defaults from the azure_max_retries / azure_max_retry_wait settings."""
+        emulator's CA in tests). `retry_policy`: defaults from the azure_max_retries / azure_max_retry_wait settings.
+        `sleep`: what every wait between retries waits with (default: the policy's, `anyio.sleep`); tests pass a
+        recorder that returns at once, as for the classic backend, so no test sleeps."""
         if not settings.azure_endpoint:
             raise ConfigError(
                 "CI_MCP_BACKEND=azure needs AZURE_AI_PROJECT_ENDPOINT "
@@ -143,6 +146,8 @@ class AzureAgentsBackend:
         self._credential = credential
         self._ca_file = ca_file
         self._policy = retry_policy or RetryPolicy.from_settings(settings)
+        if sleep is not None:
+            self._policy = replace(self._policy, sleep=sleep)
         self._clients: AzureClients | None = None
         self._versions = AgentVersions(
             settings.azure_agent_name, settings.azure_model, settings.azure_instructions, self._policy

@@ -128,7 +128,7 @@ async def stream_response(
             if attempt >= policy.attempts or wait > policy.max_wait or anyio.current_time() + wait > deadline:
                 raise
             log.info("retrying the response in %.2fs: %s", wait, error)
-            await anyio.sleep(wait)
+            await policy.sleep(wait)
 
 
 async def _follow(
