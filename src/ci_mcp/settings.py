@@ -64,6 +64,10 @@ class Settings(BaseModel):
     kernel_pool_size: int = 1
     kernel_preload: bool = True
     """Pre-import numpy, pandas and matplotlib in pooled kernels."""
+    kernel_zygote: bool = True
+    """With bwrap: fork each kernel from one preloaded, sandboxed zygote process (milliseconds) instead of starting
+    a Python per kernel (about a second). Each fork is isolated as a bwrap-started kernel is; where this machine
+    cannot (for example no nested user namespaces), kernels start cold and the log says why."""
     sandbox: Literal["auto", "bwrap", "seatbelt", "none"] = "auto"
     memory_limit_mb: int = 2048
     cpu_time_limit_seconds: int = 3600

@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ci_mcp.backends.local import installs, interpreter, sandbox, workspace
+from ci_mcp.backends.local import installs, interpreter, sandbox, workspace, zygote
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
@@ -123,6 +123,7 @@ class LocalBackend:
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
         self._interpreter: interpreter.Interpreter | None = None
+        self.zygote: zygote.Zygote | None = None
         self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
         self._probe = interpreter.Probe(  # runs while the server imports the rest (issue 12)
             self._python,
@@ -143,6 +144,17 @@ class LocalBackend:
             await anyio.to_thread.run_sync(self._prepare_mpl_cache)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self.plan.mode == "bwrap" and self.settings.kernel_zygote:
+            self.zygote = zygote.Zygote(
+                sandbox.zygote_launch(
+                    python=self._python,
+                    workspaces_dir=self.store.workspaces_dir,
+                    runtime_dir=self._runtime_dir,
+                    mpl_cache=self._mpl_cache,
+                    py_roots=self._py_roots,
+                )
+            )
+            self._tg.start_soon(self.zygote.start)  # kernels wanted meanwhile wait for it (or start cold)
         self.pool.attach(self._tg)
         self._tg.start_soon(self._reap_idle)
 
@@ -157,6 +169,8 @@ class LocalBackend:
             for live in list(self._live.values()):
                 await live.kernel.stop()
             self._live.clear()
+            if self.zygote is not None:
+                await self.zygote.aclose()
             if self.codewriter is not None:
                 await self.codewriter.aclose()
         self._probe.cancel()
@@ -230,6 +244,7 @@ class LocalBackend:
                 self.settings.max_file_size_mb,
             ),
             cgroup_limits=(self.settings.memory_limit_mb * 1024 * 1024, self.settings.max_processes),
+            zygote=self.zygote,
         )
         return Kernel(launch)
 
