@@ -215,7 +215,11 @@ class Kernel:
             log.close()
         # One process-wide zmq context for every kernel client: a per-client context that reaches the garbage
         # collector with sockets open blocks forever in zmq_ctx_term; the shared one is never collected.
-        client = _BoundedClient.create(zmq.asyncio.Context.instance())
+        context = zmq.asyncio.Context.instance()
+        # Reconnect to a socket that is not bound yet after 10 ms, not zmq's 100 ms: the client connects before the
+        # kernel has bound its IPC sockets, and a forked kernel binds them within tens of milliseconds.
+        context.sockopts.setdefault(zmq.RECONNECT_IVL, 10)
+        client = _BoundedClient.create(context)
         client.load_connection_info(info)
         self._kernel_pid = None
         client.start_channels(hb=False)
@@ -278,7 +282,7 @@ class Kernel:
         client = self._require_client()
         deadline = time.monotonic() + _START_TIMEOUT
         asked: set[str] = set()
-        shell_ok = False
+        wait = 0.01  # asked again at growing intervals: a forked kernel answers within tens of milliseconds
         while True:
             if not self.alive:
                 raise KernelStartError(
@@ -289,30 +293,22 @@ class Kernel:
                 raise KernelStartError(f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`.")
             asked.add(client.kernel_info())
             try:
-                msg = await client.get_iopub_msg(timeout=0.2)
+                msg = await client.get_iopub_msg(timeout=wait)
                 if msg.get("parent_header", {}).get("msg_id") in asked:
                     break
+                if msg.get("msg_type") == "iopub_welcome":
+                    continue  # the output stream is connected now: ask at once
             except queue.Empty:
                 pass
-            while not shell_ok:
+            wait = min(0.2, wait * 2)
+        # Drop the answers to our kernel_info requests that are already here. Later ones need no wait: every reader
+        # of the kernel's messages skips those sent for another request (`_collect`, `_replied`).
+        for get in (client.get_iopub_msg, client.get_shell_msg):
+            while True:
                 try:
-                    reply = await client.get_shell_msg(timeout=0)
+                    await get(timeout=0)
                 except queue.Empty:
                     break
-                shell_ok = reply.get("parent_header", {}).get("msg_id") in asked
-        # Let the remaining answers to our kernel_info requests arrive and drop them.
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 0.05:
-            try:
-                await client.get_iopub_msg(timeout=0.05)
-                quiet_since = time.monotonic()
-            except queue.Empty:
-                pass
-        while True:
-            try:
-                await client.get_shell_msg(timeout=0)
-            except queue.Empty:
-                break
 
     def _watch_iopub(self) -> None:
         import zmq

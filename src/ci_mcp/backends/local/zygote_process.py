@@ -27,6 +27,7 @@ socket. Every process dies with its parent (PR_SET_PDEATHSIG), and the zygote wi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -207,10 +208,8 @@ class _Child:
             self.status.send(b"hello")  # carries this process's credentials: the server learns its host pid
             if self.status.recv(16) != b"go":  # the server has put this process in its cgroups
                 raise OSError("the server did not confirm the kernel's cgroups")
-            try:
+            with contextlib.suppress(OSError):
                 unshare(CLONE_NEWCGROUP)  # its own cgroup as the root of its cgroup view, as bwrap's
-            except OSError:
-                pass
             drop_capabilities(cap_last)
             if os.getuid() != SANDBOX_ID or os.getgid() != SANDBOX_ID:
                 raise OSError(f"uid {os.getuid()} gid {os.getgid()} in the kernel's user namespace")
@@ -260,7 +259,7 @@ def preload() -> None:
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel sets it before import
     sys.path.insert(0, LAUNCHER_DIR)
     import kernel_launcher  # noqa: F401
-    from ipykernel import ipkernel, kernelapp, zmqshell  # noqa: F401
+    from ipykernel import debugger, ipkernel, kernelapp, zmqshell  # noqa: F401 - debugpy alone is 0.25 s
 
     # Not matplotlib_inline.backend_inline: it hooks itself into the IPython shell at import, which exists only in
     # the kernel (pyplot imports it there at the first figure).
