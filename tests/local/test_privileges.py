@@ -13,7 +13,7 @@ from mcp import Client
 
 from ci_mcp.backends.local import sandbox
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, open_client, texts
+from tests.conftest import all_text, assert_kernel_start, open_client, texts
 
 BWRAP_OK, BWRAP_WHY = sandbox.bwrap_works()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unavailable: {BWRAP_WHY}")
@@ -62,10 +62,12 @@ print(json.dumps(found))
 """
 
 
-@pytest.fixture
-async def sandboxed(make_settings: Callable[..., Settings]) -> AsyncIterator[Client]:
-    client, store = await open_client(make_settings(sandbox="bwrap"))
+@pytest.fixture(params=["zygote", "cold"])
+async def sandboxed(make_settings: Callable[..., Settings], request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A kernel forked by the zygote, and one started cold (its own bwrap)."""
+    client, store = await open_client(make_settings(sandbox="bwrap", kernel_zygote=request.param == "zygote"))
     async with client:
+        await assert_kernel_start(client, request.param)
         yield client
     store.close()
 
