@@ -1,6 +1,8 @@
 """The kernel holds no privilege inside the sandbox, whatever uid the server runs as (CI runs it as root, the common
 case in containers): it cannot remount or mount, chown, write any read-only bind, or make a new user namespace.
-Each attempt is made from the kernel through the MCP client and must fail."""
+Each attempt is made from the kernel through the MCP client and must fail. That includes the host's sysctls: a
+kernel of a root-started server is the host's uid 0 outside its namespaces, and /proc/sys grants writes by uid, not
+capability (core_pattern names a program the host runs as root)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,12 @@ open("/mnt/data/mine.txt", "w").close()
 attempt("chown to root", lambda: os.chown("/mnt/data/mine.txt", 0, 0))
 attempt("chown to another uid", lambda: os.chown("/mnt/data/mine.txt", 1234, 1234))
 attempt("setuid(0)", lambda: os.setuid(0))
+def rewrite(path):  # the value it has: harmless where it is allowed, which is what this looks for
+    value = open(path).read()
+    with open(path, "w") as f:
+        f.write(value)
+for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/vm/overcommit_memory", "/proc/sys/kernel/hostname"):
+    attempt("write " + path, lambda p=path: rewrite(p))
 attempt("new user namespace", lambda: os.unshare(os.CLONE_NEWUSER))
 attempt("unshare(1) -U", lambda: run("unshare", "-U", "true"))
 print(json.dumps(found))

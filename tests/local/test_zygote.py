@@ -142,9 +142,13 @@ try:
     found["raise userns limit"] = "ALLOWED"
 except OSError as exc:
     found["raise userns limit"] = type(exc).__name__
-import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-found["new user namespace"] = "ALLOWED" if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno())
+import subprocess, sys
+# From a new single-threaded process (the kernel has threads, and unshare refuses a multithreaded caller)
+probe = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+probe += "print('ALLOWED' if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno()))"
+found["new user namespace"] = subprocess.run(
+    [sys.executable, "-c", probe], capture_output=True, text=True
+).stdout.strip()
 print(json.dumps(found))
 """
     found = json.loads(printed(await run(client, code)))

@@ -260,6 +260,12 @@ def build_launch(
         )
     argv = [
         *_bwrap_system(py_roots, privilege_args(), launcher_dir),
+        # The host's sysctls read-only: a root-started server's kernel is uid 0 outside its namespaces, and
+        # /proc/sys lets uid 0 write (core_pattern, for one, names a program the host runs as root). Its files
+        # answer for the reader's own namespaces (network, IPC, UTS), so the host's /proc/sys shows the kernel's.
+        "--ro-bind",
+        "/proc/sys",
+        "/proc/sys",
         "--dir",
         "/mnt",
         "--bind",
