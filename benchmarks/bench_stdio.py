@@ -108,12 +108,25 @@ async def timed(out: list[float], call: Awaitable[T]) -> T:
     return result
 
 
+def is_kernel(pid: int) -> bool:
+    """A kernel process: kernel_launcher run by bwrap (not bwrap itself), or a kernel forked by the zygote (pid 1
+    of its own pid namespace; the zygote and the forks that wait for each kernel are not)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        nspid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("NSpid"))
+    except (OSError, StopIteration):
+        return False
+    command = " ".join(argv)
+    if "zygote_process" in command:
+        return nspid.split()[-1] == "1"
+    return "kernel_launcher" in command and "bwrap" not in argv[0]
+
+
 def kernel_memory(pidfile: Path) -> float:
     """PSS of the server's process tree per kernel (a session, numpy, pandas and matplotlib preloaded, next to
-    the pool's spare)."""
+    the pool's spare; with the zygote, its share is spread over the kernels)."""
     server = int(pidfile.read_text())
-    kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
-    kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
+    kernels = [p for p in descendants(server) if is_kernel(p)]
     return pss_mb(descendants(server)) / max(1, len(kernels))
 
 
