@@ -85,6 +85,10 @@ del _os
 """
 
 MAX_GENERATED_PER_RUN = 200
+FORKED_POOL_SIZE = 3
+"""Spare kernels when they are forked by the zygote and CI_MCP_KERNEL_POOL_SIZE is unset: enough that a client
+opening sessions back to back mostly finds one ready (a fork takes a few hundred ms to be ready on a busy machine),
+at about 30 MB of private memory each."""
 MB = 1024 * 1024
 
 
@@ -124,7 +128,12 @@ class LocalBackend:
         self._py_roots: list[Path] = []
         self._interpreter: interpreter.Interpreter | None = None
         self.zygote: zygote.Zygote | None = None
-        self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
+        forked = self.plan.mode == "bwrap" and settings.kernel_zygote
+        self._auto_pool = settings.kernel_pool_size is None
+        pool_size = settings.kernel_pool_size
+        if pool_size is None:
+            pool_size = FORKED_POOL_SIZE if forked else 1
+        self.pool = KernelPool(pool_size, self._new_warm_kernel)
         self._probe = interpreter.Probe(  # runs while the server imports the rest (issue 12)
             self._python,
             sandbox.kernel_env(home=str(self._runtime_dir), python=self._python),
@@ -154,6 +163,8 @@ class LocalBackend:
                     py_roots=self._py_roots,
                 )
             )
+            if self._auto_pool:
+                self.zygote.on_disable = self._cold_pool
             self._tg.start_soon(self.zygote.start)  # kernels wanted meanwhile wait for it (or start cold)
         self.pool.attach(self._tg)
         self._tg.start_soon(self._reap_idle)
@@ -175,6 +186,10 @@ class LocalBackend:
                 await self.codewriter.aclose()
         self._probe.cancel()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    def _cold_pool(self) -> None:
+        """Kernels start cold after all: keep one spare, not the forked kernels' several (each costs ~100 MB)."""
+        self.pool.size = min(self.pool.size, 1)
 
     def kernel_interpreter(self) -> interpreter.Interpreter:
         """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""

@@ -138,6 +138,8 @@ class Zygote:
         self.disabled: str | None = None
         """Why kernels start cold (None while the zygote is usable)."""
         self.threads = 0
+        self.on_disable: Callable[[], None] | None = None
+        """Called once when kernels start cold from then on."""
 
     @property
     def usable(self) -> bool:
@@ -147,6 +149,8 @@ class Zygote:
         if self.disabled is None:
             self.disabled = reason
             log.warning("ci-mcp local backend: kernels start cold, each its own bwrap (no zygote): %s", reason)
+            if self.on_disable is not None:
+                self.on_disable()
         self._ready.set()
 
     async def start(self) -> None:
