@@ -14,6 +14,7 @@ runs as a plain child process with resource limits only, and the working directo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -388,5 +389,6 @@ def zygote_launch(
         CONTROL_FD,
         ZYGOTE_ROOT,
         runtime,
+        json.dumps([str(root) for root in py_roots if (str(root) + "/").startswith("/tmp/")]),
     ]
     return ZygoteLaunch(tuple(argv), env, runtime_dir, workspaces_dir)

@@ -1,6 +1,6 @@
 """The zygote: one preloaded Python inside the kernels' bwrap sandbox that forks a sandboxed kernel per request.
 
-Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir>` inside a bwrap sandbox built like a
+Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir> <json: python paths under /tmp>` inside a bwrap sandbox built like a
 kernel's (sandbox.zygote_argv): no network, read-only system, the kernels' environment, no capabilities. Like
 kernel_launcher.py it imports nothing from ci_mcp, so it works with only the Python environment mounted.
 
@@ -36,7 +36,7 @@ import re
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -46,7 +46,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 1, 24, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SANDBOX_ID = 65534
@@ -133,12 +133,13 @@ def _status() -> dict[str, str]:
 class _Child:
     """What happens in the forked child (and its own child, the kernel); never returns."""
 
-    def __init__(self, request: dict[str, Any], status: socket.socket, log_fd: int, root: str, runtime: str) -> None:
+    def __init__(self, request: dict[str, Any], status: socket.socket, log_fd: int, paths: Paths) -> None:
         self.request = request
         self.status = status
         self.log_fd = log_fd
-        self.root = root
-        self.runtime = runtime
+        self.root = paths.root
+        self.runtime = paths.runtime
+        self.tmp_roots = paths.tmp_roots
 
     def run(self) -> None:
         try:
@@ -186,7 +187,19 @@ class _Child:
         # process in it and below; once capabilities are dropped nobody here can raise it again.
         _write("/proc/sys/user/max_user_namespaces", "0")
         mount(None, "/", None, MS_REC | MS_PRIVATE)
+        # A fresh /tmp covers the Python paths bound under it (a virtual environment in /tmp): keep a handle on
+        # each, and bind it again, read-only, on the new /tmp.
+        kept = [(path, os.open(path, os.O_PATH)) for path in self.tmp_roots if os.path.exists(path)]
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        for path, fd in kept:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "a").close()
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
+            mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            os.close(fd)
         if not (self.runtime + "/").startswith("/tmp/"):
             mount("tmpfs", self.runtime, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
         conn_dir = f"{self.runtime}/{conn_name}"
@@ -258,7 +271,8 @@ def preload() -> None:
     """Import what a kernel imports, without starting a thread, zmq context or event loop, and draw one figure off
     pyplot (fonts, the Agg renderer) so a kernel's first chart does not pay for it."""
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel sets it before import
-    sys.path.insert(0, LAUNCHER_DIR)
+    if LAUNCHER_DIR not in sys.path:
+        sys.path.insert(0, LAUNCHER_DIR)
     import kernel_launcher  # noqa: F401
     from ipykernel import debugger, ipkernel, kernelapp, zmqshell  # noqa: F401 - debugpy alone is 0.25 s
 
@@ -290,7 +304,16 @@ def preload() -> None:
         pass
 
 
-def serve(control: socket.socket, root: str, runtime: str) -> None:
+class Paths(NamedTuple):
+    root: str
+    """The private root: the sessions' parent (workspaces/), the runtime directory (runtime/), the host's /proc."""
+    runtime: str
+    """The runtime directory's own path, where each kernel finds its connection directory."""
+    tmp_roots: list[str]
+    """Python paths bound under /tmp, bound again over each kernel's fresh /tmp."""
+
+
+def serve(control: socket.socket, paths: Paths) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; each reports its own exit
     threads = len(os.listdir("/proc/self/task"))
     control.send(json.dumps({"ready": True, "threads": threads}).encode())
@@ -309,14 +332,14 @@ def serve(control: socket.socket, root: str, runtime: str) -> None:
         pid = os.fork()
         if pid == 0:
             control.close()
-            _Child(json.loads(data), status, fds[1], root, runtime).run()
+            _Child(json.loads(data), status, fds[1], paths).run()
             os._exit(1)  # not reached
         status.close()
         os.close(fds[1])
 
 
 def main() -> None:
-    control_fd, root, runtime = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    control_fd, paths = int(sys.argv[1]), Paths(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     control = socket.socket(fileno=control_fd)
     try:
@@ -326,7 +349,7 @@ def main() -> None:
     except Exception as exc:
         control.send(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}).encode())
         raise
-    serve(control, root, runtime)
+    serve(control, paths)
 
 
 if __name__ == "__main__":
