@@ -1,8 +1,8 @@
 """The zygote: one preloaded Python inside the kernels' bwrap sandbox that forks a sandboxed kernel per request.
 
-Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir> <json: python paths under /tmp>` inside a bwrap sandbox built like a
-kernel's (sandbox.zygote_argv): no network, read-only system, the kernels' environment, no capabilities. Like
-kernel_launcher.py it imports nothing from ci_mcp, so it works with only the Python environment mounted.
+Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir> <python-paths-under-tmp-json>` inside
+a bwrap sandbox built like a kernel's (sandbox.zygote_launch): no network, read-only system, the kernels'
+environment, no capabilities. Like kernel_launcher.py it imports nothing from ci_mcp, so it works with only the Python environment mounted.
 
 It imports what a kernel imports (ipykernel, IPython, numpy, pandas, matplotlib with the inline backend) and starts
 no thread, zmq context or event loop, then waits on its control socket (a SOCK_SEQPACKET unix socket to the server)
