@@ -2,7 +2,8 @@
 
 Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir> <python-paths-under-tmp-json>` inside
 a bwrap sandbox built like a kernel's (sandbox.zygote_launch): no network, read-only system, the kernels'
-environment, no capabilities. Like kernel_launcher.py it imports nothing from ci_mcp, so it works with only the Python environment mounted.
+environment, no capabilities. Like kernel_launcher.py it imports nothing from ci_mcp, so it works with only the
+Python environment mounted.
 
 It imports what a kernel imports (ipykernel, IPython, numpy, pandas, matplotlib with the inline backend) and starts
 no thread, zmq context or event loop, then waits on its control socket (a SOCK_SEQPACKET unix socket to the server)
