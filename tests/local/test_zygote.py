@@ -81,19 +81,27 @@ async def test_the_sessions_parent_and_the_hosts_proc_are_hidden_under_an_empty_
 
 async def test_a_forked_kernel_sees_only_its_own_processes(forked) -> None:
     client, _ = forked
-    first = await run(client, "import os, threading\nprint(os.getpid())")
-    assert printed(first) == "1"
+    first = await run(client, "import os\nprint(os.getpid())")
+    assert printed(first) == "2"  # pid 1 is its namespace's init, as in a bwrap sandbox
     code = (
         "import os, signal\n"
-        "alive, mine = [], {int(t) for t in os.listdir('/proc/self/task')}\n"
-        "for pid in sorted(set(range(2, 4096)) - mine):  # the kernel's threads answer kill() too\n"
+        "alive, mine = [], {1} | {int(t) for t in os.listdir('/proc/self/task')}\n"
+        "for pid in sorted(set(range(1, 4096)) - mine):  # the kernel's threads answer kill() too\n"
         "    try:\n        os.kill(pid, 0)\n        alive.append(pid)\n"
         "    except ProcessLookupError:\n        pass\n"
         "print(os.getpid(), alive, sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"
     )
     result = await run(client, code)
     pid, rest = printed(result).split(" ", 1)
-    assert pid == "1" and rest == "[] [1]", all_text(result)  # no zygote, no other kernel, no host process
+    assert pid == "2" and rest == "[] [1, 2]", all_text(result)  # no zygote, no other kernel, no host process
+
+
+async def test_a_forked_kernel_that_kills_itself_is_reported_and_replaced(forked) -> None:
+    client, _ = forked
+    result = await client.call_tool("run_code_analysis", {"code": "import os, signal\nos.kill(os.getpid(), 9)"})
+    assert result.is_error and "kernel process died" in all_text(result), all_text(result)
+    after = await run(client, "print(6 * 7)", session_id=session_of(result))
+    assert printed(after) == "42"
 
 
 async def test_forked_kernels_share_no_network_ipc_or_shared_memory(forked) -> None:

@@ -57,14 +57,15 @@ CONTROL_FD = "{control_fd}"
 
 class ForkedProcess:
     """A kernel forked by the zygote, seen from the server: its first process (outside the kernel's pid namespace,
-    the leader of its process group) and the kernel (pid 1 inside it), each through a pidfd, and the status socket
-    on which the first process reports the kernel's exit status."""
+    the leader of its process group), the namespace's init (pid 1) and the kernel (pid 2), each through a pidfd,
+    and the status socket on which the init reports the kernel's exit status."""
 
-    def __init__(self, status: socket.socket, pid: int, kernel_pid: int) -> None:
+    def __init__(self, status: socket.socket, pid: int, init_pid: int, kernel_pid: int) -> None:
         self._status = status
         self.pid = pid
+        self.init_pid = init_pid
         self.kernel_pid = kernel_pid
-        self._pidfds = [_pidfd(p) for p in (kernel_pid, pid)]
+        self._pidfds: list[int | None] = [_pidfd(p) for p in (init_pid, kernel_pid, pid)]
         self._code: int | None = None
 
     @property
@@ -99,7 +100,7 @@ class ForkedProcess:
         for fd in self._pidfds:
             if fd is not None:
                 os.close(fd)
-        self._pidfds = [None, None]
+        self._pidfds = [None] * len(self._pidfds)
 
     async def wait(self) -> int:
         while (code := self.returncode) is None:
@@ -108,7 +109,7 @@ class ForkedProcess:
         return code
 
     def kill(self) -> None:
-        """SIGKILL the kernel (pid 1 of its namespace: every process in it dies with it) and the first process."""
+        """SIGKILL the namespace's init (every process in it dies with it), the kernel and the first process."""
         for fd in self._pidfds:
             if fd is not None:
                 with contextlib.suppress(ProcessLookupError, OSError):
@@ -120,6 +121,14 @@ def _pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except OSError:
         return None
+
+
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The host pid in a message's SCM_CREDENTIALS (the kernel translates it into this process's pid namespace)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            return int(_UCRED.unpack(data[: _UCRED.size])[0])
+    return 0
 
 
 def _ppid(pid: int) -> int:
@@ -244,24 +253,25 @@ class Zygote:
         data, ancillary, _, _ = status.recvmsg(2048, socket.CMSG_SPACE(_UCRED.size))
         if data != b"hello":
             raise ForkFailed(data.decode(errors="replace")[6:] if data else "the forked process exited")
-        pid = next(
-            (
-                _UCRED.unpack(cdata[: _UCRED.size])[0]
-                for level, kind, cdata in ancillary
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-            ),
-            0,
-        )
-        if pid <= 0:
+        init = _sender(ancillary)
+        if init <= 0:
             raise ForkFailed("no credentials on the kernel's first message")
-        process = ForkedProcess(status, _ppid(pid), pid)
+        first = _ppid(init)
         try:
-            place([process.pid, pid])
+            place([first, init])
             status.send(b"go")
+            with anyio.fail_after(_FORK_TIMEOUT):
+                await anyio.wait_readable(status)
+            data, ancillary, _, _ = status.recvmsg(2048, socket.CMSG_SPACE(_UCRED.size))
+            kernel = _sender(ancillary)
+            if data != b"kernel" or kernel <= 0:
+                raise ForkFailed(data.decode(errors="replace")[6:] if data else "the kernel's init exited")
         except BaseException:
-            process.kill()
+            for pid in (init, first):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             raise
-        return process
+        return ForkedProcess(status, first, init, kernel)
 
     async def aclose(self) -> None:
         control, self._control = self._control, None

@@ -17,13 +17,15 @@ forks; the child (`_Child`) takes every isolation the bwrap launch gives a kerne
 - a fresh /tmp, /dev/shm and /dev/pts, its own session directory at /mnt/data, its own connection directory, and
   an empty read-only tmpfs over the private root where the zygote sees every session and the host's /proc (mounts
   made in a more privileged namespace are locked: no process below can unmount them to see underneath);
-- a second fork, so the kernel is pid 1 of its new pid namespace, with a fresh read-only /proc of that namespace;
-- the server is told the kernel's host pid (SCM_CREDENTIALS translates it) and puts it in its cgroups; then every
-  capability is dropped (bounding and ambient sets included, PR_SET_NO_NEW_PRIVS), every inherited descriptor is
-  closed, the kernel's environment, limits, umask and working directory are set, and ipykernel starts.
+- a second fork, the init (pid 1) of the new pid namespace, with a fresh read-only /proc of that namespace;
+- the server is told the init's host pid (SCM_CREDENTIALS translates it) and puts it in the session's cgroups;
+  then every capability is dropped (bounding and ambient sets included, PR_SET_NO_NEW_PRIVS);
+- a third fork, the kernel (pid 2, its host pid told the same way): every inherited descriptor closed, the
+  kernel's environment, limits, umask and working directory set, and ipykernel started.
 
-The first child stays outside the new pid namespace, waits for the kernel and reports its exit status on the status
-socket. Every process dies with its parent (PR_SET_PDEATHSIG), and the zygote with the server (bwrap).
+The first child stays outside the new pid namespace and waits; the init reaps orphans and reports the kernel's exit
+status on the status socket. Every process dies with its parent (PR_SET_PDEATHSIG), and the zygote with the server
+(bwrap).
 """
 
 from __future__ import annotations
@@ -153,22 +155,13 @@ class _Child:
             self.isolate(conn_name, ws_name)
         except BaseException as exc:
             self.fail(exc)
-        kernel = os.fork()
-        if kernel == 0:
-            self.become_kernel()  # never returns
+        init = os.fork()
+        if init == 0:
+            self.become_init()  # never returns
         os.close(self.log_fd)
-        code = 255
-        while True:
-            try:
-                _, status = os.waitpid(kernel, 0)
-                code = os.waitstatus_to_exitcode(status)
-                break
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
+        code = _wait_for(init)
         try:
-            self.status.send(f"exit {code}".encode())
+            self.status.send(f"exit {code}".encode())  # only read when the init could not say it first
         finally:
             os._exit(0)
 
@@ -212,7 +205,11 @@ class _Child:
         mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
         mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
 
-    def become_kernel(self) -> None:
+    def become_init(self) -> None:
+        """Pid 1 of the kernel's pid namespace, as bwrap's own init: it makes the namespace's /proc, hides the
+        private root, waits for the server's word, drops every capability, then forks the kernel (pid 2) and reaps
+        whatever is orphaned there until the kernel ends, whose status it reports. The kernel thus dies of the
+        signals it sends itself (pid 1 would ignore them), and when it ends the namespace goes with it."""
         try:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             cap_last = last_cap()
@@ -230,8 +227,21 @@ class _Child:
                 raise OSError(f"uid {os.getuid()} gid {os.getgid()} in the kernel's user namespace")
         except BaseException as exc:
             self.fail(exc)
-        self.status.close()
-        self.start_kernel()
+        kernel = os.fork()
+        if kernel == 0:
+            try:
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                self.status.send(b"kernel")  # its host pid, by its credentials
+            except BaseException as exc:
+                self.fail(exc)
+            self.status.close()
+            self.start_kernel()  # never returns
+        os.close(self.log_fd)
+        code = _wait_for(kernel, reap=True)
+        try:
+            self.status.send(f"exit {code}".encode())
+        finally:
+            os._exit(0)
 
     def start_kernel(self) -> None:
         request = self.request
@@ -266,6 +276,20 @@ class _Child:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _wait_for(pid: int, reap: bool = False) -> int:
+    """The exit code of child `pid` (negative: the signal that ended it); with `reap`, every other child that
+    exits meanwhile is reaped too (the orphans an init inherits)."""
+    while True:
+        try:
+            done, status = os.waitpid(-1 if reap else pid, 0)
+        except ChildProcessError:
+            return 255
+        except InterruptedError:
+            continue
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
 
 
 def preload() -> None:
