@@ -234,3 +234,35 @@ async def test_kernels_start_cold_when_the_zygote_cannot_start(
         assert await kernel_start(client) == "cold"
     store.close()
     assert any("the zygote did not start" in r.getMessage() for r in caplog.records)
+
+
+async def test_when_the_zygote_dies_sessions_go_on_with_cold_kernels(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The zygote is one process for all sessions: when it dies, the kernels forked from it die with its sandbox.
+    A session then gets a new kernel (its files kept), new sessions start cold, and a dead spare is never handed out."""
+    import os
+    import signal
+
+    import psutil
+
+    caplog.set_level(logging.WARNING, logger="ci_mcp.backends.local.zygote")
+    client, store = await open_client(make_settings(sandbox="bwrap", kernel_pool_size=1))
+    async with client:
+        first = await run(client, "open('kept.txt', 'w').write('yes')\nx = 1")
+        zygotes = [p for p in psutil.Process().children() if "zygote_process.py" in " ".join(p.cmdline())]
+        assert len(zygotes) == 1, zygotes
+        os.killpg(zygotes[0].pid, signal.SIGKILL)
+        zygotes[0].wait(timeout=30)
+        again = await client.call_tool(
+            "run_code_analysis", {"code": "print(open('kept.txt').read())", "session_id": session_of(first)}
+        )
+        if again.is_error:  # the run met the kernel's death: the next one has a new kernel
+            assert "kernel process died" in all_text(again), all_text(again)
+            again = await client.call_tool(
+                "run_code_analysis", {"code": "print(open('kept.txt').read())", "session_id": session_of(first)}
+            )
+        assert not again.is_error and "yes" in all_text(again), all_text(again)
+        assert await kernel_start(client) == "cold"
+    store.close()
+    assert any("kernels start cold" in r.getMessage() for r in caplog.records)

@@ -2,7 +2,9 @@
 
 With bwrap the kernel sees: a read-only /usr and Python environment (every path its interpreter imports from, as
 `interpreter.probe` learns them), a private /tmp and /dev, its own user, PID, IPC, UTS and network namespaces (no
-network at all, loopback included), the session directory read-write at /mnt/data, and its IPC socket directory.
+network at all, loopback included), the session directory read-write at /mnt/data, and its IPC socket directory;
+the host's sysctls (/proc/sys) read-only. With the zygote (zygote_launch, zygote.py) a kernel is a fork that makes
+the same isolation itself; its launch here is then the fallback.
 It runs as uid/gid 65534 (nobody) with no capabilities and cannot create further user namespaces, whatever uid the
 server has: a server started as root (common in containers) must not hand the kernel the power to remount the
 read-only binds and change code the server imports later. Nothing else of the host: not the user's home, not the
