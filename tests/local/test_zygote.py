@@ -9,11 +9,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
+from ci_mcp.backends.factory import create_backend
 from ci_mcp.backends.local import sandbox, zygote
+from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
 from tests.conftest import all_text, assert_kernel_start, kernel_start, open_client, session_of, texts
 
 BWRAP_OK, BWRAP_WHY = sandbox.bwrap_works()
@@ -247,9 +251,16 @@ async def test_when_the_zygote_dies_sessions_go_on_with_cold_kernels(
     import psutil
 
     caplog.set_level(logging.WARNING, logger="ci_mcp.backends.local.zygote")
-    client, store = await open_client(make_settings(sandbox="bwrap", kernel_pool_size=1))
+    settings = make_settings(sandbox="bwrap", kernel_pool_size=1)
+    store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
+    backend = create_backend(settings, store)
+    client = Client(create_server(backend, settings))
     async with client:
         first = await run(client, "open('kept.txt', 'w').write('yes')\nx = 1")
+        pool = backend.pool  # type: ignore[attr-defined]
+        with anyio.fail_after(60):
+            while not pool._ready:  # a spare forked from the zygote, which dies with it
+                await anyio.sleep(0.05)
         zygotes = [p for p in psutil.Process().children() if "zygote_process.py" in " ".join(p.cmdline())]
         assert len(zygotes) == 1, zygotes
         os.killpg(zygotes[0].pid, signal.SIGKILL)
