@@ -274,6 +274,9 @@ class Zygote:
         return ForkedProcess(status, first, init, kernel)
 
     async def aclose(self) -> None:
+        if self.disabled is None:
+            self.disabled = "the server is shutting down"  # no log line: nothing falls back
+        self._ready.set()  # nobody waits for a start that will not come
         control, self._control = self._control, None
         if control is not None:
             control.close()  # the zygote exits at the end of its control socket
