@@ -1,12 +1,13 @@
 """Latency of the local backend through a real stdio MCP client (the way Claude Desktop talks to ci-mcp).
 
-    python benchmarks/bench_stdio.py [--quick] [--against OTHER/src]       (or: make bench)
+    python benchmarks/bench_stdio.py [--quick] [--against OTHER/src] [--pool N]       (or: make bench)
 
 Measures spawn + initialize (with tools/list answered), the first call of a new session, ten new sessions back to
 back, a warm `print(1+1)`, and a pandas + matplotlib bar chart of a 10,000-row frame with its image block (first in
 a session, and warm). The server is this checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the
 base commit, `git archive` into /tmp) is measured in the same run, its server up beside this one and every call
-alternating between them, so that a shared machine's load falls on both alike. Prints a table and rewrites the
+alternating between them, so that a shared machine's load falls on both alike. Each server keeps its own default
+pool of spare kernels unless `--pool` sets CI_MCP_KERNEL_POOL_SIZE for all. Prints a table and rewrites the
 "Local backend over stdio" section of benchmarks/RESULTS.md. Targets are from issue 12.
 """
 
@@ -87,15 +88,17 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-def server_params(sandbox: str, src: Path) -> tuple[StdioServerParameters, Path]:
+def server_params(sandbox: str, src: Path, pool: int | None) -> tuple[StdioServerParameters, Path]:
     data = Path(tempfile.mkdtemp(prefix="ci-mcp-bench-"))
     env = dict(
         os.environ,
         CI_MCP_DATA_DIR=str(data),
-        CI_MCP_KERNEL_POOL_SIZE="1",
         CI_MCP_SANDBOX=sandbox,
         PYTHONPATH=str(src),  # the tree under test, not whatever ci_mcp the interpreter has installed
     )
+    env.pop("CI_MCP_KERNEL_POOL_SIZE", None)
+    if pool is not None:  # else each tree's own default
+        env["CI_MCP_KERNEL_POOL_SIZE"] = str(pool)
     pidfile = data / "server.pid"
     script = f'echo $$ > {pidfile}; exec "{sys.executable}" -m ci_mcp'
     return StdioServerParameters(command="/bin/sh", args=["-c", script], env=env), pidfile
@@ -108,19 +111,34 @@ async def timed(out: list[float], call: Awaitable[T]) -> T:
     return result
 
 
+def is_kernel(pid: int) -> bool:
+    """A kernel process: kernel_launcher run by bwrap (not bwrap itself), or a kernel forked by the zygote (pid 1
+    of its own pid namespace; the zygote and the forks that wait for each kernel are not)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        nspid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("NSpid"))
+    except (OSError, StopIteration):
+        return False
+    command = " ".join(argv)
+    if "zygote_process" in command:
+        return nspid.split()[-1] == "1"
+    return "kernel_launcher" in command and "bwrap" not in argv[0]
+
+
 def kernel_memory(pidfile: Path) -> float:
     """PSS of the server's process tree per kernel (a session, numpy, pandas and matplotlib preloaded, next to
-    the pool's spare)."""
+    the pool's spare; with the zygote, its share is spread over the kernels)."""
     server = int(pidfile.read_text())
-    kernels = [p for p in descendants(server) if "kernel_launcher" in Path(f"/proc/{p}/cmdline").read_text()]
-    kernels = [p for p in kernels if "bwrap" not in Path(f"/proc/{p}/cmdline").read_text().split("\0")[0]]
+    kernels = [p for p in descendants(server) if is_kernel(p)]
     return pss_mb(descendants(server)) / max(1, len(kernels))
 
 
-async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[dict[str, list[float]], float]]:
+async def measure(
+    quick: bool, sandbox: str, trees: list[Path], pool: int | None
+) -> list[tuple[dict[str, list[float]], float]]:
     """Every tree's server measured in the same run: spawns alternate, and all servers stay up side by side while
     each call alternates between them, so that the shared machine's load falls on all alike."""
-    servers = [server_params(sandbox, src) for src in trees]
+    servers = [server_params(sandbox, src, pool) for src in trees]
     outs: list[dict[str, list[float]]] = [{k: [] for k in TARGETS} for _ in trees]
     for _ in range(3 if quick else 10):
         for (params, _), out in zip(servers, outs, strict=True):
@@ -199,11 +217,12 @@ def main() -> None:
     parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto")
     parser.add_argument("--src", type=Path, default=HERE.parent / "src", help="the tree to measure")
     parser.add_argument("--against", type=Path, help="another tree's src to measure in the same run (before)")
+    parser.add_argument("--pool", type=int, help="CI_MCP_KERNEL_POOL_SIZE for every server (default: each tree's own)")
     args = parser.parse_args()
     trees = [args.against, args.src] if args.against else [args.src]
     labels = ["before", "after"] if args.against else ["this"]
     load_before = os.getloadavg()
-    results = anyio.run(measure, args.quick, args.sandbox, trees)
+    results = anyio.run(measure, args.quick, args.sandbox, trees, args.pool)
     load_after = os.getloadavg()
     text = table(results, labels)
     load = f"load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end"
@@ -212,6 +231,7 @@ def main() -> None:
     if args.no_write:
         return
     compared, against = "", f" --against {args.against}" if args.against else ""
+    against += f" --pool {args.pool}" if args.pool is not None else ""
     if args.against:
         compared = f" (before: `{args.against}`, after: `{args.src}`, both servers up side by side, calls alternating)"
     begin, end = MARK.format(mode=args.sandbox, edge="begin"), MARK.format(mode=args.sandbox, edge="end")

@@ -50,7 +50,12 @@ SettingsWithoutEnv = Settings
 # Slow groups, by where a test lives: `make test-fast` leaves them out, `make test` runs everything.
 SLOW_GROUPS = {
     "azure": ("tests/azure/", "tests/azure_classic/", "tests/contract/"),
-    "hostile": ("tests/local/test_hostile.py", "tests/local/test_privileges.py", "tests/local/test_host_walk.py"),
+    "hostile": (
+        "tests/local/test_hostile.py",
+        "tests/local/test_privileges.py",
+        "tests/local/test_host_walk.py",
+        "tests/local/test_zygote.py",
+    ),
     "e2e": (
         "tests/local/test_stdio_e2e.py",
         "tests/local/test_http_e2e.py",
@@ -180,6 +185,22 @@ async def client(settings: Settings) -> AsyncIterator[Client]:
     async with c:
         yield c
     store.close()
+
+
+async def kernel_start(client: Client) -> str:
+    """How a new session's kernel was started, as the kernel sees it: "zygote" (forked by the zygote: pid 1 of its
+    namespace is the zygote's fork, its init) or "cold" (its own bwrap, whose init is pid 1 there). The session is
+    closed again."""
+    code = "print('zygote_process' in open('/proc/1/cmdline').read())"
+    result = await client.call_tool("run_code_analysis", {"code": code})
+    assert not result.is_error, all_text(result)
+    await client.call_tool("close_session", {"session_id": session_of(result)})
+    return "zygote" if texts(result)[1].strip() == "True" else "cold"
+
+
+async def assert_kernel_start(client: Client, expected: str) -> None:
+    got = await kernel_start(client)
+    assert got == expected, f"kernels start {got} here, the test wants {expected}"
 
 
 # -- reading results ---------------------------------------------------------------------------------------------

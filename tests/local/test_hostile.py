@@ -17,19 +17,28 @@ from mcp import Client
 
 from ci_mcp.backends.local import cgroups, interpreter, sandbox
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, open_client, session_of, texts
+from tests.conftest import all_text, assert_kernel_start, open_client, session_of, texts
 
 BWRAP_OK, BWRAP_WHY = sandbox.bwrap_works()
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unavailable: {BWRAP_WHY}")]
 
 
-@pytest.fixture
-async def sandboxed(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Client, Settings]]:
+@pytest.fixture(params=["zygote", "cold"])
+async def sandboxed(
+    make_settings: Callable[..., Settings], request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Client, Settings]]:
+    """Each case against a kernel forked by the zygote and against one started cold (its own bwrap)."""
     settings = make_settings(
-        sandbox="bwrap", memory_limit_mb=512, max_file_size_mb=20, max_session_dir_mb=60, max_processes=64
+        sandbox="bwrap",
+        memory_limit_mb=512,
+        max_file_size_mb=20,
+        max_session_dir_mb=60,
+        max_processes=64,
+        kernel_zygote=request.param == "zygote",
     )
     client, store = await open_client(settings)
     async with client:
+        await assert_kernel_start(client, request.param)
         yield client, settings
     store.close()
 
@@ -164,13 +173,14 @@ async def test_nothing_of_the_users_home_is_mounted_but_the_python_it_runs(sandb
     assert "[]" in all_text(result), all_text(result)
 
 
+@pytest.mark.parametrize("start", ["zygote", "cold"])
 async def test_the_environment_carries_no_secrets_or_settings(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, start: str
 ) -> None:
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "s3cr3t-value")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-s3cr3t")
     monkeypatch.setenv("CI_MCP_LLM_API_KEY", "k3y")
-    client, store = await open_client(make_settings(sandbox="bwrap"))
+    client, store = await open_client(make_settings(sandbox="bwrap", kernel_zygote=start == "zygote"))
     async with client:
         result = await run(client, "import os\nprint(sorted(os.environ))\nprint(open('/proc/self/environ').read())")
     store.close()

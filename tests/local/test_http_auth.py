@@ -464,12 +464,17 @@ def _workspace_of(settings: Settings, session_id: str) -> str:
 
 
 def _kernel_processes(workspace: str) -> list[int]:
-    """Processes whose command line names the session's workspace (its sandbox and kernel)."""
+    """Processes of the session's sandbox: whose command line names its workspace (a cold start: bwrap and the
+    kernel), or which see it mounted at /mnt/data (a kernel forked by the zygote, and the fork that waits for it)."""
     found = []
+    mounted = f" {workspace} /mnt/data ".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if workspace.encode() in (entry / "cmdline").read_bytes():
+                if (
+                    workspace.encode() in (entry / "cmdline").read_bytes()
+                    or mounted in (entry / "mountinfo").read_bytes()
+                ):
                     found.append(int(entry.name))
             except OSError:
                 continue

@@ -1,6 +1,8 @@
 """The kernel holds no privilege inside the sandbox, whatever uid the server runs as (CI runs it as root, the common
 case in containers): it cannot remount or mount, chown, write any read-only bind, or make a new user namespace.
-Each attempt is made from the kernel through the MCP client and must fail."""
+Each attempt is made from the kernel through the MCP client and must fail. That includes the host's sysctls: a
+kernel of a root-started server is the host's uid 0 outside its namespaces, and /proc/sys grants writes by uid, not
+capability (core_pattern names a program the host runs as root)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from mcp import Client
 
 from ci_mcp.backends.local import sandbox
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, open_client, texts
+from tests.conftest import all_text, assert_kernel_start, open_client, texts
 
 BWRAP_OK, BWRAP_WHY = sandbox.bwrap_works()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unavailable: {BWRAP_WHY}")
@@ -56,16 +58,24 @@ open("/mnt/data/mine.txt", "w").close()
 attempt("chown to root", lambda: os.chown("/mnt/data/mine.txt", 0, 0))
 attempt("chown to another uid", lambda: os.chown("/mnt/data/mine.txt", 1234, 1234))
 attempt("setuid(0)", lambda: os.setuid(0))
+def rewrite(path):  # the value it has: harmless where it is allowed, which is what this looks for
+    value = open(path).read()
+    with open(path, "w") as f:
+        f.write(value)
+for path in ("/proc/sys/kernel/core_pattern", "/proc/sys/vm/overcommit_memory", "/proc/sys/kernel/hostname"):
+    attempt("write " + path, lambda p=path: rewrite(p))
 attempt("new user namespace", lambda: os.unshare(os.CLONE_NEWUSER))
 attempt("unshare(1) -U", lambda: run("unshare", "-U", "true"))
 print(json.dumps(found))
 """
 
 
-@pytest.fixture
-async def sandboxed(make_settings: Callable[..., Settings]) -> AsyncIterator[Client]:
-    client, store = await open_client(make_settings(sandbox="bwrap"))
+@pytest.fixture(params=["zygote", "cold"])
+async def sandboxed(make_settings: Callable[..., Settings], request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A kernel forked by the zygote, and one started cold (its own bwrap)."""
+    client, store = await open_client(make_settings(sandbox="bwrap", kernel_zygote=request.param == "zygote"))
     async with client:
+        await assert_kernel_start(client, request.param)
         yield client
     store.close()
 

@@ -83,12 +83,52 @@ def test_the_system_and_python_are_bound_read_only_and_nothing_else_of_the_host(
     sources = {src for src, _ in ro}
     assert {"/usr", "/opt/venv", "/srv/site"} <= sources
     assert all(
-        src in ("/usr", "/opt/venv", "/srv/site") or src.startswith("/etc/") or src.endswith("kernel_launcher.py")
+        src in ("/usr", "/opt/venv", "/srv/site", "/proc/sys")
+        or src.startswith("/etc/")
+        or src.endswith("kernel_launcher.py")
         for src in sources
     ), sources
     etc = {src.removeprefix("/etc/") for src in sources if src.startswith("/etc/")}
     assert etc <= set(sandbox._ETC_ALLOWED) and "shadow" not in etc
     assert str(Path.home()) not in sources and str(tmp_path) not in sources
+
+
+def test_the_hosts_sysctls_are_read_only_in_the_kernel(tmp_path: Path) -> None:
+    argv = launch(tmp_path).wrapper
+    at = argv.index("/proc/sys")
+    assert argv[at - 1 : at + 2] == ("--ro-bind", "/proc/sys", "/proc/sys") and argv.index("--proc") < at
+
+
+def zygote_launch(tmp_path: Path) -> tuple[str, ...]:
+    """The zygote's bwrap options, up to the "--" before its command (as a kernel's wrapper ends)."""
+    argv = sandbox.zygote_launch(
+        python="/usr/bin/python3",
+        workspaces_dir=tmp_path / "workspaces",
+        runtime_dir=Path("/tmp/ci-mcp-test"),
+        mpl_cache=tmp_path / "mpl",
+        py_roots=[Path("/opt/venv")],
+    ).argv
+    return argv[: argv.index("--") + 1]
+
+
+def test_the_zygote_is_sandboxed_like_a_kernel_but_may_make_user_namespaces_for_its_children(tmp_path: Path) -> None:
+    opts = options(zygote_launch(tmp_path))
+    assert "--unshare-all" in opts and "--unshare-user" in opts and "--share-net" not in opts
+    assert opts["--uid"] == [(str(sandbox.KERNEL_UID),)] and opts["--cap-drop"] == [("ALL",)]
+    assert "--disable-userns" not in opts  # each child makes its own, then disables them (zygote_process.py)
+    assert "--die-with-parent" in opts and opts["--remount-ro"] == [("/",), ("/dev",)]
+
+
+def test_the_zygote_sees_sessions_only_under_its_private_root(tmp_path: Path) -> None:
+    opts = options(zygote_launch(tmp_path))
+    root = sandbox.ZYGOTE_ROOT
+    assert opts["--bind"] == [
+        (str(tmp_path / "workspaces"), f"{root}/workspaces"),
+        ("/tmp/ci-mcp-test", f"{root}/runtime"),
+    ]
+    assert ("/proc", f"{root}/proc") in opts["--ro-bind"]
+    assert all(dst.startswith(("/usr", "/opt/", "/etc/", root)) for _, dst in opts["--ro-bind"]), opts["--ro-bind"]
+    assert (sandbox.DATA_MOUNT,) in opts["--dir"]
 
 
 def test_the_environment_is_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from ci_mcp.backends.local import installs, interpreter, sandbox, workspace
+from ci_mcp.backends.local import installs, interpreter, sandbox, workspace, zygote
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
@@ -88,6 +88,10 @@ del _os
 """
 
 MAX_GENERATED_PER_RUN = 200
+FORKED_POOL_SIZE = 3
+"""Spare kernels when they are forked by the zygote and CI_MCP_KERNEL_POOL_SIZE is unset: enough that a client
+opening sessions back to back mostly finds one ready (a fork takes a few hundred ms to be ready on a busy machine),
+at about 30 MB of private memory each."""
 MB = 1024 * 1024
 
 
@@ -127,7 +131,13 @@ class LocalBackend:
         self._mpl_cache = store.data_dir / "cache" / "matplotlib"
         self._py_roots: list[Path] = []
         self._interpreter: interpreter.Interpreter | None = None
-        self.pool = KernelPool(settings.kernel_pool_size, self._new_warm_kernel)
+        self.zygote: zygote.Zygote | None = None
+        forked = self.plan.mode == "bwrap" and settings.kernel_zygote
+        self._auto_pool = settings.kernel_pool_size is None
+        pool_size = settings.kernel_pool_size
+        if pool_size is None:
+            pool_size = FORKED_POOL_SIZE if forked else 1
+        self.pool = KernelPool(pool_size, self._new_warm_kernel)
         self._probe = interpreter.Probe(  # runs while the server imports the rest (issue 12)
             self._python,
             sandbox.kernel_env(home=str(self._runtime_dir), python=self._python),
@@ -147,6 +157,19 @@ class LocalBackend:
             await anyio.to_thread.run_sync(self._prepare_mpl_cache)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self.plan.mode == "bwrap" and self.settings.kernel_zygote:
+            self.zygote = zygote.Zygote(
+                sandbox.zygote_launch(
+                    python=self._python,
+                    workspaces_dir=self.store.workspaces_dir,
+                    runtime_dir=self._runtime_dir,
+                    mpl_cache=self._mpl_cache,
+                    py_roots=self._py_roots,
+                )
+            )
+            if self._auto_pool:
+                self.zygote.on_disable = self._cold_pool
+            self._tg.start_soon(self.zygote.start)  # kernels wanted meanwhile wait for it (or start cold)
         self.pool.attach(self._tg)
         self._tg.start_soon(self._reap_idle)
 
@@ -161,10 +184,16 @@ class LocalBackend:
             for live in list(self._live.values()):
                 await live.kernel.stop()
             self._live.clear()
+            if self.zygote is not None:
+                await self.zygote.aclose()
             if self.codewriter is not None:
                 await self.codewriter.aclose()
         self._probe.cancel()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    def _cold_pool(self) -> None:
+        """Kernels start cold after all: keep one spare, not the forked kernels' several (each costs ~100 MB)."""
+        self.pool.size = min(self.pool.size, 1)
 
     def kernel_interpreter(self) -> interpreter.Interpreter:
         """The kernel's Python as it describes itself, asked once (about as long as a Python start)."""
@@ -234,6 +263,7 @@ class LocalBackend:
                 self.settings.max_file_size_mb,
             ),
             cgroup_limits=(self.settings.memory_limit_mb * 1024 * 1024, self.settings.max_processes),
+            zygote=self.zygote,
         )
         return Kernel(launch)
 

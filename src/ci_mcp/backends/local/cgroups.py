@@ -246,6 +246,13 @@ class KernelCgroups:
         script = " && ".join(f'echo $$ > "${i + 1}"' for i in range(len(procs)))
         return ("/bin/sh", "-c", f'{script} && shift {len(procs)} && exec "$@"', "ci-mcp-cgroup", *procs)
 
+    def add(self, pids: Iterable[int]) -> None:
+        """Put `pids` in every group of the session: a kernel forked by the zygote (zygote.py), which waits for this
+        before it runs anything of the session's. Raises OSError when a group refuses them."""
+        for d in self.dirs:
+            for pid in pids:
+                (d / "cgroup.procs").write_text(str(pid))
+
     def members(self) -> list[int]:
         """Every process (thread-group leader) in the session's groups, as host pids."""
         found: set[int] = set()

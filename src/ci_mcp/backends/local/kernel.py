@@ -29,6 +29,7 @@ import anyio
 from anyio.abc import Process
 
 from ci_mcp.backends.local import cgroups, procs
+from ci_mcp.backends.local.zygote import ForkedProcess, Zygote, ZygoteUnavailable
 
 if TYPE_CHECKING:
     from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -107,6 +108,8 @@ class KernelLaunch:
     """(memory bytes, processes) for per-kernel cgroups, where the host allows them."""
     wrapper: tuple[str, ...] = ()
     """Sandbox command prefix; the token CONN_DIR is replaced by the kernel's private connection directory."""
+    zygote: Zygote | None = None
+    """Where set and usable, the kernel is forked by this zygote (zygote.py) instead of started with `wrapper`."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class Kernel:
 
     def __init__(self, launch: KernelLaunch) -> None:
         self.launch = launch
-        self._process: Process | None = None
+        self._process: Process | ForkedProcess | None = None
         self._client: AsyncKernelClient | None = None
         self._conn_dir: Path | None = None
         self._last_reply_status = ""
@@ -199,33 +202,24 @@ class Kernel:
         self._conn_file_marker = conn_file
         if launch.cgroup_limits is not None:
             self._cgroups = cgroups.create(*launch.cgroup_limits)
-        argv = [
-            *(self._cgroups.wrapper() if self._cgroups is not None else ()),
-            *(arg.replace(CONN_DIR, str(self._conn_dir)) for arg in launch.wrapper),  # also inside `-D name=path`
-            launch.python,
-            launch.script,
-            json.dumps(launch.limits),
-            "-f",
-            conn_file,
-            *KERNEL_FLAGS,
-        ]
         if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
             shutil.copytree(launch.mpl_seed, self._conn_dir / "mpl")
         env = {k: v.replace(CONN_DIR, str(self._conn_dir)) for k, v in launch.env.items()}
+        kernel_args = ["-f", conn_file, *KERNEL_FLAGS]
         log = open(self._conn_dir / "kernel.log", "wb")  # noqa: SIM115 - handed to the child, closed below
-        self._process = await anyio.open_process(
-            argv,
-            cwd=str(launch.cwd),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
+        try:
+            self._process = await self._fork(env, kernel_args, log.fileno())
+            if self._process is None:
+                self._process = await self._spawn(env, kernel_args, log)
+        finally:
+            log.close()
         # One process-wide zmq context for every kernel client: a per-client context that reaches the garbage
         # collector with sockets open blocks forever in zmq_ctx_term; the shared one is never collected.
-        client = _BoundedClient.create(zmq.asyncio.Context.instance())
+        context = zmq.asyncio.Context.instance()
+        # Reconnect to a socket that is not bound yet after 10 ms, not zmq's 100 ms: the client connects before the
+        # kernel has bound its IPC sockets, and a forked kernel binds them within tens of milliseconds.
+        context.sockopts.setdefault(zmq.RECONNECT_IVL, 10)
+        client = _BoundedClient.create(context)
         client.load_connection_info(info)
         self._kernel_pid = None
         client.start_channels(hb=False)
@@ -236,16 +230,59 @@ class Kernel:
         except BaseException:
             await self.stop()
             raise
-        self._kernel_pid = procs.find_kernel(self._process.pid, self._conn_file_marker)
+        if isinstance(self._process, ForkedProcess):
+            self._kernel_pid = self._process.kernel_pid
+        else:
+            self._kernel_pid = procs.find_kernel(self._process.pid, self._conn_file_marker)
         self.started_at = time.monotonic()
         await self._freeze()
+
+    async def _fork(self, env: dict[str, str], kernel_args: list[str], log_fd: int) -> ForkedProcess | None:
+        """The kernel as a fork of the zygote, where there is a usable one (None: start it cold)."""
+        zygote, conn_dir = self.launch.zygote, self._conn_dir
+        if zygote is None or not zygote.usable or conn_dir is None:
+            return None
+        groups = self._cgroups
+        try:
+            return await zygote.spawn(
+                conn_dir=conn_dir,
+                workspace=self.launch.cwd,
+                env=env,
+                limits=self.launch.limits,
+                argv=kernel_args,
+                log_fd=log_fd,
+                place=groups.add if groups is not None else lambda pids: None,
+            )
+        except ZygoteUnavailable:
+            return None
+
+    async def _spawn(self, env: dict[str, str], kernel_args: list[str], log: Any) -> Process:
+        """The kernel as a process of its own: the sandbox command (bwrap, Seatbelt, none) around the launcher."""
+        launch, conn_dir = self.launch, str(self._conn_dir)
+        argv = [
+            *(self._cgroups.wrapper() if self._cgroups is not None else ()),
+            *(arg.replace(CONN_DIR, conn_dir) for arg in launch.wrapper),  # also inside `-D name=path`
+            launch.python,
+            launch.script,
+            json.dumps(launch.limits),
+            *kernel_args,
+        ]
+        return await anyio.open_process(
+            argv,
+            cwd=str(launch.cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
 
     async def _wait_ready(self) -> None:
         """Wait until the kernel answers on shell AND its iopub stream reaches us (SUB sockets join late)."""
         client = self._require_client()
         deadline = time.monotonic() + _START_TIMEOUT
         asked: set[str] = set()
-        shell_ok = False
+        wait = 0.01  # asked again at growing intervals: a forked kernel answers within tens of milliseconds
         while True:
             if not self.alive:
                 raise KernelStartError(
@@ -256,30 +293,22 @@ class Kernel:
                 raise KernelStartError(f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`.")
             asked.add(client.kernel_info())
             try:
-                msg = await client.get_iopub_msg(timeout=0.2)
+                msg = await client.get_iopub_msg(timeout=wait)
                 if msg.get("parent_header", {}).get("msg_id") in asked:
                     break
+                if msg.get("msg_type") == "iopub_welcome":
+                    continue  # the output stream is connected now: ask at once
             except queue.Empty:
                 pass
-            while not shell_ok:
+            wait = min(0.2, wait * 2)
+        # Drop the answers to our kernel_info requests that are already here. Later ones need no wait: every reader
+        # of the kernel's messages skips those sent for another request (`_collect`, `_replied`).
+        for get in (client.get_iopub_msg, client.get_shell_msg):
+            while True:
                 try:
-                    reply = await client.get_shell_msg(timeout=0)
+                    await get(timeout=0)
                 except queue.Empty:
                     break
-                shell_ok = reply.get("parent_header", {}).get("msg_id") in asked
-        # Let the remaining answers to our kernel_info requests arrive and drop them.
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < 0.05:
-            try:
-                await client.get_iopub_msg(timeout=0.05)
-                quiet_since = time.monotonic()
-            except queue.Empty:
-                pass
-        while True:
-            try:
-                await client.get_shell_msg(timeout=0)
-            except queue.Empty:
-                break
 
     def _watch_iopub(self) -> None:
         import zmq
@@ -475,6 +504,8 @@ class Kernel:
         if self._cgroups is not None:
             self._cgroups.kill_all()  # frozen or not: every process of the session, not only the process group
         if process is not None and process.returncode is None:
+            if isinstance(process, ForkedProcess):
+                process.kill()
             with contextlib.suppress(ProcessLookupError):
                 procs.kill_group(process.pid, procs.KILL)
             with anyio.move_on_after(5), anyio.CancelScope(shield=True):

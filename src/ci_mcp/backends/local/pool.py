@@ -37,9 +37,22 @@ class KernelPool:
         self.refill()
 
     def take(self) -> WarmKernel | None:
-        warm = self._ready.pop(0) if self._ready else None
+        """A ready kernel, or None. One that died while it waited (for instance with the zygote it was forked from)
+        is cleaned up and skipped."""
+        warm = None
+        while self._ready and warm is None:
+            warm = self._ready.pop(0)
+            if not warm.kernel.alive:
+                if self._tg is not None:
+                    self._tg.start_soon(self._discard, warm)
+                warm = None
         self.refill()
         return warm
+
+    async def _discard(self, warm: WarmKernel) -> None:
+        with anyio.CancelScope(shield=True):
+            await warm.kernel.stop()
+        shutil.rmtree(warm.workspace, ignore_errors=True)
 
     def refill(self) -> None:
         if self._tg is not None and not self._filling and len(self._ready) < self.size:

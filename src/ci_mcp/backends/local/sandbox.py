@@ -2,7 +2,9 @@
 
 With bwrap the kernel sees: a read-only /usr and Python environment (every path its interpreter imports from, as
 `interpreter.probe` learns them), a private /tmp and /dev, its own user, PID, IPC, UTS and network namespaces (no
-network at all, loopback included), the session directory read-write at /mnt/data, and its IPC socket directory.
+network at all, loopback included), the session directory read-write at /mnt/data, and its IPC socket directory;
+the host's sysctls (/proc/sys) read-only. With the zygote (zygote_launch, zygote.py) a kernel is a fork that makes
+the same isolation itself; its launch here is then the fallback.
 It runs as uid/gid 65534 (nobody) with no capabilities and cannot create further user namespaces, whatever uid the
 server has: a server started as root (common in containers) must not hand the kernel the power to remount the
 read-only binds and change code the server imports later. Nothing else of the host: not the user's home, not the
@@ -14,6 +16,7 @@ runs as a plain child process with resource limits only, and the working directo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +29,7 @@ import psutil
 
 from ci_mcp.backends.local import seatbelt
 from ci_mcp.backends.local.kernel import CONN_DIR, KernelLaunch
+from ci_mcp.backends.local.zygote import CONTROL_FD, Zygote, ZygoteLaunch
 from ci_mcp.errors import ConfigError
 
 DATA_MOUNT = "/mnt/data"
@@ -228,6 +232,7 @@ def build_launch(
     py_roots: list[Path],
     kernel_limits: dict[str, int],
     cgroup_limits: tuple[int, int] | None = None,
+    zygote: Zygote | None = None,
 ) -> KernelLaunch:
     launcher_dir = Path(__file__).resolve().parent
     if plan.mode == "none":
@@ -258,46 +263,16 @@ def build_launch(
             script=str(launcher_dir / "kernel_launcher.py"),
             wrapper=tuple(rules.argv()),
         )
-    bwrap = shutil.which("bwrap") or "bwrap"
-    argv: list[str] = [
-        bwrap,
-        "--unshare-all",
-        *privilege_args(),
-        "--die-with-parent",
-        "--new-session",
+    argv = [
+        *_bwrap_system(py_roots, privilege_args(), launcher_dir),
+        # The host's sysctls read-only: a root-started server's kernel is uid 0 outside its namespaces, and
+        # /proc/sys lets uid 0 write (core_pattern, for one, names a program the host runs as root). Its files
+        # answer for the reader's own namespaces (network, IPC, UTS), so the host's /proc/sys shows the kernel's.
         "--ro-bind",
-        "/usr",
-        "/usr",
-        "--symlink",
-        "usr/bin",
-        "/bin",
-        "--symlink",
-        "usr/lib",
-        "/lib",
-        "--symlink",
-        "usr/lib64",
-        "/lib64",
-        "--symlink",
-        "usr/sbin",
-        "/sbin",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
+        "/proc/sys",
+        "/proc/sys",
         "--dir",
         "/mnt",
-    ]
-    for name in _ETC_ALLOWED:
-        if Path("/etc", name).exists():
-            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    for root in py_roots:
-        argv += ["--ro-bind", str(root), str(root)]
-    argv += [
-        "--ro-bind",
-        str(launcher_dir / "kernel_launcher.py"),
-        f"{_LAUNCHER_MOUNT}/kernel_launcher.py",
         "--bind",
         str(workspace),
         DATA_MOUNT,
@@ -321,4 +296,103 @@ def build_launch(
         cgroup_limits=cgroup_limits,
         wrapper=tuple(argv),
         script=f"{_LAUNCHER_MOUNT}/kernel_launcher.py",
+        zygote=zygote,
     )
+
+
+def _bwrap_system(py_roots: list[Path], privileges: list[str], launcher_dir: Path) -> list[str]:
+    """The part of a kernel's bwrap command line that the zygote's shares: namespaces, privileges, the read-only
+    system and Python, /proc, /dev, /tmp and the launcher."""
+    bwrap = shutil.which("bwrap") or "bwrap"
+    argv: list[str] = [
+        bwrap,
+        "--unshare-all",
+        *privileges,
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
+    for name in _ETC_ALLOWED:
+        if Path("/etc", name).exists():
+            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for root in py_roots:
+        argv += ["--ro-bind", str(root), str(root)]
+    return [*argv, "--ro-bind", str(launcher_dir / "kernel_launcher.py"), f"{_LAUNCHER_MOUNT}/kernel_launcher.py"]
+
+
+ZYGOTE_MPL = f"{_LAUNCHER_MOUNT}/mpl"  # zygote_process.MPL_MOUNT: the matplotlib cache the zygote preloads from
+ZYGOTE_ROOT = "/.ci-mcp-zygote"
+"""Where the zygote sees the sessions' parent directory, the runtime directory and the host's /proc. Each forked
+kernel covers it with an empty read-only tmpfs before any of its code runs (zygote_process.py)."""
+
+
+def zygote_launch(
+    *,
+    python: str,
+    workspaces_dir: Path,
+    runtime_dir: Path,
+    mpl_cache: Path,
+    py_roots: list[Path],
+) -> ZygoteLaunch:
+    """The zygote's sandbox: a kernel's (no network, read-only system, the kernels' environment, uid 65534, no
+    capabilities) without a session of its own, plus the sessions' parent and the runtime directory (each child
+    binds its own and hides the rest) and the host's /proc read-only (the kernel's fresh /proc may only be mounted
+    where a /proc without covered parts is in view: bwrap's own covers some). Not `--disable-userns`: each child
+    makes its own user namespace, then disables them for itself and below."""
+    launcher_dir = Path(__file__).resolve().parent
+    privileges = ["--unshare-user", "--uid", str(KERNEL_UID), "--gid", str(KERNEL_UID), "--cap-drop", "ALL"]
+    argv = [*_bwrap_system(py_roots, privileges, launcher_dir), "--dir", DATA_MOUNT]
+    argv += ["--ro-bind", str(launcher_dir / "zygote_process.py"), f"{_LAUNCHER_MOUNT}/zygote_process.py"]
+    env = kernel_env(home="/tmp", python=python)
+    env["MPLCONFIGDIR"] = "/tmp"
+    if mpl_cache.is_dir():
+        argv += ["--ro-bind", str(mpl_cache), ZYGOTE_MPL]
+        env["MPLCONFIGDIR"] = ZYGOTE_MPL
+    runtime = str(runtime_dir)
+    if not (runtime + "/").startswith("/tmp/"):
+        argv += ["--dir", runtime]  # a mount point for each child's own tmpfs there
+    argv += [
+        "--bind",
+        str(workspaces_dir),
+        f"{ZYGOTE_ROOT}/workspaces",
+        "--bind",
+        runtime,
+        f"{ZYGOTE_ROOT}/runtime",
+        "--ro-bind",
+        "/proc",
+        f"{ZYGOTE_ROOT}/proc",
+        "--remount-ro",
+        "/",
+        "--remount-ro",
+        "/dev",  # shared by every child: only /dev/shm and /dev/pts are theirs, each mounted afresh
+        "--chdir",
+        "/",
+        "--",
+        python,
+        f"{_LAUNCHER_MOUNT}/zygote_process.py",
+        CONTROL_FD,
+        ZYGOTE_ROOT,
+        runtime,
+        json.dumps([str(root) for root in py_roots if (str(root) + "/").startswith("/tmp/")]),
+    ]
+    return ZygoteLaunch(tuple(argv), env, runtime_dir, workspaces_dir)
