@@ -254,7 +254,7 @@ async def test_when_the_zygote_dies_sessions_go_on_with_cold_kernels(
     settings = make_settings(sandbox="bwrap", kernel_pool_size=1)
     store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
     backend = create_backend(settings, store)
-    client = Client(create_server(backend, settings))
+    client = Client(create_server(backend, store, settings))
     async with client:
         first = await run(client, "open('kept.txt', 'w').write('yes')\nx = 1")
         pool = backend.pool  # type: ignore[attr-defined]
