@@ -294,7 +294,7 @@ def _wait_for(pid: int, reap: bool = False) -> int:
 
 def preload() -> None:
     """Import what a kernel imports, without starting a thread, zmq context or event loop, and draw one figure off
-    pyplot (fonts, the Agg renderer) so a kernel's first chart does not pay for it."""
+    pyplot (see warm_charts) so a kernel's first chart does not pay for it."""
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel sets it before import
     if LAUNCHER_DIR not in sys.path:
         sys.path.insert(0, LAUNCHER_DIR)
@@ -315,18 +315,59 @@ def preload() -> None:
             __import__(module)
     except Exception:  # noqa: S110 - only a head start
         pass
-    try:
-        import io
+    with contextlib.suppress(Exception):  # only a warm-up
+        warm_charts()
 
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(1, 1))
+def warm_charts() -> None:
+    """Draw, off pyplot, the kind of chart a session's first run makes, so that what the first chart in each kernel
+    would pay for once is paid here, before any fork: pandas' plotting module, a bar plot with rotated tick labels, a
+    title, axis labels and a legend (text layout, font lookups and their caches), the Agg draw, and the PNG the
+    inline backend makes (kernel_launcher's one-draw tight crop, Pillow's encoder, base64). Nothing of it is left for
+    a session to see: the figure never reaches pyplot's figure manager (no open figure, no backend chosen: pyplot
+    picks the inline backend in the kernel, where the shell exists), rcParams are restored, nothing is written to
+    a file, and pandas' call to `pyplot.draw_if_interactive` (which would choose the backend) is held off."""
+    import base64
+    import io
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context():
+        fig = Figure()
         FigureCanvasAgg(fig)
-        fig.add_subplot().plot([0, 1], [0, 1])
-        fig.savefig(io.BytesIO(), format="png")
-    except Exception:  # noqa: S110 - only a warm-up
-        pass
+        ax = fig.add_subplot()
+        ax.plot([0, 1, 2], [0, 1, 0], label="line")
+        try:
+            import numpy as np
+            import pandas as pd
+
+            usual, plt.draw_if_interactive = plt.draw_if_interactive, lambda *a, **k: None
+            try:
+                frame = pd.DataFrame({"group": np.arange(60) % 12, "value": np.linspace(0.0, 1.0, 60)})
+                frame.groupby("group")["value"].sum().plot.bar(ax=ax, label="bars")
+            finally:
+                plt.draw_if_interactive = usual
+        except ImportError:
+            pass
+        ax.set_title("warm-up")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.legend()
+        fig.canvas.draw()
+        import kernel_launcher
+
+        data = kernel_launcher.tight_png_in_one_draw(fig, fig.dpi, float(matplotlib.rcParams["savefig.pad_inches"]))
+        if data is None:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            data = buf.getvalue()
+        base64.b64encode(data)
+        with contextlib.suppress(ImportError):
+            from IPython.core import display, pylabtools  # noqa: F401 - what the inline backend uses to show it
+        fig.clear()
 
 
 class Paths(NamedTuple):
