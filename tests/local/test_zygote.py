@@ -185,6 +185,38 @@ async def test_numpy_random_differs_between_forked_kernels(forked) -> None:
     assert first.split()[0] != second.split()[0] and first.split()[1] != second.split()[1]
 
 
+SESSION_VIEW = """
+import json, os, re, matplotlib, matplotlib.units, matplotlib.pyplot as plt
+print(json.dumps({
+    "figures": plt.get_fignums(),
+    "rcParams": {k: repr(v) for k, v in matplotlib.rcParams.items() if k != "backend"},
+    "backend chosen": plt._backend_mod is not None,
+    "unit converters": sorted(repr(t) for t in matplotlib.units.registry),
+    "workspace": sorted(os.listdir(".")),
+    "tmp": sorted(re.sub(r"^ci-mcp-.*", "ci-mcp-*", name) for name in os.listdir("/tmp")),
+}))
+"""
+
+
+async def test_a_forked_kernel_sees_what_a_cold_one_sees_of_the_zygotes_chart_warm_up(
+    forked, make_settings: Callable[..., Settings]
+) -> None:
+    """The zygote draws and encodes a chart before it forks (issue 12): a session must not see any of it (no open
+    figure, no backend chosen yet, rcParams and matplotlib's unit converters as a cold kernel has them, nothing
+    in its workspace or /tmp), and its first chart still comes back as a picture."""
+    client, _ = forked
+    seen = json.loads(printed(await run(client, SESSION_VIEW)))
+    cold_client, store = await open_client(make_settings(sandbox="bwrap", kernel_zygote=False))
+    async with cold_client:
+        await assert_kernel_start(cold_client, "cold")
+        expected = json.loads(printed(await run(cold_client, SESSION_VIEW)))
+    store.close()
+    assert seen["figures"] == [] and seen["workspace"] == [] and not seen["backend chosen"]
+    assert seen == expected
+    chart = await run(client, "import pandas as pd\npd.Series([3, 1, 2], index=list('abc')).plot.bar(title='t')")
+    assert any(b.type == "image" for b in chart.content), all_text(chart)
+
+
 async def test_kernels_start_cold_when_the_zygote_is_off(make_settings: Callable[..., Settings]) -> None:
     client, store = await open_client(make_settings(sandbox="bwrap", kernel_zygote=False))
     async with client:
