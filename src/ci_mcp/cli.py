@@ -7,7 +7,6 @@ down. Configuration errors print one line naming the setting and exit with code 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -99,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     # Serving stdio: the first answers come from the start cache while the rest is imported (faststart.py).
     start = _FastStart.begin(args) if command == "serve" and _serves_stdio(args) else None
+    import logging
+
     import anyio
 
     try:

@@ -14,8 +14,8 @@ secrets reduced to whether they are set). A file with another key, an unknown fo
 the start then takes the normal path and writes it. A message the cache cannot answer exactly (an `initialize`
 whose parameters are unusual, a request before `initialize`, pagination) is left to the server.
 
-Part of the MCP face, but it imports nothing of the SDK (nor pydantic, nor anyio): what it answers is the
-server's own recorded JSON.
+Part of the MCP face, but it imports nothing of the SDK (nor pydantic, nor anyio, nor dataclasses): what it answers
+is the server's own recorded JSON.
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ import json
 import os
 import select
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ci_mcp import __version__
 
@@ -66,15 +64,14 @@ class LineSplitter:
         return out
 
 
-@dataclass
 class Wire:
     """The client's stdin and stdout, moved to private descriptors; fd 0 reads the null device and fd 1 goes to
     stderr meanwhile, so that nothing else (a probe, a kernel, a stray print) reads or writes the wire. As the SDK's
     stdio transport does; `release` puts them back."""
 
-    read_fd: int
-    write_fd: int
-    _restore: list[tuple[int, int]] = field(default_factory=list)
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self._restore: list[tuple[int, int]] = []
 
     @classmethod
     def claim(cls) -> Wire:
@@ -150,12 +147,11 @@ def _distributions(names: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-@dataclass
 class CacheFile:
     """The recorded first answers of one configuration (`path` in the data directory, `key` from `cache_key`)."""
 
-    path: Path
-    key: str
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
 
     def load(self) -> dict[str, Any] | None:
         """The answers, or None for a missing, foreign, stale or damaged file."""
@@ -177,6 +173,8 @@ class CacheFile:
         body = json.dumps({"format": FORMAT, "key": self.key, "answers": answers}, ensure_ascii=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            import tempfile
+
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".start-cache-")
             try:
                 with os.fdopen(fd, "w") as fh:
@@ -203,10 +201,9 @@ def _well_formed(answers: object) -> bool:
     return answers.get("fallback") in initialize and isinstance(answers.get("ping"), dict)
 
 
-@dataclass
-class HandOver:
+class HandOver(NamedTuple):
     """What the responder saw and did: every byte it read from the client, whether the input ended, and the
-    response it sent to each request id it answered."""
+    response it sent to each request id it answered (and the cache it answered from)."""
 
     consumed: bytes
     eof: bool
