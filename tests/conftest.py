@@ -51,6 +51,7 @@ SLOW_GROUPS = {
     "hostile": ("tests/local/test_hostile.py", "tests/local/test_privileges.py", "tests/local/test_host_walk.py"),
     "e2e": (
         "tests/local/test_stdio_e2e.py",
+        "tests/local/test_start_cache.py",
         "tests/local/test_http_e2e.py",
         "tests/local/test_cli.py",
         "tests/local/test_durability.py",

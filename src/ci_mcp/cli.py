@@ -208,9 +208,8 @@ SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CONNECTION_STRING")
 
 
 def _env(name: str) -> str | None:
-    """An environment value as `Settings.from_env` reads it (names case-insensitive)."""
-    wanted = name.lower()
-    return next((value for key, value in os.environ.items() if key.lower() == wanted), None)
+    """An environment value as `Settings.from_env` reads it (names case-insensitive; of two spellings, the last)."""
+    return {key.lower(): value for key, value in os.environ.items()}.get(name.lower())
 
 
 def _serves_stdio(args: argparse.Namespace) -> bool:

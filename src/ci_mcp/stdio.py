@@ -198,6 +198,11 @@ async def _record_cache(lowlevel: Any, cache: faststart.CacheFile, loaded: dict[
         log.warning("could not record the start cache", exc_info=True)
         return
     if answers != loaded:
+        if loaded is not None:
+            log.warning(
+                "the start cache differed from this server's first answers (something its key does not cover "
+                "changed, e.g. the sandbox or the kernel's libraries): rewritten; this start's client got the old ones"
+            )
         await anyio.to_thread.run_sync(cache.write, answers)
 
 
