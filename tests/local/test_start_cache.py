@@ -54,6 +54,7 @@ class Server:
     def __init__(self, process: subprocess.Popen[bytes], errors: Path) -> None:
         self.process, self.errors = process, errors
         self._lines: queue.Queue[bytes] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -72,6 +73,7 @@ class Server:
         line = self._lines.get(timeout=WAIT)
         assert line, f"the server closed its output; stderr:\n{self.stderr()}"
         message: dict[str, Any] = json.loads(line)
+        self.seen.append(message)
         return message
 
     def answer(self, rid: int) -> dict[str, Any]:
@@ -85,6 +87,12 @@ class Server:
         assert self.process.stdin is not None
         self.process.stdin.close()
         return self.process.wait(timeout=WAIT)
+
+    def responses(self) -> list[object]:
+        """The id of every response the client got, once the server has ended (a duplicate shows twice)."""
+        while line := self._lines.get(timeout=WAIT):
+            self.seen.append(json.loads(line))
+        return [m["id"] for m in self.seen if "method" not in m]
 
     def stderr(self) -> str:
         return self.errors.read_text(errors="replace")
@@ -214,6 +222,7 @@ def test_a_tool_call_sent_right_after_initialize_waits_for_the_server_and_is_ans
         server.send(request(5, "tools/call", {"name": "close_session", "arguments": {"session_id": "nope"}}))
         assert server.answer(5)["result"]["isError"] is True
         assert server.close() == 0
+        assert sorted(server.responses()) == [1, 2, 3, 4, 5]  # none twice: the server's own were dropped
         stderr = server.stderr()
     for rid in (1, 3, 4):
         assert f"answered {rid} {CACHED}" in stderr, stderr
@@ -341,6 +350,7 @@ WIRE_INPUTS = [
     b'{"jsonrpc": "2.0", "id": 2, "method": "ping"}\r\n{"jsonrpc": "2.0", "method": "notifications/initialized"}\r',
     b"\n\n",  # with the "\r" before it: one newline, then a blank line
     b"{not json}\n",
+    b'{"jsonrpc": "2.0", "id": 10, "method": "ping"}\r{"jsonrpc": "2.0", "id": 11, "method": "ping"}\n',  # "\r" alone
     b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "caf\xc3\xa9 \xff"}}\n',
     b'{"jsonrpc": "1.0", "id": 4}\n',
     b'{"jsonrpc": "2.0", "id": 5, "method": "x", "params": {"pad": "' + b"y" * 200_000 + b'"}}\n',
@@ -395,7 +405,7 @@ async def test_the_thread_free_transport_reads_what_the_sdk_transport_reads() ->
     ours, sdks = await read_all(False, data), await read_all(True, data)
     assert ours == sdks
     kinds = [type(item).__name__ for item in ours]
-    assert kinds.count("tuple") == 3 and len(ours) == 9, kinds  # blank line, bad JSON, bad JSON-RPC: errors
+    assert kinds.count("tuple") == 3 and len(ours) == 11, kinds  # blank line, bad JSON, bad JSON-RPC: errors
 
 
 @pytest.mark.anyio
