@@ -108,6 +108,14 @@ async def timed(out: list[float], call: Awaitable[T]) -> T:
     return result
 
 
+def server_rss_mb(pidfile: Path) -> float:
+    """Resident memory of the server process itself (not its kernels)."""
+    for line in Path(f"/proc/{int(pidfile.read_text())}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def kernel_memory(pidfile: Path) -> float:
     """PSS of the server's process tree per kernel (a session, numpy, pandas and matplotlib preloaded, next to
     the pool's spare)."""
@@ -117,7 +125,7 @@ def kernel_memory(pidfile: Path) -> float:
     return pss_mb(descendants(server)) / max(1, len(kernels))
 
 
-async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[dict[str, list[float]], float]]:
+async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[dict[str, list[float]], float, float]]:
     """Every tree's server measured in the same run: spawns alternate, and all servers stay up side by side while
     each call alternates between them, so that the shared machine's load falls on all alike."""
     servers = [server_params(sandbox, src) for src in trees]
@@ -133,6 +141,7 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
         clients = [await stack.enter_async_context(Client(params)) for params, _ in servers]
         pairs = list(zip(clients, outs, strict=True))
         await anyio.sleep(5)  # let the pools pre-start their kernels
+        idle_rss = [server_rss_mb(pidfile) for _, pidfile in servers]
         for _ in range(3 if quick else 10):
             for client, out in pairs:
                 result = await timed(
@@ -173,22 +182,27 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
             await client.call_tool("run_code_analysis", {"code": "1"})
         await anyio.sleep(4)
         memory = [kernel_memory(pidfile) for _, pidfile in servers]
-    return list(zip(outs, memory, strict=True))
+    return list(zip(outs, memory, idle_rss, strict=True))
 
 
-def table(results: list[tuple[dict[str, list[float]], float]], labels: list[str]) -> str:
+def table(results: list[tuple[dict[str, list[float]], float, float]], labels: list[str]) -> str:
     head = "| measure | n |" + "".join(f" {label} p50 | {label} mean | {label} p95 |" for label in labels)
     rows = [head + " target p50 | met |", "|---|---|" + "---|---|---|" * len(labels) + "---|---|"]
     for name, target in TARGETS.items():
         cells, p50 = "", 0.0
-        for values, _ in results:
+        for values, _, _ in results:
             got = values[name]
             p50 = statistics.median(got)
             cells += f" {p50:.1f} | {statistics.mean(got):.1f} | {pct(got, 0.95):.1f} |"
         n = len(results[-1][0][name])
         rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
-    memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
-    rows.append("\nTimes in ms. Idle kernel (a session or the pool's spare; PSS of its process tree): " + memory + ".")
+    memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m, _) in zip(labels, results, strict=True))
+    rss = ", ".join(f"{label} {r:.0f} MB" for label, (_, _, r) in zip(labels, results, strict=True))
+    rows.append(
+        "\nTimes in ms; spawn + initialize is 10 starts on one data directory, the first without a start cache. "
+        f"Idle server RSS (the server process alone, its pool's kernel started; target <= 80 MB): {rss}. "
+        f"Idle kernel (a session or the pool's spare; PSS of its process tree): {memory}."
+    )
     return "\n".join(rows)
 
 

@@ -88,7 +88,7 @@ class Server:
         self.process.stdin.close()
         return self.process.wait(timeout=WAIT)
 
-    def responses(self) -> list[object]:
+    def responses(self) -> list[int]:
         """The id of every response the client got, once the server has ended (a duplicate shows twice)."""
         while line := self._lines.get(timeout=WAIT):
             self.seen.append(json.loads(line))
