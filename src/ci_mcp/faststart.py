@@ -3,16 +3,18 @@
 Importing the SDK takes most of a start (0.6-0.8 s on a small machine), and a client waits for `initialize` and
 `tools/list` before anything else. So `cli.py` claims the wire (`Wire`) and, when the start cache of this exact
 configuration is there (`CacheFile`), a `Responder` thread answers `initialize`, `tools/list` and `ping` from it
-while the main thread imports the SDK and builds the server. Everything else waits. At the hand-over the server
-is fed every byte the client sent, from the start (`HandOver`): it answers `initialize` itself, and the responses
-the client already has are dropped by id (`stdio.py`).
+(and, in the 2026-07-28 era that opens without a handshake, `server/discover`, `tools/list` and `ping` carrying a
+plain envelope) while the main thread imports the SDK and builds the server. Everything else waits. At the
+hand-over the server is fed every byte the client sent, from the start (`HandOver`): it answers all of it itself,
+and the responses the client already has are dropped by id (`stdio.py`).
 
 The cache is only ever written by the real server (`stdio.record_start_answers`, on every start, rewritten when
 it changed) into the data directory. Its key covers ci-mcp (its version and its source files), the MCP SDK,
 pydantic and Python, and every setting the server is started with (the environment values `cli.py` passes in,
 secrets reduced to whether they are set). A file with another key, an unknown format or any damage is ignored:
 the start then takes the normal path and writes it. A message the cache cannot answer exactly (an `initialize`
-whose parameters are unusual, a request before `initialize`, pagination) is left to the server.
+whose parameters are unusual, a request before the era is open, an unsupported version, pagination) is left to the
+server.
 
 Part of the MCP face, but it imports nothing of the SDK (nor pydantic, nor anyio, nor dataclasses): what it answers
 is the server's own recorded JSON.
@@ -198,6 +200,13 @@ def _well_formed(answers: object) -> bool:
             return False
         if not isinstance(tools.get(version), dict):
             return False
+    modern, envelope = answers.get("modern"), answers.get("envelope")
+    if not (isinstance(modern, dict) and isinstance(envelope, dict)):
+        return False
+    if set(envelope) != {"version", "info", "capabilities"} or not all(isinstance(v, str) for v in envelope.values()):
+        return False
+    if not all(isinstance(m, dict) and all(isinstance(r, dict) for r in m.values()) for m in modern.values()):
+        return False
     return answers.get("fallback") in initialize and isinstance(answers.get("ping"), dict)
 
 
@@ -221,7 +230,8 @@ class Responder:
         self._consumed = bytearray()
         self._eof = False
         self._answered: dict[str | int, Any] = {}
-        self._version: str | None = None  # negotiated, once initialize was answered
+        self._era: str | None = None  # "legacy" once initialize was answered, "modern" once an enveloped request
+        self._version: str | None = None  # the negotiated version of the legacy era
         self._serving = True
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="ci-mcp-fast-start", daemon=True)
@@ -280,7 +290,7 @@ class Responder:
         if isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str):
             return None  # a notification: the server gets it at the hand-over
         response = self._serve(message)
-        if response is None and self._version is None:
+        if response is None and self._era is None:
             # Before initialize, anything else may decide the connection's protocol era: leave all to the server.
             self._serving = False
         return response
@@ -293,25 +303,66 @@ class Responder:
             return None
         if not isinstance(params, dict):
             return None
-        if method == "initialize" and self._version is None:
+        if "_meta" in params:
+            result = self._modern_result(method, params)
+        elif self._era == "modern":
+            return None
+        elif method == "initialize" and self._era is None:
             requested = _plain_initialize(params)
             if requested is None:
                 return None
             initialize = self._answers["initialize"]
             result = initialize.get(requested) or initialize[self._answers["fallback"]]
-            self._version = result["protocolVersion"]
+            self._era, self._version = "legacy", result["protocolVersion"]
         elif method == "tools/list" and self._version is not None and not params:
             result = self._answers["tools/list"][self._version]
         elif method == "ping" and not params:
             result = self._answers["ping"]
         else:
             return None
+        if result is None:
+            return None
         response = {"jsonrpc": "2.0", "id": rid, "result": result}
         self._answered[rid] = response
         return response
 
+    def _modern_result(self, method: object, params: dict[str, Any]) -> Any:
+        """A 2026-07-28 request's result: only `_meta` in its parameters, a plain envelope at a recorded version."""
+        if self._era == "legacy" or set(params) != {"_meta"} or not isinstance(method, str):
+            return None
+        version = _plain_envelope(params["_meta"], self._answers["envelope"])
+        recorded = self._answers["modern"].get(version) if version is not None else None
+        if recorded is None or method not in recorded:
+            return None  # an unsupported version, or a method the cache does not hold: the server answers
+        self._era = "modern"
+        return recorded[method]
+
 
 _OPTIONAL_TEXT = ("title", "description", "websiteUrl")
+
+
+def _plain_envelope(meta: object, keys: dict[str, str]) -> str | None:
+    """The protocol version of a per-request envelope the SDK surely accepts; None for anything unusual."""
+    if not isinstance(meta, dict) or set(meta) - set(keys.values()):
+        return None
+    version, capabilities = meta.get(keys["version"]), meta.get(keys["capabilities"])
+    if not isinstance(version, str) or not _plain_capabilities(capabilities):
+        return None
+    if keys["info"] in meta and not _plain_client(meta[keys["info"]]):
+        return None
+    return version
+
+
+def _plain_capabilities(capabilities: object) -> bool:
+    return isinstance(capabilities, dict) and all(isinstance(v, dict) for v in capabilities.values())
+
+
+def _plain_client(client: object) -> bool:
+    if not isinstance(client, dict) or set(client) - {"name", "version", *_OPTIONAL_TEXT}:
+        return False
+    if not all(isinstance(client.get(k), str) for k in ("name", "version")):
+        return False
+    return all(isinstance(client[k], str) for k in _OPTIONAL_TEXT if k in client)
 
 
 def _plain_initialize(params: dict[str, Any]) -> str | None:
@@ -320,12 +371,4 @@ def _plain_initialize(params: dict[str, Any]) -> str | None:
     version, capabilities, client = params.get("protocolVersion"), params.get("capabilities"), params.get("clientInfo")
     if set(params) - {"protocolVersion", "capabilities", "clientInfo"} or not isinstance(version, str):
         return None
-    if not isinstance(capabilities, dict) or not all(isinstance(v, dict) for v in capabilities.values()):
-        return None
-    if not isinstance(client, dict) or set(client) - {"name", "version", *_OPTIONAL_TEXT}:
-        return None
-    if not all(isinstance(client.get(k), str) for k in ("name", "version")):
-        return None
-    if not all(isinstance(client[k], str) for k in _OPTIONAL_TEXT if k in client):
-        return None
-    return version
+    return version if _plain_capabilities(capabilities) and _plain_client(client) else None

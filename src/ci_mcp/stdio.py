@@ -214,8 +214,8 @@ async def record_start_answers(lowlevel: Any) -> dict[str, Any]:
     """What this server answers to `initialize` (each handshake version it supports, and one it does not), then
     `tools/list` and `ping`, asked over in-memory streams through the SDK's own serving loop: the fast path's
     cache (`faststart.py`), exactly as the wire would carry it."""
-    from mcp.server.runner import serve_dual_era_loop
-    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+    from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
+    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
     initialize: dict[str, Any] = {}
     tools: dict[str, Any] = {}
@@ -223,39 +223,70 @@ async def record_start_answers(lowlevel: Any) -> dict[str, Any]:
     fallback = ""
     for version in (*HANDSHAKE_PROTOCOL_VERSIONS, UNSUPPORTED_VERSION):
         params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "ci-mcp", "version": "0"}}
-        frames = [
-            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params},
-            {"jsonrpc": "2.0", "method": "notifications/initialized"},
-            {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-            {"jsonrpc": "2.0", "id": 3, "method": "ping"},
-        ]
-        inbound, read_stream = create_context_streams[SessionMessage | Exception](len(frames))
-        write_stream, outbound = create_context_streams[SessionMessage](len(frames))
-        for frame in frames:
-            await inbound.send(parse_line(json.dumps(frame)))
-        answers: dict[int, Any] = {}
-        async with anyio.create_task_group() as tg:
-            loop = partial(
-                serve_dual_era_loop, lifespan_state=None, init_options=lowlevel.create_initialization_options()
-            )
-            tg.start_soon(loop, lowlevel, read_stream, write_stream)
-            async for message in outbound:
-                wire = json.loads(wire_json(message))
-                if "id" in wire:
-                    answers[wire["id"]] = wire
-                if len(answers) == 3:  # the end of input cancels what is in flight: close it only now
-                    await inbound.aclose()
-        if any("result" not in answers.get(i, {}) for i in (1, 2, 3)):
-            raise RuntimeError(f"the server did not answer the start messages at {version}: {answers}")
-        negotiated = answers[1]["result"]["protocolVersion"]
+        answers = await _ask(
+            lowlevel,
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+            ],
+        )
+        negotiated = answers[1]["protocolVersion"]
         if version == UNSUPPORTED_VERSION:
             fallback = negotiated
-            if answers[1]["result"] != initialize.get(negotiated) or answers[2]["result"] != tools.get(negotiated):
+            if answers[1] != initialize.get(negotiated) or answers[2] != tools.get(negotiated):
                 raise RuntimeError("an unsupported version was not answered as the latest supported one")
             continue
         if negotiated != version:
             raise RuntimeError(f"the server negotiated {negotiated} for {version}")
-        initialize[version] = answers[1]["result"]
-        tools[version] = answers[2]["result"]
-        ping = answers[3]["result"]
-    return {"initialize": initialize, "fallback": fallback, "tools/list": tools, "ping": ping}
+        initialize[version], tools[version], ping = answers[1], answers[2], answers[3]
+    # The 2026-07-28 era: no handshake; every request carries the envelope, and the first one opens the era.
+    modern: dict[str, Any] = {}
+    for version in MODERN_PROTOCOL_VERSIONS:
+        meta = {
+            PROTOCOL_VERSION_META_KEY: version,
+            CLIENT_INFO_META_KEY: {"name": "ci-mcp", "version": "0"},
+            CLIENT_CAPABILITIES_META_KEY: {},
+        }
+        methods = ("server/discover", "tools/list")  # (no ping in this era)
+        frames = [{"jsonrpc": "2.0", "id": i, "method": m, "params": {"_meta": meta}} for i, m in enumerate(methods)]
+        answers = await _ask(lowlevel, frames)
+        modern[version] = {method: answers[i] for i, method in enumerate(methods)}
+    envelope = {
+        "version": PROTOCOL_VERSION_META_KEY,
+        "info": CLIENT_INFO_META_KEY,
+        "capabilities": CLIENT_CAPABILITIES_META_KEY,
+    }
+    return {
+        "initialize": initialize,
+        "fallback": fallback,
+        "tools/list": tools,
+        "ping": ping,
+        "modern": modern,
+        "envelope": envelope,
+    }
+
+
+async def _ask(lowlevel: Any, frames: list[dict[str, Any]]) -> dict[int, Any]:
+    """The results of `frames`' requests, by id, from one connection of the SDK's own serving loop."""
+    from mcp.server.runner import serve_dual_era_loop
+
+    asked = sum("id" in frame for frame in frames)
+    inbound, read_stream = create_context_streams[SessionMessage | Exception](len(frames))
+    write_stream, outbound = create_context_streams[SessionMessage](len(frames))
+    for frame in frames:
+        await inbound.send(parse_line(json.dumps(frame)))
+    answers: dict[int, Any] = {}
+    async with anyio.create_task_group() as tg:
+        loop = partial(serve_dual_era_loop, lifespan_state=None, init_options=lowlevel.create_initialization_options())
+        tg.start_soon(loop, lowlevel, read_stream, write_stream)
+        async for message in outbound:
+            wire = json.loads(wire_json(message))
+            if "id" in wire:
+                answers[wire["id"]] = wire
+            if len(answers) == asked:  # the end of input cancels what is in flight: close it only now
+                await inbound.aclose()
+    if any("result" not in answer for answer in answers.values()):
+        raise RuntimeError(f"the server did not answer the start messages: {answers}")
+    return {rid: answer["result"] for rid, answer in answers.items()}

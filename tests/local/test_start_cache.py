@@ -18,10 +18,18 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
-from mcp_types import JSONRPCNotification, JSONRPCResponse
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    JSONRPCNotification,
+    JSONRPCResponse,
+)
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from ci_mcp import cli, faststart
 from ci_mcp.settings import Settings
@@ -126,36 +134,89 @@ def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
             process.wait(timeout=WAIT)
 
 
-def first_answers(tmp_path: Path, env: dict[str, str], version: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """initialize at `version` and tools/list, as the client gets them; and the server's stderr. The server is left
-    to end on its own (the end of input), so that the start cache it records is written."""
+def envelope(version: str) -> dict[str, Any]:
+    """The parameters of a 2026-07-28 request: only the per-request envelope."""
+    meta = {
+        PROTOCOL_VERSION_META_KEY: version,
+        CLIENT_INFO_META_KEY: {"name": "test-client", "version": "1.0"},
+        CLIENT_CAPABILITIES_META_KEY: {"roots": {}},
+    }
+    return {"_meta": meta}
+
+
+def first_answers(
+    tmp_path: Path, env: dict[str, str], version: str, era: str = "legacy"
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The opening answer (initialize, or server/discover in the modern era) at `version` and tools/list, as the
+    client gets them; and the server's stderr. The server is left to end on its own (the end of input), so that the
+    start cache it records is written."""
     with serving(tmp_path, env) as server:
-        server.send(initialize(version))
-        init = server.answer(1)
-        server.send(INITIALIZED, request(2, "tools/list"))
+        if era == "legacy":
+            server.send(initialize(version))
+            opening = server.answer(1)
+            server.send(INITIALIZED, request(2, "tools/list"))
+        else:
+            server.send(request(1, "server/discover", envelope(version)))
+            opening = server.answer(1)
+            server.send(request(2, "tools/list", envelope(version)))
         tools = server.answer(2)
         assert server.close() == 0, server.stderr()
-        return init, tools, server.stderr()
+        return opening, tools, server.stderr()
 
 
 def cache_file(tmp_path: Path) -> Path:
     return tmp_path / "data" / faststart.CACHE_NAME
 
 
-@pytest.mark.parametrize("version", [*HANDSHAKE_PROTOCOL_VERSIONS, "2099-01-01"])
-def test_the_cached_first_answers_are_the_servers_own_at_every_protocol_version(tmp_path: Path, version: str) -> None:
+VERSIONS = [
+    *[("legacy", v) for v in HANDSHAKE_PROTOCOL_VERSIONS],
+    ("legacy", "2099-01-01"),  # unsupported: the latest is negotiated
+    *[("modern", v) for v in MODERN_PROTOCOL_VERSIONS],
+    ("modern", "2099-01-01"),  # unsupported: the server's own error, not the cache's
+]
+
+
+@pytest.mark.parametrize(("era", "version"), VERSIONS)
+def test_the_cached_first_answers_are_the_servers_own_at_every_protocol_version(
+    tmp_path: Path, era: str, version: str
+) -> None:
     env = env_for(tmp_path)
     cache_file(tmp_path).unlink(missing_ok=True)
-    real_init, real_tools, cold = first_answers(tmp_path, env, version)
+    real_opening, real_tools, cold = first_answers(tmp_path, env, version, era)
     assert CACHED not in cold
     assert cache_file(tmp_path).exists()
-    fast_init, fast_tools, warm = first_answers(tmp_path, env, version)
-    assert f"answered 1 {CACHED}" in warm and f"answered 2 {CACHED}" in warm, warm
-    assert fast_init == real_init
+    fast_opening, fast_tools, warm = first_answers(tmp_path, env, version, era)
+    assert fast_opening == real_opening
     assert fast_tools == real_tools
-    expected = version if version in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-    assert fast_init["result"]["protocolVersion"] == expected
     assert "differ" not in warm  # the server's own answers (dropped at the hand-over, and recorded) were the same
+    if version == "2099-01-01" and era == "modern":
+        assert CACHED not in warm and "error" in fast_opening, (warm, fast_opening)
+        return
+    assert f"answered 1 {CACHED}" in warm and f"answered 2 {CACHED}" in warm, warm
+    if era == "legacy":
+        expected = version if version in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        assert fast_opening["result"]["protocolVersion"] == expected
+    else:
+        assert version in fast_opening["result"]["supportedVersions"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.anyio
+async def test_the_sdk_client_is_answered_from_the_cache_and_then_by_the_server(tmp_path: Path, mode: str) -> None:
+    """The SDK's own client over a real pipe: `auto` opens with server/discover (the 2026-07-28 era), `legacy`
+    with initialize."""
+    env = env_for(tmp_path)
+    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "ci_mcp"], env=env)
+    errors = tmp_path / "client-stderr.txt"
+    with open(errors, "w") as errlog, anyio.fail_after(WAIT):
+        async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            result = await client.call_tool("list_files", {})
+    assert {"upload_file", "run_code_analysis", "fetch_generated_file"} <= names
+    assert result.content[0].text == "No files stored yet.", result  # type: ignore[union-attr]
+    stderr = errors.read_text()
+    assert f"answered 1 {CACHED}" in stderr and "differ" not in stderr, stderr
 
 
 def test_a_changed_setting_is_not_answered_from_the_old_cache(tmp_path: Path) -> None:
@@ -277,6 +338,8 @@ def good_answers() -> dict[str, Any]:
         "fallback": "2025-11-25",
         "tools/list": {"2025-11-25": {"tools": []}},
         "ping": {},
+        "modern": {"2026-07-28": {"server/discover": {}, "tools/list": {"tools": []}}},
+        "envelope": {"version": "v", "info": "i", "capabilities": "c"},
     }
 
 
@@ -289,6 +352,9 @@ def good_answers() -> dict[str, Any]:
         lambda a: a["tools/list"].clear(),
         lambda a: a.update(ping=None),
         lambda a: a.update(initialize={}),
+        lambda a: a.pop("modern"),
+        lambda a: a["envelope"].pop("info"),
+        lambda a: a["modern"]["2026-07-28"].update(ping=None),
     ],
 )
 def test_a_cache_file_of_the_right_key_but_the_wrong_shape_is_ignored(tmp_path: Path, damage: Any) -> None:
