@@ -2,8 +2,9 @@
 
     python benchmarks/bench_stdio.py [--quick] [--against OTHER/src]       (or: make bench)
 
-Measures spawn + initialize (with tools/list answered), the first call of a new session, ten new sessions back to
-back, a warm `print(1+1)`, a tool call that needs no kernel (the MCP round trip over stdio), and a pandas +
+Measures spawn + initialize (with tools/list answered) and the first tool call after it, the first call of a new
+session, ten new sessions back to back, a warm `print(1+1)`, a tool call that needs no kernel (the MCP round trip
+over stdio), and a pandas +
 matplotlib bar chart of a 10,000-row frame with its image block (first in a session, and warm). The server is this
 checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the base commit, `git archive` into /tmp) is
 measured in the same run, its server up beside this one and every call alternating between them, so that a shared
@@ -41,6 +42,7 @@ df.groupby("group")["value"].sum().plot.bar()
 
 TARGETS: dict[str, float | None] = {
     "spawn + initialize + tools/list": 300,
+    "spawn + first tool call": None,  # (list_files, right after tools/list: the server itself must be up)
     "first call, new session": 50,
     "new session, 10 back to back": 50,
     "warm print(1+1)": 3,
@@ -156,6 +158,8 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
             async with Client(params) as client:
                 await client.list_tools()
                 out["spawn + initialize + tools/list"].append((time.perf_counter() - t0) * 1000)
+                await client.call_tool("list_files", {})
+                out["spawn + first tool call"].append((time.perf_counter() - t0) * 1000)
 
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(Client(params)) for params, _ in servers]
