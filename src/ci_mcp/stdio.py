@@ -7,9 +7,10 @@ message per line, a line that does not validate passed on as the exception (the 
 on), a last line without its newline read at end of input, and end of input closing the read stream. Each message
 goes out as one line of `model_dump_json(by_alias=True, exclude_unset=True)`.
 
-Descriptors the event loop cannot watch (a regular file as stdin, say) are read and written in a worker thread, as
-the SDK does. `serve_stdio` runs the built server on them, after `faststart.py`'s hand-over when that answered the
-first messages: the bytes it read are replayed first and the responses it already sent are not sent again.
+Descriptors the event loop cannot watch (a regular file as stdin, say) and terminals are read and written in a
+worker thread, as the SDK does. `serve_stdio` runs the built server on them, after `faststart.py`'s hand-over when
+that answered the first messages: the bytes it read are replayed first and the responses it already sent are not
+sent again.
 """
 
 from __future__ import annotations
@@ -41,12 +42,23 @@ class _Descriptor:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.pollable = True
-        os.set_blocking(fd, False)
+        # A terminal's non-blocking flag is shared with the shell that started us, and would outlive a killed
+        # server: a terminal is read in a worker thread instead (a person typing needs no speed).
+        self.pollable = not os.isatty(fd)
+        if self.pollable:
+            os.set_blocking(fd, False)
 
     def _fall_back(self) -> None:
         self.pollable = False
         os.set_blocking(self.fd, True)
+
+    async def confirm_end(self) -> bytes:
+        """The end of input read once more, in a worker thread as the SDK reads every line: the requests read just
+        before it get as long to finish as with the SDK's transport before the end of input cancels them."""
+        try:
+            return await anyio.to_thread.run_sync(os.read, self.fd, READ_SIZE)
+        except BlockingIOError:  # not the end after all (a terminal's end-of-file): read on
+            return await self.read()
 
     async def read(self) -> bytes:
         while self.pollable:
@@ -114,8 +126,10 @@ async def stdio_streams(
                     for line in splitter.feed(chunk, final):
                         await read_stream_writer.send(parse_line(line))
                     if final or inbound is None:
+                        if inbound is None:  # the fast path saw the end: the same grace as below
+                            await anyio.to_thread.run_sync(_nothing)
                         return
-                    chunk = await inbound.read()
+                    chunk = await inbound.read() or await inbound.confirm_end()
                     final = not chunk
         except anyio.ClosedResourceError:
             await anyio.lowlevel.checkpoint()
@@ -139,6 +153,10 @@ async def stdio_streams(
         for end in (inbound, outbound):
             if end is not None and end.pollable:
                 os.set_blocking(end.fd, True)
+
+
+def _nothing() -> None:
+    return None
 
 
 class _Swallower:
