@@ -38,6 +38,7 @@ from azure.ai.projects.models import (  # noqa: E402
 from openai import DefaultHttpxClient  # noqa: E402
 
 from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend  # noqa: E402
+from ci_mcp.files import files_for  # noqa: E402
 from ci_mcp.models import RunRequest  # noqa: E402
 from ci_mcp.settings import Settings  # noqa: E402
 from ci_mcp.store import FileStore  # noqa: E402
@@ -131,7 +132,7 @@ async def main(runs: int, rtt: float) -> list[tuple[str, float, float]]:
         store = FileStore(settings.data_dir)
         backend = AzureAgentsBackend(settings, store, credential=emu.credential(), ca_file=emu.ca_file)
         await backend.start()
-        csv = await backend.upload("sales.csv", CSV)
+        csv = await files_for(backend, store, settings.max_upload_bytes).upload("sales.csv", CSV)
         warmup = await backend.run(RunRequest(None, CODE, None, (csv.file_id,)), _noop)  # agent version, kernel
         emu.state.request_latency_seconds = rtt
         results = []

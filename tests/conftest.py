@@ -11,13 +11,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from mcp import Client
 from mcp_types import CallToolResult, ImageContent, ResourceLink, TextContent
 
 from ci_mcp.backends.factory import create_backend
+from ci_mcp.files import Files, files_for
 from ci_mcp.models import RunResult, TextOutput
 from ci_mcp.server import create_server
 from ci_mcp.settings import Settings
@@ -126,8 +127,19 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 async def open_client(settings: Settings, **client_kwargs: Any) -> tuple[Client, FileStore]:
     store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * 1024 * 1024)
-    server = create_server(create_backend(settings, store), settings)
+    server = create_server(create_backend(settings, store), store, settings)
     return Client(server, **client_kwargs), store
+
+
+class BackendOnStore(Protocol):
+    store: FileStore
+    settings: Settings
+
+
+def files_of(backend: BackendOnStore) -> Files:
+    """The server's files over `backend`'s store, as `create_server` builds them: uploads go through it (and reach
+    the backend's `file_stored`), fetches and listings read from it. Backends have no file methods."""
+    return files_for(backend, backend.store, backend.settings.max_upload_bytes)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """A scripted backend for tests of the MCP surface: no kernel, no network, answers in microseconds.
 
-`FakeBackend` implements the Backend protocol (src/ci_mcp/backends/base.py) over a real `FileStore`, so uploads,
-file ids, `file_info`/`file_path`/`list_files` and the `ci-mcp://files/` resource behave as in production. A run
+`FakeBackend` implements only the Backend protocol (src/ci_mcp/backends/base.py): sessions and runs, no file
+methods. The server serves uploads, fetches, listings and the `ci-mcp://files/` resource from the real `FileStore`
+the fake is built on, as in production, and a run keeps its files there as every backend does. A run
 does what the test scripted for it (`script`): produce outputs, write generated files, report progress, raise a
 `CiMcpError`, or anything else; without a script it echoes the code as stdout. Every `RunRequest` the server
 passed is kept in `requests`, so a test can check how tool arguments reach a backend.
@@ -13,11 +14,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 
 from ci_mcp.errors import CiMcpError, InvalidInputError
+from ci_mcp.files import keep_generated
 from ci_mcp.models import (
     FileInfo,
     ImageOutput,
@@ -29,7 +30,8 @@ from ci_mcp.models import (
     SessionInfo,
     TextOutput,
 )
-from ci_mcp.store import FileStore, new_session_id, no_such_session
+from ci_mcp.sessions import new_session_id, no_such_session
+from ci_mcp.store import FileStore
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,6 @@ class FakeBackend:
     """The Backend protocol, scripted: sessions in memory, files in the real store, runs from `script`."""
 
     store: FileStore
-    max_upload_bytes: int = 512 * 1024 * 1024
     name: str = "fake"
     accepts_code: bool = True
     accepts_request: bool = False
@@ -92,20 +93,6 @@ class FakeBackend:
 
     def describe(self) -> str:
         return self.description
-
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        if isinstance(source, bytes):
-            return self.store.put_bytes(name, source, origin="upload")
-        return self.store.put_path(name, source, origin="upload", max_bytes=self.max_upload_bytes)
-
-    async def file_info(self, file_id: str) -> FileInfo:
-        return self.store.get(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        return self.store.path(file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        return self.store.list(session_id)
 
     async def close_session(self, session_id: str) -> None:
         self._session(session_id)
@@ -141,7 +128,7 @@ class FakeBackend:
             if isinstance(step.raises, CiMcpError):
                 step.raises.session_id = session_id
             raise step.raises
-        return self._result(session_id, step)
+        return await self._result(session_id, step)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -151,23 +138,21 @@ class FakeBackend:
             raise no_such_session(session_id)
         return known
 
-    def _keep(self, session_id: str, file: Generated) -> FileInfo:
-        return self.store.put_bytes(
-            file.name, file.data, origin="generated", session_id=session_id, media_type=file.media_type
-        )
+    async def _keep(self, session_id: str, file: Generated) -> FileInfo:
+        return await keep_generated(self.store, file.name, file.data, session_id=session_id, media_type=file.media_type)
 
-    def _result(self, session_id: str, step: Step) -> RunResult:
+    async def _result(self, session_id: str, step: Step) -> RunResult:
         outputs: list[OutputItem] = []
         generated: list[FileInfo] = []
         for item in step.outputs:
             if isinstance(item, Generated):
-                info = self._keep(session_id, item)
+                info = await self._keep(session_id, item)
                 generated.append(info)
                 outputs.append(ImageOutput(info, item.data))
             else:
                 outputs.append(item)
         for file in step.files:
-            info = self._keep(session_id, file)
+            info = await self._keep(session_id, file)
             generated.append(info)
             if file.image:
                 outputs.append(ImageOutput(info, file.data))

@@ -271,7 +271,7 @@ def _build_server(settings: Settings, plan: HttpPlan | None = None) -> Any:
     backend = create_backend(settings, store)
     from ci_mcp.server import create_server
 
-    return create_server(backend, settings, plan)
+    return create_server(backend, store, settings, plan)
 
 
 def http_app(settings: Settings, plan: HttpPlan) -> Any:

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ci_mcp.backends.local.state import LocalSessionState
 from ci_mcp.errors import ConfigError
 from ci_mcp.models import FileInfo
+from ci_mcp.sessions import NoState, SessionStore
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 
@@ -39,7 +41,12 @@ class PrunePlan:
 def plan_prune(store: FileStore, older_than_days: float, *, now: float | None = None) -> PrunePlan:
     """What a prune would remove; removes nothing."""
     cutoff = (time.time() if now is None else now) - older_than_days * DAY
-    sessions = {s.session_id: s for s in store.sessions()}
+    records = SessionStore(store.data_dir)
+    try:
+        sessions = {s.session_id: s for s in records.list(NoState)}
+        local = records.list(LocalSessionState, "local")
+    finally:
+        records.close()
     files = tuple(
         f
         for f in store.list()
@@ -49,11 +56,10 @@ def plan_prune(store: FileStore, older_than_days: float, *, now: float | None = 
     root = store.workspaces_dir.resolve()
     referenced: set[Path] = set()
     doomed: list[Path] = []
-    for rec in sessions.values():
-        raw = rec.state.get("workspace")
-        if not isinstance(raw, str) or not raw:
+    for rec in local:
+        if not rec.state.workspace:
             continue
-        ws = Path(raw)
+        ws = Path(rec.state.workspace)
         if ws.parent.resolve() != root:  # the state names a directory outside the store: never delete it
             continue
         referenced.add(ws.resolve())

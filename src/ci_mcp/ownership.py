@@ -1,6 +1,7 @@
 """Who owns what over HTTP: sessions and files belong to the principal whose request created them.
 
-`OwnedBackend` wraps any backend. Each call asks `current_principal()` (the server reads it off the request's
+`OwnedBackend` wraps any backend (sessions and runs) and `OwnedFiles` the server's files (`files.Files`). Each call
+asks `current_principal()` (the server reads it off the request's
 token); with no principal (stdio, or HTTP without authentication) it passes everything through: one implicit
 principal. With one, every id the call names must be that principal's, or the answer is the same "not found" an
 unknown id gets; what the call creates (an upload, a session, generated files) is recorded as that principal's.
@@ -10,6 +11,7 @@ stdio, or before a crash landed the row) belongs to no authenticated principal.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -17,8 +19,10 @@ from pathlib import Path
 
 from ci_mcp.backends.base import Backend
 from ci_mcp.errors import CapacityError
+from ci_mcp.files import FileAccess
 from ci_mcp.models import FileInfo, ProgressCallback, RunRequest, RunResult, SessionInfo
-from ci_mcp.store import no_such_file, no_such_session
+from ci_mcp.sessions import no_such_session
+from ci_mcp.store import no_such_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS owners (
@@ -62,19 +66,70 @@ class Owners:
         return {r[0] for r in rows}
 
 
-class OwnedBackend:
-    """A backend whose ids are visible only to the principal that created them (see the module docstring)."""
+PrincipalOf = Callable[[], str | None]
+
+
+class _Checks:
+    """The two questions both wrappers ask: is this file, this session, the caller's? If not: "not found"."""
+
+    def __init__(self, owners: Owners, current_principal: PrincipalOf) -> None:
+        self.owners = owners
+        self.current_principal = current_principal
+
+    def _file(self, principal: str | None, file_id: str) -> None:
+        if principal is not None and not self.owners.owns("file", file_id, principal):
+            raise no_such_file(file_id)
+
+    def _session(self, principal: str | None, session_id: str) -> None:
+        if principal is not None and not self.owners.owns("session", session_id, principal):
+            raise no_such_session(session_id)
+
+
+class OwnedFiles(_Checks):
+    """The server's files, each visible only to the principal that uploaded it or whose run generated it."""
+
+    def __init__(self, inner: FileAccess, owners: Owners, current_principal: PrincipalOf) -> None:
+        super().__init__(owners, current_principal)
+        self.inner = inner
+
+    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
+        principal = self.current_principal()
+        info = await self.inner.upload(name, source)
+        if principal is not None:
+            self.owners.claim("file", [info.file_id], principal)
+        return info
+
+    async def info(self, file_id: str) -> FileInfo:
+        self._file(self.current_principal(), file_id)
+        return await self.inner.info(file_id)
+
+    async def path(self, file_id: str) -> Path:
+        self._file(self.current_principal(), file_id)
+        return await self.inner.path(file_id)
+
+    async def list(self, session_id: str | None = None) -> builtins.list[FileInfo]:
+        principal = self.current_principal()
+        if principal is None:
+            return await self.inner.list(session_id)
+        if session_id is not None:
+            self._session(principal, session_id)
+        mine = self.owners.owned("file", principal)
+        return [f for f in await self.inner.list(session_id) if f.file_id in mine]
+
+
+class OwnedBackend(_Checks):
+    """A backend whose sessions are visible only to the principal that created them, and whose runs use only that
+    principal's files (see the module docstring)."""
 
     def __init__(
         self,
         inner: Backend,
         owners: Owners,
-        current_principal: Callable[[], str | None],
+        current_principal: PrincipalOf,
         max_live_sessions: int,
     ) -> None:
+        super().__init__(owners, current_principal)
         self.inner = inner
-        self.owners = owners
-        self.current_principal = current_principal
         self.max_live_sessions = max_live_sessions
         self.name = inner.name
         self.accepts_code = inner.accepts_code
@@ -89,21 +144,6 @@ class OwnedBackend:
 
     def describe(self) -> str:
         return self.inner.describe()
-
-    def _file(self, principal: str | None, file_id: str) -> None:
-        if principal is not None and not self.owners.owns("file", file_id, principal):
-            raise no_such_file(file_id)
-
-    def _session(self, principal: str | None, session_id: str) -> None:
-        if principal is not None and not self.owners.owns("session", session_id, principal):
-            raise no_such_session(session_id)
-
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        principal = self.current_principal()
-        info = await self.inner.upload(name, source)
-        if principal is not None:
-            self.owners.claim("file", [info.file_id], principal)
-        return info
 
     async def run(self, request: RunRequest, progress: ProgressCallback) -> RunResult:
         principal = self.current_principal()
@@ -129,23 +169,6 @@ class OwnedBackend:
                 f"(CI_MCP_MAX_SESSIONS_PER_PRINCIPAL). Continue one by session_id "
                 f"({', '.join(s.session_id for s in live[:4])}) or end one with close_session."
             )
-
-    async def file_info(self, file_id: str) -> FileInfo:
-        self._file(self.current_principal(), file_id)
-        return await self.inner.file_info(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        self._file(self.current_principal(), file_id)
-        return await self.inner.file_path(file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        principal = self.current_principal()
-        if principal is None:
-            return await self.inner.list_files(session_id)
-        if session_id is not None:
-            self._session(principal, session_id)
-        mine = self.owners.owned("file", principal)
-        return [f for f in await self.inner.list_files(session_id) if f.file_id in mine]
 
     async def close_session(self, session_id: str) -> None:
         self._session(self.current_principal(), session_id)

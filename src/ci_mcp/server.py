@@ -29,10 +29,11 @@ from pydantic import Field
 from ci_mcp import __version__, paths
 from ci_mcp.backends.base import Backend
 from ci_mcp.errors import CiMcpError, FileTooLargeError, InvalidInputError
+from ci_mcp.files import FileAccess, files_for
 from ci_mcp.http import HttpPlan, principal_of
 from ci_mcp.images import header_refusal
 from ci_mcp.models import FileInfo, RunRequest
-from ci_mcp.ownership import OwnedBackend, Owners
+from ci_mcp.ownership import OwnedBackend, OwnedFiles, Owners
 from ci_mcp.rendering import (
     FILE_URI,
     FILE_URI_PREFIX,
@@ -45,6 +46,7 @@ from ci_mcp.rendering import (
     with_ids,
 )
 from ci_mcp.settings import Settings
+from ci_mcp.store import FileStore
 from ci_mcp.textsafe import escaped, quote
 from ci_mcp.uploads import MAX_FILE_IDS, ChunkedUploads, Progress, clean_name, decode_inline, file_ids_of
 
@@ -59,7 +61,7 @@ NO_RESOURCE_LINK_VERSIONS = frozenset({"2024-11-05", "2025-03-26"})
 class _CiMcpServer(MCPServer[Any]):
     """MCPServer whose file resource reports each file's own media type."""
 
-    backend: Backend
+    files: FileAccess
     ci_settings: Settings
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
@@ -69,7 +71,7 @@ class _CiMcpServer(MCPServer[Any]):
             from mcp.server.mcpserver.exceptions import ResourceError
 
             try:
-                info, data = await _read_inline(self.backend, self.ci_settings, text[len(prefix) :])
+                info, data = await _read_inline(self.files, self.ci_settings, text[len(prefix) :])
             except CiMcpError as exc:
                 raise ResourceError(str(exc)) from None
             if info.is_text:
@@ -95,7 +97,7 @@ class _CiMcpServer(MCPServer[Any]):
 
     async def list_resources(self) -> list[Resource]:
         """The most recent stored files (uploads and generated), newest first, then any static resources."""
-        files = (await self.backend.list_files(None))[::-1][:MAX_LISTED_RESOURCES]
+        files = (await self.files.list(None))[::-1][:MAX_LISTED_RESOURCES]
         listed = [
             Resource(
                 uri=file_uri(f.file_id),
@@ -119,10 +121,10 @@ def resource_limit(settings: Settings) -> int:
     return max(settings.inline_text_fetch_bytes, settings.inline_image_bytes)
 
 
-async def _read_inline(backend: Backend, settings: Settings, file_id: str) -> tuple[FileInfo, bytes]:
+async def _read_inline(files: FileAccess, settings: Settings, file_id: str) -> tuple[FileInfo, bytes]:
     """A stored file's bytes for a resource read, if it is small enough to return inline; read off the loop."""
-    info = await backend.file_info(file_id.strip())
-    source = await backend.file_path(info.file_id)
+    info = await files.info(file_id.strip())
+    source = await files.path(info.file_id)
     limit = resource_limit(settings)
 
     def read() -> bytes:
@@ -156,14 +158,20 @@ async def _client_roots(ctx: Context) -> ListRoots | None:
 ClientRoots = Annotated[ListRootsResult | None, Resolve(_client_roots)]
 
 
-def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = None) -> MCPServer[Any]:  # noqa: C901 - known, to split (issue 10)
-    """Build the MCP server around one backend. The caller owns neither: the server's lifespan starts and
-    closes the backend. With an HTTP plan that authenticates callers, every session and file belongs to the
-    principal that created it (`ownership.py`)."""
+def create_server(  # noqa: C901 - known, to split (issue 10)
+    backend: Backend, store: FileStore, settings: Settings, http: HttpPlan | None = None
+) -> MCPServer[Any]:
+    """Build the MCP server around one backend and the file store. The server serves every file (uploads, fetches,
+    listings, the resource) from `store` (`files.py`); the backend runs sessions, keeping what they generate in
+    the same store. The server's lifespan starts and closes the backend; the caller closes the store. With an HTTP
+    plan that authenticates callers, every session and file belongs to the principal that created it
+    (`ownership.py`)."""
     owners: Owners | None = None
     chunks = ChunkedUploads(settings.data_dir, settings.max_upload_bytes)
+    files: FileAccess = files_for(backend, store, settings.max_upload_bytes)
     if http is not None and http.verifier is not None:
         owners = Owners(settings.data_dir)
+        files = OwnedFiles(files, owners, current_principal)
         backend = OwnedBackend(backend, owners, current_principal, settings.max_sessions_per_principal)
 
     @asynccontextmanager
@@ -192,7 +200,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         auth=http.auth if http is not None else None,
         token_verifier=http.verifier if http is not None else None,
     )
-    server.backend = backend
+    server.files = files
     server.ci_settings = settings
     # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
     for method in ("prompts/list", "prompts/get"):
@@ -270,7 +278,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
             data = decode_inline(content_b64, filename, settings.max_inline_upload_bytes)
             if not data:
                 raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
-            return await backend.upload(clean_name(filename), data), filename
+            return await files.upload(clean_name(filename), data), filename
         assert path is not None
         real = paths.resolve_readable(path, roots)
         size = real.stat().st_size
@@ -281,7 +289,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
                 f"'{path}' is {size:,} bytes, over the limit of {settings.max_upload_bytes:,}. Upload a smaller "
                 "extract (e.g. filter rows or columns first)."
             )
-        return await backend.upload(clean_name(filename or real.name), real), filename or real.name
+        return await files.upload(clean_name(filename or real.name), real), filename or real.name
 
     async def _chunk(
         content_b64: str | None,
@@ -312,7 +320,7 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
                 return progress
         done = await anyio.to_thread.run_sync(chunks.finish, upload_id.strip(), sha256, principal)
         try:
-            info = await backend.upload(clean_name(done.name), done.path)
+            info = await files.upload(clean_name(done.name), done.path)
         finally:
             await anyio.to_thread.run_sync(chunks.discard, upload_id.strip())
         return info, done.name
@@ -388,8 +396,8 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
         overwrite: Annotated[bool, Field(description="Replace an existing file at save_to.")] = False,
         roots: ClientRoots = None,
     ) -> CallToolResult:
-        info = await backend.file_info(file_id.strip())
-        source = await backend.file_path(info.file_id)
+        info = await files.info(file_id.strip())
+        source = await files.path(info.file_id)
         if save_to is not None:
             target = paths.resolve_writable(save_to, paths.safe_name(info.name), roots_for(roots), overwrite=overwrite)
             await anyio.to_thread.run_sync(paths.write_atomically, target, source)
@@ -409,13 +417,13 @@ def create_server(backend: Backend, settings: Settings, http: HttpPlan | None = 
     async def list_files(
         session_id: Annotated[str | None, Field(description="Only this session's files.")] = None,
     ) -> CallToolResult:
-        files = await backend.list_files(session_id or None)
-        if not files:
+        listed = await files.list(session_id or None)
+        if not listed:
             return CallToolResult(content=[text_block("No files stored yet." if not session_id else "No files.")])
         lines = [
             f"{f.file_id}  {f.origin:9}  {f.size:>12,} B  {f.media_type:28}  {quote(f.name)}"
             + (f"  (session {f.session_id})" if f.session_id and not session_id else "")
-            for f in files[-200:]
+            for f in listed[-200:]
         ]
         return CallToolResult(content=[text_block("\n".join(lines))])
 

@@ -1,4 +1,4 @@
-"""The embedded, durable file store shared by every backend.
+"""The embedded, durable file store: the server's, shared by every backend (session records: `sessions.py`).
 
 Bytes live in `<data_dir>/files/<file_id>`, written to `<data_dir>/tmp/` first, fsynced and renamed into place.
 Metadata lives in SQLite (`<data_dir>/meta.sqlite3`), inserted only after the bytes are in place. So a crash
@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import errno
 import hashlib
-import json
 import mimetypes
 import os
 import secrets
@@ -18,17 +17,19 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ci_mcp.errors import FileTooLargeError, NotFoundError, StorageFullError
-from ci_mcp.models import FileInfo, FileOrigin, SessionInfo
+from ci_mcp.models import FileInfo, FileOrigin
 
 if TYPE_CHECKING:
     from ci_mcp.settings import Settings
+
+OtherIds = Callable[[str], "str | None"]
+"""A backend's answer for a file id the store does not know (`FileStore.recognise_ids`)."""
 
 _CHUNK = 1024 * 1024
 MB = 1024 * 1024
@@ -46,14 +47,6 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_session ON files(session_id);
 CREATE INDEX IF NOT EXISTS files_by_content ON files(sha256);
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    backend TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_used_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT '{}',
-    closed INTEGER NOT NULL DEFAULT 0
-);
 """
 
 _EXTRA_TYPES = {
@@ -91,38 +84,19 @@ def no_such_file(file_id: str) -> NotFoundError:
     )
 
 
-def no_such_session(session_id: str) -> NotFoundError:
-    """The one answer for a session id that is unknown, or not the caller's."""
-    hint = " That looks like a file id; pass it in file_ids." if session_id.startswith("file-") else ""
-    return NotFoundError(f"No session with id '{session_id}'.{hint} Omit session_id to start a new session.")
-
-
 def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
 
 
-def new_session_id() -> str:
-    return "sess-" + secrets.token_hex(12)
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    session_id: str
-    backend: str
-    created_at: float
-    last_used_at: float
-    state: dict[str, object]
-    closed: bool
-
-
 class FileStore:
-    """Files and session metadata on disk. Methods are synchronous and quick; call them from any thread."""
+    """Files and their metadata on disk. Methods are synchronous and quick; call them from any thread."""
 
     def __init__(self, data_dir: Path, *, max_bytes: int | None = None) -> None:
         """`max_bytes`: the store's quota (distinct content counted once); None for no quota."""
         self.data_dir = data_dir
         self.max_bytes = max_bytes
         self._commit_lock = threading.Lock()
+        self._other_ids: OtherIds | None = None
         self.files_dir = data_dir / "files"
         self.tmp_dir = data_dir / "tmp"
         self.workspaces_dir = data_dir / "workspaces"
@@ -158,25 +132,12 @@ class FileStore:
 
     def no_space(self, what: str, lost: str = "") -> StorageFullError:
         """The error for a full disk under the data directory: what was lost, where, and what to do."""
-        where = f"No space left on the disk holding the data directory {self.data_dir}"
-        advice = "Nothing you can pass fixes this: ask the operator to free space on that disk or to point "
-        advice += "CI_MCP_DATA_DIR at a larger one."
-        return StorageFullError(f"{where}, so {what}. {advice}", lost=lost, cause=f"{where}. {advice}")
-
-    @contextmanager
-    def _disk(self, what: str, lost: str = "") -> Iterator[None]:
-        """Turn a full disk (ENOSPC, EDQUOT, SQLite's 'disk is full') into `no_space(what)`."""
-        try:
-            yield
-        except (OSError, sqlite3.OperationalError) as exc:
-            if is_disk_full(exc):
-                raise self.no_space(what, lost) from exc
-            raise
+        return no_space(self.data_dir, what, lost)
 
     @contextmanager
     def _staged(self, name: str) -> Iterator[tuple[Path, BinaryIO]]:
         tmp = self.tmp_dir / secrets.token_hex(8)
-        with self._disk(f"'{name}' was not kept", lost=name):
+        with disk_errors(self.data_dir, f"'{name}' was not kept", lost=name):
             try:
                 with open(tmp, "wb") as fh:
                     yield tmp, fh
@@ -364,15 +325,24 @@ class FileStore:
                 media_type=media_type,
             )
 
+    def recognise_ids(self, other_ids: OtherIds) -> None:
+        """Let a backend whose service gives files ids of its own (Azure) answer for an id the store does not know:
+        `other_ids(id)` returns the store's id of that file, raises a `NotFoundError` that says what the id is, or
+        returns None (the usual "no file" answer)."""
+        self._other_ids = other_ids
+
     def get(self, file_id: str) -> FileInfo:
         row = self._db.execute("SELECT * FROM files WHERE file_id = ?", (file_id,)).fetchone()
+        if row is None and self._other_ids is not None:
+            known = self._other_ids(file_id)
+            if known is not None:
+                row = self._db.execute("SELECT * FROM files WHERE file_id = ?", (known,)).fetchone()
         if row is None:
             raise no_such_file(file_id)
         return _file_from_row(row)
 
     def path(self, file_id: str) -> Path:
-        self.get(file_id)
-        return self.files_dir / file_id
+        return self.files_dir / self.get(file_id).file_id
 
     def read(self, file_id: str) -> bytes:
         return self.path(file_id).read_bytes()
@@ -392,71 +362,24 @@ class FileStore:
         self._db.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
         (self.files_dir / file_id).unlink(missing_ok=True)
 
-    # -- sessions --------------------------------------------------------------------------------------------
 
-    def create_session(self, backend: str, state: dict[str, object] | None = None) -> SessionRecord:
-        now = time.time()
-        rec = SessionRecord(new_session_id(), backend, now, now, state or {}, False)
-        with self._disk("no new session could be recorded"):
-            self._db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, 0)",
-                (rec.session_id, backend, now, now, json.dumps(rec.state)),
-            )
-        return rec
+def no_space(data_dir: Path, what: str, lost: str = "") -> StorageFullError:
+    """The error for a full disk under `data_dir`: what was lost, where, and what to do."""
+    where = f"No space left on the disk holding the data directory {data_dir}"
+    advice = "Nothing you can pass fixes this: ask the operator to free space on that disk or to point "
+    advice += "CI_MCP_DATA_DIR at a larger one."
+    return StorageFullError(f"{where}, so {what}. {advice}", lost=lost, cause=f"{where}. {advice}")
 
-    def session(self, session_id: str) -> SessionRecord:
-        row = self._db.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
-        if row is None:
-            raise no_such_session(session_id)
-        return SessionRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
 
-    def open_session(self, session_id: str, backend: str, *, allow_closed: bool = False) -> SessionRecord:
-        """The session a call continues, by the one rule every backend keeps: unknown ids are not found, a
-        session of another backend cannot be continued here, and a closed session is over (its files stay)."""
-        record = self.session(session_id)
-        if record.backend != backend:
-            raise NotFoundError(
-                f"Session '{session_id}' belongs to the {record.backend} backend, not {backend}. Omit session_id to "
-                "start a new session."
-            )
-        if record.closed and not allow_closed:
-            raise NotFoundError(
-                f"Session '{session_id}' was closed: its kernel and variables are gone, its files stay fetchable "
-                "(list_files shows them; pass their ids in file_ids). Omit session_id to start a new session."
-            )
-        return record
-
-    def update_session(
-        self, session_id: str, *, state: dict[str, object] | None = None, closed: bool | None = None
-    ) -> None:
-        now = time.time()
-        with self._disk(f"session {session_id} could not be updated"):
-            if state is not None:
-                self._db.execute(
-                    "UPDATE sessions SET state = ?, last_used_at = ? WHERE session_id = ?",
-                    (json.dumps(state), now, session_id),
-                )
-            else:
-                self._db.execute("UPDATE sessions SET last_used_at = ? WHERE session_id = ?", (now, session_id))
-            if closed is not None:
-                self._db.execute("UPDATE sessions SET closed = ? WHERE session_id = ?", (int(closed), session_id))
-
-    def sessions(self, backend: str | None = None) -> builtins.list[SessionRecord]:
-        rows = self._db.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
-        return [
-            SessionRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5]))
-            for r in rows
-            if backend is None or r[1] == backend
-        ]
-
-    def session_info(self, rec: SessionRecord, live: bool) -> SessionInfo:
-        return SessionInfo(
-            session_id=rec.session_id,
-            created_at=rec.created_at,
-            last_used_at=rec.last_used_at,
-            live=live,
-            file_ids=tuple(f.file_id for f in self.list(rec.session_id)),
-        )
+@contextmanager
+def disk_errors(data_dir: Path, what: str, lost: str = "") -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT, SQLite's 'disk is full') under `data_dir` into `no_space(what)`."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as exc:
+        if is_disk_full(exc):
+            raise no_space(data_dir, what, lost) from exc
+        raise
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -10,6 +10,7 @@ from typing import TextIO
 from ci_mcp import paths
 from ci_mcp.backends.factory import create_backend
 from ci_mcp.errors import InvalidInputError
+from ci_mcp.files import files_for
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput
 from ci_mcp.settings import Settings
 from ci_mcp.store import open_store
@@ -65,11 +66,12 @@ async def run_once(
             raise InvalidInputError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
     store = open_store(settings)
     backend = create_backend(settings, store)
+    stored = files_for(backend, store, settings.max_upload_bytes)
     await backend.start()
     try:
         ids = []
         for path in files:
-            info = await backend.upload(path.name, path.resolve())
+            info = await stored.upload(path.name, path.resolve())
             ids.append(info.file_id)
             print(f"uploaded {path} as {info.file_id}", file=sys.stderr)
         live = LiveView(status_line=sys.stderr.isatty())

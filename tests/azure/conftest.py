@@ -84,7 +84,7 @@ async def backend(make_backend: Callable[..., Awaitable[AzureAgentsBackend]]) ->
 @pytest.fixture
 async def mcp(backend: AzureAgentsBackend, azure_settings: Callable[..., Settings]) -> AsyncIterator[Client]:
     """An in-memory MCP client talking to a server on the `backend` fixture (the emulator behind it)."""
-    async with Client(create_server(backend, azure_settings())) as client:
+    async with Client(create_server(backend, backend.store, azure_settings())) as client:
         yield client
 
 

@@ -6,12 +6,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import AzureAgentsBackend, SessionState
 from ci_mcp.errors import InvalidInputError, NotFoundError
 from ci_mcp.models import ErrorOutput, ImageOutput, RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog
 from tests.azure_emulator.server import Emulator
 from tests.azure_emulator.state import ScriptedTurns, Turn
+from tests.conftest import files_of
 
 pytestmark = pytest.mark.anyio
 
@@ -33,9 +34,9 @@ def answers(result: object) -> list[str]:
 async def test_upload_keeps_a_local_copy_and_sends_the_file_to_azure_with_purpose_assistants(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    info = await backend.upload("sales.csv", CSV)
+    info = await files_of(backend).upload("sales.csv", CSV)
 
-    assert (await backend.file_path(info.file_id)).read_bytes() == CSV
+    assert (await files_of(backend).path(info.file_id)).read_bytes() == CSV
     assert info.origin == "upload" and info.media_type == "text/csv"
     remote = [f for f in emu.state.files.values() if f.data == CSV and f.filename == "sales.csv"]
     assert remote and remote[-1].purpose == "assistants"
@@ -44,7 +45,7 @@ async def test_upload_keeps_a_local_copy_and_sends_the_file_to_azure_with_purpos
 async def test_run_with_code_returns_the_output_the_answer_and_a_real_png_chart(
     backend: AzureAgentsBackend, emu: Emulator, progress: ProgressLog
 ) -> None:
-    info = await backend.upload("sales.csv", CSV)
+    info = await files_of(backend).upload("sales.csv", CSV)
 
     result = await backend.run(RunRequest(None, CHART_CODE, None, (info.file_id,)), progress)
 
@@ -66,9 +67,9 @@ async def test_generated_files_stay_fetchable_after_the_run(backend: AzureAgents
 
     (report,) = result.generated_files
     assert report.name == "report.txt" and report.media_type == "text/plain"
-    assert (await backend.file_path(report.file_id)).read_text() == "total=8"
-    assert (await backend.file_info(report.file_id)) == report
-    assert report in await backend.list_files(result.session_id)
+    assert (await files_of(backend).path(report.file_id)).read_text() == "total=8"
+    assert (await files_of(backend).info(report.file_id)) == report
+    assert report in await files_of(backend).list(result.session_id)
     assert not any(isinstance(o, ImageOutput) for o in result.outputs)
 
 
@@ -83,7 +84,8 @@ async def test_a_session_continues_in_the_same_conversation_with_its_python_stat
     assert second.session_id == first.session_id
     assert any(isinstance(o, TextOutput) and o.text.strip() == "42" for o in second.outputs)
     assert len(emu.state.conversations) == conversations_before
-    conversation = emu.state.conversations[str(backend._store.session(first.session_id).state["conversation_id"])]
+    state = backend.records.get(first.session_id, SessionState).state
+    conversation = emu.state.conversations[str(state.conversation_id)]
     codes = [item["code"].strip() for item in conversation.items if item["type"] == "code_interpreter_call"]
     assert codes == ["x = 41", "print(x + 1)"]
 
@@ -91,7 +93,7 @@ async def test_a_session_continues_in_the_same_conversation_with_its_python_stat
 async def test_files_attached_earlier_in_a_session_are_still_there_in_later_runs(
     backend: AzureAgentsBackend,
 ) -> None:
-    info = await backend.upload("sales.csv", CSV)
+    info = await files_of(backend).upload("sales.csv", CSV)
     first = await backend.run(RunRequest(None, "print('ok')", None, (info.file_id,)), ProgressLog())
 
     second = await backend.run(
@@ -104,7 +106,7 @@ async def test_files_attached_earlier_in_a_session_are_still_there_in_later_runs
 async def test_a_warm_run_costs_at_most_two_requests_plus_one_per_generated_file(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    info = await backend.upload("sales.csv", CSV)
+    info = await files_of(backend).upload("sales.csv", CSV)
     first = await backend.run(RunRequest(None, "print(1)", None, (info.file_id,)), ProgressLog())
     mark = emu.state.mark()
 
@@ -151,8 +153,8 @@ async def test_one_agent_version_is_reused_across_runs_and_backends(
 async def test_files_ride_on_the_response_as_structured_inputs_of_the_agent_version(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    a = await backend.upload("a.csv", b"x\n1\n")
-    b = await backend.upload("b.csv", b"x\n2\n")
+    a = await files_of(backend).upload("a.csv", b"x\n1\n")
+    b = await files_of(backend).upload("b.csv", b"x\n2\n")
     await backend.run(RunRequest(None, "print(1)", None, (a.file_id, b.file_id)), ProgressLog())
 
     agent = emu.state.agents[backend._versions.agent_name]
@@ -200,7 +202,7 @@ async def test_closing_a_session_deletes_the_conversation_and_refuses_further_ru
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
     result = await backend.run(RunRequest(None, "print(1)", None), ProgressLog())
-    conversation = backend._store.session(result.session_id).state["conversation_id"]
+    conversation = backend.records.get(result.session_id, SessionState).state.conversation_id
     assert conversation in emu.state.conversations
 
     await backend.close_session(result.session_id)

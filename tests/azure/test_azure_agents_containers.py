@@ -8,11 +8,11 @@ import base64
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, REPLACED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, REPLACED_NOTICE, AzureAgentsBackend, SessionState
 from ci_mcp.models import RunRequest
 from tests.azure.conftest import RESPONSES, ProgressLog
 from tests.azure_emulator.server import Emulator
-from tests.conftest import all_text, session_of, stdout_of, uploaded_id
+from tests.conftest import all_text, files_of, session_of, stdout_of, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -54,10 +54,10 @@ async def test_a_file_named_in_a_later_call_is_added_to_the_existing_container_a
 async def test_a_file_named_later_for_an_expired_container_comes_with_every_session_file_in_a_new_one(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    a = await backend.upload("a.csv", b"a\n1\n")
+    a = await files_of(backend).upload("a.csv", b"a\n1\n")
     first = await backend.run(RunRequest(None, "x = 1", None, (a.file_id,)), ProgressLog())
-    emu.state.expire_container(str(backend._store.session(first.session_id).state["container_id"]))
-    b = await backend.upload("b.csv", b"b\n2\n")
+    emu.state.expire_container(str(backend.records.get(first.session_id, SessionState).state.container_id))
+    b = await files_of(backend).upload("b.csv", b"b\n2\n")
 
     second = await backend.run(
         RunRequest(first.session_id, "import os\nprint(sorted(os.listdir('/mnt/data')))", None, (b.file_id,)),
@@ -74,7 +74,7 @@ async def test_a_container_the_service_replaced_silently_is_noticed_and_the_mode
     data = await upload(mcp, "data.csv", b"a\n1\n")
     first = await mcp.call_tool("run_code_analysis", {"code": "x = 1", "file_ids": [data]})
     session = session_of(first)
-    emu.state.replace_container_silently(str(backend._store.session(session).state["conversation_id"]))
+    emu.state.replace_container_silently(str(backend.records.get(session, SessionState).state.conversation_id))
 
     second = await mcp.call_tool(
         "run_code_analysis",
@@ -92,13 +92,13 @@ async def test_a_container_the_service_replaced_silently_is_noticed_and_the_mode
 async def test_a_file_named_later_when_the_container_was_deleted_reaches_the_new_container(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    a = await backend.upload("a.csv", b"a\n1\n")
+    a = await files_of(backend).upload("a.csv", b"a\n1\n")
     first = await backend.run(RunRequest(None, "x = 1", None, (a.file_id,)), ProgressLog())
-    state = backend._store.session(first.session_id).state
-    emu.state.replace_container_silently(str(state["conversation_id"]))
+    state = backend.records.get(first.session_id, SessionState).state
+    emu.state.replace_container_silently(str(state.conversation_id))
     emu.call_soon(emu.state.release_kernels())
-    emu.state.containers.pop(str(state["container_id"]))  # deleted: adding a file to it answers 404
-    b = await backend.upload("b.csv", b"b\n2\n")
+    emu.state.containers.pop(str(state.container_id))  # deleted: adding a file to it answers 404
+    b = await files_of(backend).upload("b.csv", b"b\n2\n")
 
     second = await backend.run(
         RunRequest(first.session_id, "import os\nprint(sorted(os.listdir('/mnt/data')))", None, (b.file_id,)),

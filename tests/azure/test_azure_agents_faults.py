@@ -8,7 +8,7 @@ import anyio
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
-from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend, SessionState
 from ci_mcp.backends.azure.errors import AzureAuthError
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import RunRequest
@@ -17,7 +17,7 @@ from ci_mcp.store import FileStore
 from tests.azure.conftest import RESPONSES, ProgressLog
 from tests.azure_emulator.credential import EmulatorCredential
 from tests.azure_emulator.server import Emulator
-from tests.conftest import stdout_of
+from tests.conftest import files_of, stdout_of
 
 pytestmark = pytest.mark.anyio
 
@@ -107,10 +107,10 @@ async def test_a_file_that_cannot_be_downloaded_becomes_a_notice_not_a_failed_ru
 async def test_an_expired_container_is_replaced_once_with_a_notice_that_state_was_lost(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    info = await backend.upload("keep.csv", b"a\n1\n")
+    info = await files_of(backend).upload("keep.csv", b"a\n1\n")
     first = await backend.run(RunRequest(None, "x = 1", None, (info.file_id,)), ProgressLog())
-    old_conversation = backend._store.session(first.session_id).state["conversation_id"]
-    emu.state.expire_container(str(backend._store.session(first.session_id).state["container_id"]))
+    old_conversation = backend.records.get(first.session_id, SessionState).state.conversation_id
+    emu.state.expire_container(str(backend.records.get(first.session_id, SessionState).state.container_id))
 
     second = await backend.run(
         RunRequest(first.session_id, "import os\nprint('x' in globals(), os.listdir('/mnt/data'))", None),
@@ -119,7 +119,7 @@ async def test_an_expired_container_is_replaced_once_with_a_notice_that_state_wa
 
     assert second.status == "ok" and second.notices == (EXPIRED_NOTICE,)
     assert "False ['keep.csv']" in stdout_of(second)
-    assert backend._store.session(first.session_id).state["conversation_id"] != old_conversation
+    assert backend.records.get(first.session_id, SessionState).state.conversation_id != old_conversation
     third = await backend.run(RunRequest(first.session_id, "y = 2", None), ProgressLog())
     assert third.notices == ()
 
@@ -178,7 +178,7 @@ async def test_a_credential_that_cannot_sign_in_is_explained_without_secrets(
     backend = await make_backend(credential=failing)
 
     with pytest.raises(AzureAuthError) as caught:
-        await backend.upload("a.csv", b"a\n1\n")
+        await files_of(backend).upload("a.csv", b"a\n1\n")
 
     message = str(caught.value)
     assert "az login" in message and "AZURE_CLIENT_ID" in message and "managed identity" in message

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 from mcp import Client
 
-from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend
+from ci_mcp.backends.azure.agents.backend import EXPIRED_NOTICE, AzureAgentsBackend, SessionState
 from ci_mcp.errors import BackendUnavailableError, RunFailedError
 from ci_mcp.models import RunRequest
 from tests.azure.conftest import RESPONSES, ProgressLog
 from tests.azure_emulator.server import Emulator
-from tests.conftest import all_text, stdout_of
+from tests.conftest import all_text, files_of, stdout_of
 
 pytestmark = pytest.mark.anyio
 
@@ -63,9 +63,9 @@ async def test_a_rate_limit_error_event_after_output_is_not_sent_again_and_says_
 async def test_an_expired_container_error_event_mid_stream_starts_a_new_container_with_a_notice(
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
-    info = await backend.upload("keep.csv", b"a\n1\n")
+    info = await files_of(backend).upload("keep.csv", b"a\n1\n")
     first = await backend.run(RunRequest(None, "x = 1", None, (info.file_id,)), ProgressLog())
-    old_conversation = backend._store.session(first.session_id).state["conversation_id"]
+    old_conversation = backend.records.get(first.session_id, SessionState).state.conversation_id
     emu.state.faults.error_in_stream(None, "Container is expired.")
 
     second = await backend.run(
@@ -75,7 +75,7 @@ async def test_an_expired_container_error_event_mid_stream_starts_a_new_containe
 
     assert second.status == "ok" and second.notices == (EXPIRED_NOTICE,)
     assert "False ['keep.csv']" in stdout_of(second)
-    assert backend._store.session(first.session_id).state["conversation_id"] != old_conversation
+    assert backend.records.get(first.session_id, SessionState).state.conversation_id != old_conversation
 
 
 async def test_a_server_error_event_is_a_run_failure_carrying_the_service_message(

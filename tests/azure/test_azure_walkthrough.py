@@ -13,6 +13,7 @@ from ci_mcp.models import ImageOutput, RunRequest, TextOutput
 from tests.azure.conftest import ProgressLog
 from tests.azure_emulator.scripted import nifty_chart_model
 from tests.azure_emulator.server import Emulator
+from tests.conftest import files_of
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +24,7 @@ async def test_a_bar_chart_of_transportation_operating_profit_comes_back_as_a_pn
     backend: AzureAgentsBackend, emu: Emulator
 ) -> None:
     emu.state.model = nifty_chart_model
-    csv = await backend.upload(NIFTY_CSV.name, NIFTY_CSV)
+    csv = await files_of(backend).upload(NIFTY_CSV.name, NIFTY_CSV)
 
     result = await backend.run(
         RunRequest(None, None, "Make a bar chart of operating profit in the TRANSPORTATION sector.", (csv.file_id,)),

@@ -17,7 +17,7 @@ from ci_mcp.models import ImageOutput, RunRequest, RunResult, TextOutput
 from tests.azure_classic.conftest import Progress, Sleeps, code
 from tests.azure_emulator.classic_routes import require_action_next_run
 from tests.azure_emulator.server import Emulator
-from tests.conftest import stdout_of
+from tests.conftest import files_of, stdout_of
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +45,10 @@ def images_of(result: RunResult) -> list[ImageOutput]:
 async def test_upload_keeps_a_local_copy_and_sends_the_file_to_azure_for_agents(
     backend: ClassicAgentsBackend, emulator: Emulator
 ) -> None:
-    info = await backend.upload("data.csv", b"a,b\n1,2\n")
+    info = await files_of(backend).upload("data.csv", b"a,b\n1,2\n")
 
     assert info.origin == "upload" and info.media_type == "text/csv"
-    assert (await backend.file_path(info.file_id)).read_bytes() == b"a,b\n1,2\n"
+    assert (await files_of(backend).path(info.file_id)).read_bytes() == b"a,b\n1,2\n"
     remote = [f for f in emulator.state.files.values() if f.data == b"a,b\n1,2\n"]
     assert [(f.filename, f.purpose) for f in remote] == [("data.csv", "assistants")]
 
@@ -67,8 +67,8 @@ async def test_run_returns_stdout_a_real_png_and_the_file_path_file_fetchable_by
     by_name = {f.name: f for f in result.generated_files}
     assert "bars.png" in by_name
     bars = by_name["bars.png"]
-    assert (await backend.file_path(bars.file_id)).read_bytes().startswith(b"\x89PNG")
-    assert (await backend.file_info(bars.file_id)).session_id == result.session_id
+    assert (await files_of(backend).path(bars.file_id)).read_bytes().startswith(b"\x89PNG")
+    assert (await files_of(backend).info(bars.file_id)).session_id == result.session_id
     assert f"ci-mcp://files/{bars.file_id}" in answer_of(result)
     assert "sandbox:" not in answer_of(result)
 
@@ -90,7 +90,7 @@ async def test_run_reports_progress_from_run_and_step_events_without_polling(
 async def test_session_is_a_thread_whose_variables_and_files_persist_between_runs(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:
-    upload = await backend.upload("numbers.csv", b"n\n1\n2\n3\n")
+    upload = await files_of(backend).upload("numbers.csv", b"n\n1\n2\n3\n")
     first = await backend.run(
         code("import pandas as pd\nx = 41\ndf = pd.read_csv('/mnt/data/numbers.csv')", upload.file_id), progress
     )
@@ -110,7 +110,7 @@ def _run_ids(emulator: Emulator, last: int) -> set[str]:
 async def test_files_are_attached_to_the_message_for_the_code_interpreter_and_uploaded_once(
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:
-    upload = await backend.upload("t.txt", b"hello")
+    upload = await files_of(backend).upload("t.txt", b"hello")
     mark = emulator.state.mark()
     first = await backend.run(code("print(open('/mnt/data/t.txt').read())", upload.file_id), progress)
     await backend.run(code("print(2)", upload.file_id, session_id=first.session_id), progress)
@@ -298,7 +298,7 @@ async def test_upload_while_azure_is_unavailable_keeps_the_file_and_uploads_it_a
     backend: ClassicAgentsBackend, emulator: Emulator, sleeps: Sleeps, progress: Progress
 ) -> None:
     emulator.state.faults.push("POST /files", 503, retry_after=None, times=5)
-    info = await backend.upload("late.txt", b"late bytes")
+    info = await files_of(backend).upload("late.txt", b"late bytes")
     assert sleeps.calls == [0.5, 1.0, 2.0, 4.0]
 
     result = await backend.run(code("print(open('/mnt/data/late.txt').read())", info.file_id), progress)
@@ -319,7 +319,7 @@ async def test_fetching_an_azure_file_id_explains_that_inputs_cannot_be_read_bac
     backend: ClassicAgentsBackend, emulator: Emulator
 ) -> None:
     with pytest.raises(NotFoundError, match="does not give back files uploaded to agents") as caught:
-        await backend.file_info("assistant-abc123")
+        await files_of(backend).info("assistant-abc123")
     assert "list_files" in str(caught.value)
 
 
@@ -330,7 +330,7 @@ async def test_an_azure_id_of_a_downloaded_file_resolves_to_the_local_copy(
     bars = next(f for f in result.generated_files if f.name == "bars.png")
     remote_id = [f.id for f in emulator.state.files.values() if f.filename == "/mnt/data/bars.png"][-1]
 
-    assert (await backend.file_info(remote_id)).file_id == bars.file_id
+    assert (await files_of(backend).info(remote_id)).file_id == bars.file_id
 
 
 async def test_the_emulator_refuses_to_give_back_an_uploaded_input_as_azure_does(
@@ -338,7 +338,7 @@ async def test_the_emulator_refuses_to_give_back_an_uploaded_input_as_azure_does
 ) -> None:
     from azure.core.exceptions import HttpResponseError
 
-    await backend.upload("secret.csv", b"x\n1\n")
+    await files_of(backend).upload("secret.csv", b"x\n1\n")
     remote_id = next(f.id for f in emulator.state.files.values() if f.filename == "secret.csv")
     client = backend._require_client()
 
@@ -355,7 +355,7 @@ async def test_closing_a_session_deletes_the_thread_and_keeps_its_files(
     await backend.close_session(result.session_id)
 
     assert thread_id not in emulator.state.threads
-    assert (await backend.file_path(result.generated_files[0].file_id)).exists()
+    assert (await files_of(backend).path(result.generated_files[0].file_id)).exists()
     with pytest.raises(NotFoundError, match="was closed"):
         await backend.run(code("print(1)", session_id=result.session_id), progress)
 
@@ -384,7 +384,7 @@ async def test_a_restarted_server_does_not_upload_a_known_file_again(
     make_backend: Callable[..., ClassicAgentsBackend], emulator: Emulator, tmp_path: Path, progress: Progress
 ) -> None:
     first = make_backend(data_dir=tmp_path / "kept")
-    info = await first.upload("kept.txt", b"kept")
+    info = await files_of(first).upload("kept.txt", b"kept")
     await first.aclose()
     mark = emulator.state.mark()
 
@@ -520,7 +520,7 @@ async def test_a_warm_call_costs_a_message_a_run_one_listing_and_one_download_pe
     )
 
     assert [f.name for f in warm.generated_files] == ["out.csv"]
-    assert (await backend.file_path(warm.generated_files[0].file_id)).read_bytes() == b"x\n42\n"
+    assert (await files_of(backend).path(warm.generated_files[0].file_id)).read_bytes() == b"x\n42\n"
     requests = emulator.state.requests_since(mark)
     assert sorted(r.route for r in requests) == [
         "GET /files/{file_id}/content",

@@ -22,6 +22,7 @@ from ci_mcp.store import FileStore
 from tests.azure_classic.conftest import Progress, Sleeps, code
 from tests.azure_emulator.classic_routes import process_next_upload
 from tests.azure_emulator.server import Emulator
+from tests.conftest import files_of
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,7 @@ async def test_an_upload_still_being_processed_is_waited_for_until_azure_says_pr
     process_next_upload(emulator.state, "uploaded", "pending", "running", "processed")
     mark = emulator.state.mark()
 
-    info = await backend.upload("slow.csv", b"n\n1\n")
+    info = await files_of(backend).upload("slow.csv", b"n\n1\n")
 
     assert emulator.state.count(GET_FILE, since=mark) == 3
     assert sleeps.calls == [0.25, 0.5, 1.0]
@@ -54,7 +55,7 @@ async def test_an_upload_azure_could_not_process_is_reported_with_the_services_d
     process_next_upload(emulator.state, "running", "error", details="The file has an unsupported encoding.")
 
     with pytest.raises(InvalidInputError) as caught:
-        await backend.upload("bad.csv", b"\xff\xfe")
+        await files_of(backend).upload("bad.csv", b"\xff\xfe")
 
     message = str(caught.value)
     assert "Azure could not process 'bad.csv': The file has an unsupported encoding." in message
@@ -65,7 +66,7 @@ async def test_a_file_that_fails_processing_at_run_time_fails_the_step_before_th
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:
     emulator.state.faults.push("POST /files", 503, retry_after=None, times=5)
-    info = await backend.upload("later.csv", b"x\n1\n")  # deferred: Azure was unavailable
+    info = await files_of(backend).upload("later.csv", b"x\n1\n")  # deferred: Azure was unavailable
     process_next_upload(emulator.state, "error", details="Unsupported file.")
     mark = emulator.state.mark()
 
@@ -82,7 +83,7 @@ async def test_processing_past_the_deadline_is_a_transient_error_and_the_next_tr
     process_next_upload(emulator.state, *(["pending"] * 80), "processed")
     mark = emulator.state.mark()
 
-    info = await backend.upload("big.csv", b"v\n7\n")  # the wait ends at its deadline; the upload is kept
+    info = await files_of(backend).upload("big.csv", b"v\n7\n")  # the wait ends at its deadline; the upload is kept
 
     assert 119 < sum(sleeps.calls) <= 120  # measured on the injected clock, no real waiting
     polls = emulator.state.count(GET_FILE, since=mark)
@@ -102,7 +103,7 @@ async def test_an_upload_deleted_on_azure_while_still_processing_is_uploaded_ane
     backend: ClassicAgentsBackend, emulator: Emulator, progress: Progress
 ) -> None:
     process_next_upload(emulator.state, "pending")
-    info = await backend.upload("gone.csv", b"g\n5\n")  # still pending when the wait ends
+    info = await files_of(backend).upload("gone.csv", b"g\n5\n")  # still pending when the wait ends
     for remote_id in [f.id for f in emulator.state.files.values() if f.filename == "gone.csv"]:
         del emulator.state.files[remote_id]
     mark = emulator.state.mark()
@@ -128,7 +129,7 @@ async def test_the_upload_tool_tells_the_model_why_azure_could_not_process_the_f
     )
     process_next_upload(emulator.state, "pending", "error", details="Unsupported file format.")
     try:
-        async with Client(create_server(backend, settings)) as client:
+        async with Client(create_server(backend, store, settings)) as client:
             payload = base64.b64encode(b"PK\x03\x04broken").decode()
             result = await client.call_tool("upload_file", {"content_base64": payload, "filename": "sheet.xlsx"})
     finally:

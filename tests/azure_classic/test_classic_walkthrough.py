@@ -17,6 +17,7 @@ from ci_mcp.models import ImageOutput, RunRequest, TextOutput
 from tests.azure_classic.conftest import Progress
 from tests.azure_emulator.server import Emulator
 from tests.azure_emulator.state import ScriptedTurns, Turn
+from tests.conftest import files_of
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +59,7 @@ async def test_the_walkthrough_turns_the_nifty_csv_into_a_transportation_bar_cha
     )
     mark = emulator.state.mark()
 
-    upload = await backend.upload(nifty_csv.name, nifty_csv)
+    upload = await files_of(backend).upload(nifty_csv.name, nifty_csv)
     result = await backend.run(
         RunRequest(session_id=None, code=None, request=REQUEST, file_ids=(upload.file_id,)), progress
     )
@@ -76,7 +77,7 @@ async def test_the_walkthrough_turns_the_nifty_csv_into_a_transportation_bar_cha
         assert chart.format == "PNG" and chart.size == (1000, 600)
     chart_file = next(f for f in result.generated_files if f.name == "transportation_operating_profit.png")
     assert chart_file.media_type == "image/png"
-    assert (await backend.file_path(chart_file.file_id)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (await files_of(backend).path(chart_file.file_id)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     routes = [r.route for r in emulator.state.requests_since(mark)]
     assert routes.count("POST /files") == 1

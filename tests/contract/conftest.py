@@ -74,6 +74,6 @@ async def contract_client(
                 credential=emu.credential(),
                 client_options={"connection_verify": emu.ca_file},
             )
-    async with Client(create_server(backend, settings)) as client:
+    async with Client(create_server(backend, store, settings)) as client:
         yield client, allowed
     store.close()

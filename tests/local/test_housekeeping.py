@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ci_mcp.backends.local.state import LocalSessionState
+from ci_mcp.sessions import SessionStore
 from ci_mcp.store import FileStore
 from tests.conftest import REPO
 
@@ -64,11 +66,13 @@ def fill(data_dir: Path) -> Stored:
     for ws in (active_ws, closed_ws, orphan_ws):
         ws.mkdir()
         (ws / "out.png").write_bytes(b"\x89PNG" + b"0" * 1000)
-    active = store.create_session("local", {"workspace": str(active_ws)}).session_id
-    closed = store.create_session("local", {"workspace": str(closed_ws)}).session_id
+    records = SessionStore(data_dir)
+    active = records.create("local", LocalSessionState(str(active_ws))).session_id
+    closed = records.create("local", LocalSessionState(str(closed_ws))).session_id
     of_active = store.put_bytes("chart.png", b"\x89PNG", origin="generated", session_id=active).file_id
     of_closed = store.put_bytes("table.csv", b"t\n", origin="generated", session_id=closed).file_id
-    store.update_session(closed, closed=True)
+    records.update(closed, closed=True)
+    records.close()
     store.close()
     for fid in (old, of_active, of_closed):
         backdate(data_dir, "files", "created_at", "file_id", fid, days=40)

@@ -55,7 +55,7 @@ _AS_WINDOWS = textwrap.dedent(
     store = FileStore(data)
 
     async def main():
-        client = mcp.Client(create_server(create_backend(settings, store), settings))
+        client = mcp.Client(create_server(create_backend(settings, store), store, settings))
         async with client:
             tools = [t.name for t in (await client.list_tools()).tools]
             run = await client.call_tool("run_code_analysis", {"code": "print(6 * 7)"})

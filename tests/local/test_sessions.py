@@ -12,8 +12,10 @@ from mcp import Client
 
 from ci_mcp.backends.local.backend import LocalBackend
 from ci_mcp.backends.local.kernel import Kernel
+from ci_mcp.backends.local.state import LocalSessionState
 from ci_mcp.models import RunRequest, TextOutput, no_progress
 from ci_mcp.server import create_server
+from ci_mcp.sessions import SessionStore
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.conftest import all_text, generated_ids, open_client, session_of
@@ -132,7 +134,7 @@ async def test_calls_on_one_session_are_serialised_and_sessions_run_in_parallel(
 
         # a1 holds session a until the test lets it go, which it does only once b has finished: were sessions run
         # one at a time, b would wait for a1 and the bound below would fail.
-        workspace_a = Path(str(store.session(sid_a).state["workspace"]))
+        workspace_a = Path(SessionStore(store.data_dir).get(sid_a, LocalSessionState).state.workspace)
         hold = (
             "import os, time\nopen('a1-running', 'w').close()\n"
             "while not os.path.exists('a1-go'):\n    time.sleep(0.01)\nn += 1\nprint('a1', n)"
@@ -173,7 +175,7 @@ async def test_a_warm_call_never_waits_for_another_sessions_kernel_start(
     settings = make_settings(kernel_pool_size=0)
     store = FileStore(settings.data_dir)
     backend = LocalBackend(settings, store)
-    async with Client(create_server(backend, settings)) as client:
+    async with Client(create_server(backend, store, settings)) as client:
         warm_sid = session_of(await client.call_tool("run_code_analysis", {"code": "n = 41"}))
         args: dict[str, str] = {"code": "print('cold ran')"}
         if cold == "revived session":
@@ -212,7 +214,7 @@ async def test_a_session_whose_kernel_is_starting_counts_against_the_session_lim
     store = FileStore(settings.data_dir)
     backend = LocalBackend(settings, store)
     entered, gate = gate_kernel_starts(backend, monkeypatch)
-    async with Client(create_server(backend, settings)) as client:
+    async with Client(create_server(backend, store, settings)) as client:
         first: list[str] = []
 
         async def first_call() -> None:

@@ -21,7 +21,8 @@ from ci_mcp.backends.factory import create_backend
 from ci_mcp.server import create_server
 from ci_mcp.store import FileStore
 settings = load_settings(_parser().parse_args([]))
-server = create_server(create_backend(settings, FileStore(settings.data_dir)), settings)
+store = FileStore(settings.data_dir)
+server = create_server(create_backend(settings, store), store, settings)
 heavy = ("pydantic_settings", "jupyter_client", "zmq", "PIL", "azure", "openai", "numpy")
 print(json.dumps(sorted({name.split(".")[0] for name in sys.modules if name.split(".")[0] in heavy})))
 """

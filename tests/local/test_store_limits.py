@@ -19,8 +19,9 @@ import ci_mcp.server as server_module
 from ci_mcp.backends.local import sandbox, workspace
 from ci_mcp.backends.local.backend import LocalBackend
 from ci_mcp.backends.local.kernel import Kernel
+from ci_mcp.sessions import SessionStore
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore
+from ci_mcp.store import FileStore, no_space
 from ci_mcp.textsafe import quote
 from ci_mcp.uploads import MAX_FILE_IDS
 from tests.conftest import all_text, generated_ids, open_client, session_of, texts, uploaded_id
@@ -353,11 +354,11 @@ async def test_an_unexpected_error_inside_a_run_keeps_the_session_id_and_the_out
             raise RuntimeError("the kernel channel went away")
         return outcome
 
-    def bookkeeping_fails(self: FileStore, session_id: str, **kw: Any) -> None:
-        raise self.no_space("session could not be updated")
+    def bookkeeping_fails(self: SessionStore, session_id: str, **kw: Any) -> None:
+        raise no_space(self.data_dir, "session could not be updated")
 
     monkeypatch.setattr(Kernel, "execute", execute_then_fail)
-    monkeypatch.setattr(FileStore, "update_session", bookkeeping_fails)
+    monkeypatch.setattr(SessionStore, "update", bookkeeping_fails)
     c, store = await open_client(make_settings())
     async with c:
         result = await c.call_tool("run_code_analysis", {"code": "print('partial output')  # BREAK"})

@@ -12,6 +12,8 @@ from mcp import Client
 from mcp_types import CallToolResult, TextResourceContents
 
 from ci_mcp.backends.local import sandbox
+from ci_mcp.backends.local.state import LocalSessionState
+from ci_mcp.sessions import SessionStore
 from ci_mcp.settings import Settings
 from tests.conftest import (
     NIFTY_CSV,
@@ -205,8 +207,8 @@ async def test_progress_is_reported_while_a_run_goes_on(settings: Settings) -> N
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, total, message))
         if "running" in (message or ""):
-            for record in store.sessions():
-                (Path(str(record.state["workspace"])) / "go").touch()
+            for record in SessionStore(store.data_dir).list(LocalSessionState):
+                (Path(record.state.workspace) / "go").touch()
 
     code = "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)"
     async with c:

@@ -37,7 +37,7 @@ def make_settings(tmp_path: Path, allowed: Path) -> Callable[..., Settings]:
 
 def fake_backend(settings: Settings, **kwargs: Any) -> FakeBackend:
     store = FileStore(settings.data_dir, max_bytes=settings.max_store_mb * MB)
-    return FakeBackend(store, max_upload_bytes=settings.max_upload_bytes, **kwargs)
+    return FakeBackend(store, **kwargs)
 
 
 @asynccontextmanager
@@ -47,7 +47,7 @@ async def connect(
     """An in-memory MCP client on a server around `backend` (a fresh fake when None)."""
     backend = backend or fake_backend(settings)
     try:
-        async with Client(create_server(backend, settings), **client_kwargs) as client:
+        async with Client(create_server(backend, backend.store, settings), **client_kwargs) as client:
             yield client, backend
     finally:
         backend.store.close()
@@ -62,5 +62,5 @@ def backend(settings: Settings) -> Iterator[FakeBackend]:
 
 @pytest.fixture
 async def client(settings: Settings, backend: FakeBackend) -> AsyncIterator[Client]:
-    async with Client(create_server(backend, settings)) as c:
+    async with Client(create_server(backend, backend.store, settings)) as c:
         yield c

@@ -144,17 +144,6 @@ def test_opening_again_removes_temporaries_orphan_blobs_and_rows_without_blobs(t
         reopened.close()
 
 
-def test_sessions_are_recorded_updated_and_closed(store: FileStore) -> None:
-    rec = store.create_session("local", {"workspace": "/w"})
-    assert store.session(rec.session_id) == rec and rec.session_id.startswith("sess-")
-    store.update_session(rec.session_id, state={"workspace": "/v"}, closed=True)
-    updated = store.session(rec.session_id)
-    assert updated.state == {"workspace": "/v"} and updated.closed and updated.last_used_at >= rec.last_used_at
-    assert [s.session_id for s in store.sessions("local")] == [rec.session_id] and store.sessions("azure") == []
-    with pytest.raises(NotFoundError, match="looks like a file id"):
-        store.session("file-0")
-
-
 @pytest.mark.parametrize(
     ("name", "media_type"),
     [
@@ -166,3 +155,23 @@ def test_sessions_are_recorded_updated_and_closed(store: FileStore) -> None:
 )
 def test_media_types_come_from_the_name(name: str, media_type: str) -> None:
     assert guess_media_type(name) == media_type
+
+
+def test_ids_a_backend_recognises_resolve_to_the_stored_file_and_others_stay_unknown(store: FileStore) -> None:
+    info = store.put_bytes("bars.png", b"\x89PNG", origin="generated", session_id="sess-1")
+
+    def other_ids(file_id: str) -> str | None:
+        if file_id == "assistant-known":
+            return info.file_id
+        if file_id.startswith("assistant-"):
+            raise NotFoundError(f"'{file_id}' is the service's id, not ours")
+        return None
+
+    store.recognise_ids(other_ids)
+
+    assert store.get("assistant-known") == info
+    assert store.path("assistant-known") == store.path(info.file_id)
+    with pytest.raises(NotFoundError, match="the service's id"):
+        store.get("assistant-other")
+    with pytest.raises(NotFoundError, match="No file with id 'file-nope'"):
+        store.get("file-nope")

@@ -30,6 +30,7 @@ from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.backends.local.pool import KernelPool, WarmKernel
+from ci_mcp.backends.local.state import LocalSessionState
 from ci_mcp.errors import (
     BackendUnavailableError,
     CapacityError,
@@ -38,6 +39,7 @@ from ci_mcp.errors import (
     InvalidInputError,
     StorageFullError,
 )
+from ci_mcp.files import keep_generated_now
 from ci_mcp.models import (
     FileInfo,
     OutputCallback,
@@ -48,6 +50,7 @@ from ci_mcp.models import (
     SessionInfo,
     TextOutput,
 )
+from ci_mcp.sessions import SessionStore, session_info
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore, is_disk_full
 from ci_mcp.textsafe import quote, storable
@@ -107,6 +110,7 @@ class LocalBackend:
     def __init__(self, settings: Settings, store: FileStore) -> None:
         self.settings = settings
         self.store = store
+        self.records = SessionStore(store.data_dir)
         self.plan = sandbox.plan_sandbox(settings.sandbox)
         self.data_mount = sandbox.DATA_MOUNT if self.plan.mode == "bwrap" else ""
         self.codewriter: CodeWriter | None = None
@@ -277,17 +281,17 @@ class LocalBackend:
         live = self._live.get(session_id)
         if live is not None:
             return live
-        record = self.store.open_session(session_id, self.name)  # unknown, another backend's, or closed: refused
+        record = self.records.open(session_id, self.name, LocalSessionState)  # unknown, another's, closed: refused
         done = anyio.Event()
         self._starting[session_id] = done  # no await since the lookup above: one start per session
         try:
             await self._reserve()
             try:
-                ws = Path(str(record.state.get("workspace", "")))
-                if not ws.is_dir():
+                ws = Path(record.state.workspace)
+                if not record.state.workspace or not ws.is_dir():
                     ws = self.store.workspaces_dir / secrets.token_hex(8)
                     ws.mkdir(mode=0o700)
-                    self.store.update_session(session_id, state={"workspace": str(ws)})
+                    self.records.update(session_id, state=LocalSessionState(str(ws)))
                 await _report(progress, "starting a new Python kernel for this session")
                 kernel = await self._start_kernel(ws)
             finally:
@@ -314,7 +318,7 @@ class LocalBackend:
         finally:
             self._reserved -= 1
         try:
-            record = self.store.create_session(self.name, {"workspace": str(warm.workspace)})
+            record = self.records.create(self.name, LocalSessionState(str(warm.workspace)))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await warm.kernel.stop()
@@ -358,36 +362,18 @@ class LocalBackend:
                     await self._stop_live(live)
 
     async def close_session(self, session_id: str) -> None:
-        self.store.session(session_id)
+        self.records.get(session_id, LocalSessionState)
         while (starting := self._starting.get(session_id)) is not None:
             await starting.wait()
         live = self._live.get(session_id)
         if live is not None:
             async with live.lock:
                 await self._stop_live(live)
-        self.store.update_session(session_id, closed=True)
+        self.records.update(session_id, closed=True)
 
     async def sessions(self) -> list[SessionInfo]:
-        return [self.store.session_info(r, r.session_id in self._live) for r in self.store.sessions(self.name)]
-
-    # -- files -----------------------------------------------------------------------------------------------
-
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        if isinstance(source, bytes):
-            data = source
-            return await anyio.to_thread.run_sync(lambda: self.store.put_bytes(name, data, origin="upload"))
-        return await anyio.to_thread.run_sync(
-            lambda: self.store.put_path(name, source, origin="upload", max_bytes=self.settings.max_upload_bytes)
-        )
-
-    async def file_info(self, file_id: str) -> FileInfo:
-        return self.store.get(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        return self.store.path(file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        return self.store.list(session_id)
+        records = self.records.list(LocalSessionState, self.name)
+        return [session_info(r, r.session_id in self._live, self.store) for r in records]
 
     # -- runs ------------------------------------------------------------------------------------------------
 
@@ -440,7 +426,7 @@ class LocalBackend:
             finally:
                 live.last_used = time.monotonic()
                 try:
-                    self.store.update_session(live.session_id)
+                    self.records.update(live.session_id)
                 except (CiMcpError, sqlite3.Error) as exc:  # bookkeeping only: never lose the result for it
                     log.warning("could not record the use of session %s: %s", live.session_id, exc)
 
@@ -568,7 +554,7 @@ class LocalBackend:
         except Exception as exc:
             failed(exc, "collecting the files the run wrote")
         try:
-            collector.finish(live.runs)
+            await anyio.to_thread.run_sync(collector.finish, live.runs)  # may keep the full output: off the loop
         except Exception as exc:
             failed(exc, "keeping the full output")
         for cause, names in lost.items():
@@ -657,12 +643,9 @@ class LocalBackend:
                 continue
             try:
                 with os.fdopen(fd, "rb") as fh:
-                    info = self.store.put_stream(
-                        storable(rel),
-                        fh,
-                        origin="generated",
-                        max_bytes=self.settings.max_upload_bytes,
-                        session_id=live.session_id,
+                    limit = self.settings.max_upload_bytes
+                    info = keep_generated_now(
+                        self.store, storable(rel), fh, session_id=live.session_id, max_bytes=limit
                     )
             except FileTooLargeError:
                 too_big = self.settings.max_upload_bytes

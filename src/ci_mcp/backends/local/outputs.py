@@ -18,6 +18,7 @@ from typing import BinaryIO, Literal
 import anyio
 
 from ci_mcp.backends.local.kernel import ClearEvent, DisplayEvent, ErrorEvent, KernelEvent, StreamEvent
+from ci_mcp.files import keep_generated_now
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore
 
@@ -129,12 +130,8 @@ class OutputCollector:
                 self._drop(f"displayed {media_type} payload(s) were not valid base64 and were dropped")
                 continue
             self._figures += 1
-            info = self.store.put_bytes(
-                f"figure-{self._figures}.{ext}",
-                raw,
-                origin="generated",
-                session_id=self.session_id,
-                media_type=media_type,
+            info = keep_generated_now(
+                self.store, f"figure-{self._figures}.{ext}", raw, session_id=self.session_id, media_type=media_type
             )
             self.generated.append(info)
             self.items.append(ImageOutput(info, raw))
@@ -142,10 +139,10 @@ class OutputCollector:
         svg = data.get("image/svg+xml")
         if svg is not None and self._admit(len(svg), "displayed image/svg+xml"):
             self._figures += 1
-            info = self.store.put_bytes(
+            info = keep_generated_now(
+                self.store,
                 f"figure-{self._figures}.svg",
                 svg.encode("utf-8", errors="replace"),
-                origin="generated",
                 session_id=self.session_id,
                 media_type="image/svg+xml",
             )
@@ -251,13 +248,13 @@ class OutputCollector:
         try:
             if self._text_total > self._text_kept or self._error_cut:
                 with open(path, "rb") as fh:
-                    info = self.store.put_stream(
+                    info = keep_generated_now(
+                        self.store,
                         f"output-run{run_number}.txt",
                         fh,
-                        origin="generated",
-                        max_bytes=SPILL_CAP,
                         session_id=self.session_id,
                         media_type="text/plain",
+                        max_bytes=SPILL_CAP,
                     )
                 self.generated.append(info)
                 note = (

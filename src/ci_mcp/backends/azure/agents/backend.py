@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -55,8 +55,9 @@ from ci_mcp.models import (
     SessionInfo,
     TextOutput,
 )
+from ci_mcp.sessions import SessionRecord, SessionStore, session_info
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore, SessionRecord
+from ci_mcp.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class SessionState:
     """Container file id -> size of generated files already fetched."""
 
     @classmethod
-    def load(cls, raw: dict[str, object]) -> SessionState:
+    def load(cls, raw: Mapping[str, object]) -> SessionState:
         files = raw.get("files")
         seen = raw.get("seen")
         return cls(
@@ -135,8 +136,9 @@ class AzureAgentsBackend:
                 "CI_MCP_BACKEND=azure needs AZURE_AI_PROJECT_ENDPOINT "
                 "(https://<account>.services.ai.azure.com/api/projects/<project>)."
             )
-        self._settings = settings
-        self._store = store
+        self.settings = settings
+        self.store = store
+        self.records = SessionStore(store.data_dir)
         self._endpoint = settings.azure_endpoint.rstrip("/")
         self._credential = credential
         self._ca_file = ca_file
@@ -176,23 +178,16 @@ class AzureAgentsBackend:
 
     # -- files -------------------------------------------------------------------------------------------------------
 
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        """Keep the file in the store, then send it to Azure (Files API, purpose=assistants). If Azure refuses, the
-        error is raised; the stored copy stays and is sent again when a run first uses it."""
-        if isinstance(source, bytes):
-            info = await anyio.to_thread.run_sync(lambda: self._store.put_bytes(name, source, origin="upload"))
-        else:
-            info = await anyio.to_thread.run_sync(
-                lambda: self._store.put_path(name, source, origin="upload", max_bytes=self._settings.max_upload_bytes)
-            )
+    async def file_stored(self, info: FileInfo) -> None:
+        """An upload is in the store: send it to Azure now (Files API, purpose=assistants). If Azure refuses, the
+        error is the upload's answer; the stored copy stays and is sent again when a run first uses it."""
         await self._remote_id(info, deadline=None)
-        return info
 
     async def _remote_id(self, info: FileInfo, deadline: float | None) -> str:
         known = self._remote.get(info.file_id, info.sha256)
         if known:
             return known
-        path = self._store.path(info.file_id)
+        path = self.store.path(info.file_id)
         client = self._c().openai
 
         async def send() -> Any:
@@ -205,26 +200,16 @@ class AzureAgentsBackend:
         self._remote.put(info.file_id, info.sha256, str(created.id))
         return str(created.id)
 
-    async def file_info(self, file_id: str) -> FileInfo:
-        return self._store.get(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        return self._store.path(file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        return self._store.list(session_id)
-
     # -- sessions ----------------------------------------------------------------------------------------------------
 
-    def _session(self, session_id: str) -> SessionRecord:
-        return self._store.open_session(session_id, BACKEND)
+    def _session(self, session_id: str) -> SessionRecord[SessionState]:
+        return self.records.open(session_id, BACKEND, SessionState)
 
     async def sessions(self) -> list[SessionInfo]:
-        return [self._store.session_info(r, live=True) for r in self._store.sessions(BACKEND) if not r.closed]
+        return [session_info(r, True, self.store) for r in self.records.list(SessionState, BACKEND) if not r.closed]
 
     async def close_session(self, session_id: str) -> None:
-        rec = self._session(session_id)
-        state = SessionState.load(rec.state)
+        state = self._session(session_id).state
         if state.conversation_id:
             conversation_id = state.conversation_id
             try:
@@ -235,7 +220,7 @@ class AzureAgentsBackend:
                 )
             except Exception as exc:  # closing stays local even when Azure cannot be told
                 log.info("could not delete conversation %s: %s", conversation_id, exc)
-        self._store.update_session(session_id, closed=True)
+        self.records.update(session_id, closed=True)
         self._locks.pop(session_id, None)
 
     async def _new_conversation(self, deadline: float) -> str:
@@ -254,15 +239,15 @@ class AzureAgentsBackend:
         if not (request.code or request.request):
             raise InvalidInputError("Pass `request` (what to analyse, in plain words) or `code` (Python to run).")
         started = time.monotonic()
-        timeout = self._settings.run_timeout(request.timeout_seconds)
-        new_files = [self._store.get(fid) for fid in request.file_ids]
+        timeout = self.settings.run_timeout(request.timeout_seconds)
+        new_files = [self.store.get(fid) for fid in request.file_ids]
         if request.session_id is None:
-            session_id = self._store.create_session(BACKEND).session_id
+            session_id = self.records.create(BACKEND, SessionState()).session_id
         else:
             session_id = self._session(request.session_id).session_id
         lock = self._locks.setdefault(session_id, anyio.Lock())
         async with lock:
-            state = SessionState.load(self._session(session_id).state)
+            state = self._session(session_id).state
             deadline = anyio.current_time() + timeout
             report = StageReporter(progress)
             await report("preparing")
@@ -292,7 +277,7 @@ class AzureAgentsBackend:
                 f"A session can use at most {MAX_FILES} files on Azure; this one would have {len(attached_ids)}. "
                 "Start a new session (omit session_id) with the files this step needs."
             )
-        attached = [self._store.get(fid) for fid in attached_ids]
+        attached = [self.store.get(fid) for fid in attached_ids]
         fresh = {f.file_id for f in new_files if f.file_id not in state.files}
         clients = self._c()
         expired = False
@@ -302,7 +287,7 @@ class AzureAgentsBackend:
                 version = await self._versions.ensure(clients.project, len(remote_ids), deadline)
                 if not state.conversation_id:
                     state.conversation_id = await self._new_conversation(deadline)
-                    self._store.update_session(session_id, state=state.dump())
+                    self.records.update(session_id, state=state)
                 elif state.container_id and fresh:
                     to_add = [(f, rid) for f, rid in zip(attached, remote_ids, strict=True) if f.file_id in fresh]
                     try:
@@ -334,11 +319,11 @@ class AzureAgentsBackend:
             state.conversation_id = await self._new_conversation(deadline)
             state.container_id = None
             state.seen = {}
-            self._store.update_session(session_id, state=state.dump())
+            self.records.update(session_id, state=state)
             outcome = await self._respond(state, body, report, deadline)
         state.files = attached_ids
         if outcome.timed_out or outcome.digest is None:
-            self._store.update_session(session_id, state=state.dump())
+            self.records.update(session_id, state=state)
             partial = (TextOutput(outcome.partial_text, kind="answer"),) if outcome.partial_text else ()
             return RunResult(
                 session_id=session_id,
@@ -359,7 +344,7 @@ class AzureAgentsBackend:
         if used:
             state.container_id = used[-1]
         state.seen.update(collected.seen)
-        self._store.update_session(session_id, state=state.dump())
+        self.records.update(session_id, state=state)
         raised = any(isinstance(o, ErrorOutput) for o in collected.outputs)
         status: RunStatus = "error" if raised else "ok"
         if outcome.digest.status == "incomplete":
@@ -423,12 +408,12 @@ class AzureAgentsBackend:
     ) -> Collected:
         assert outcome.digest is not None
         collected = await anyio.to_thread.run_sync(
-            lambda: render_steps(outcome.digest, request.code, self._store, session_id)  # type: ignore[arg-type]
+            lambda: render_steps(outcome.digest, request.code, self.store, session_id)  # type: ignore[arg-type]
         )
         await fetch_files(
             self._c().openai,
             outcome.digest,
-            store=self._store,
+            store=self.store,
             session_id=session_id,
             seen=state.seen,
             policy=self._policy,

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from openai import AsyncOpenAI
 
 from ci_mcp.backends.azure.agents.wire import (
@@ -33,6 +32,7 @@ from ci_mcp.backends.azure.agents.wire import (
 )
 from ci_mcp.backends.azure.errors import RetryPolicy, call_with_retry, redact
 from ci_mcp.errors import CiMcpError
+from ci_mcp.files import keep_generated, keep_generated_now
 from ci_mcp.models import ErrorOutput, FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore, guess_media_type
 
@@ -108,8 +108,8 @@ def render_steps(digest: ResponseDigest, given_code: str | None, store: FileStor
                         out.notices.append(_unshown_image_notice(url))
                     continue
                 shown += 1
-                info = store.put_bytes(
-                    f"display-{shown}.png", data, origin="generated", session_id=session_id, media_type="image/png"
+                info = keep_generated_now(
+                    store, f"display-{shown}.png", data, session_id=session_id, media_type="image/png"
                 )
                 out.generated.append(info)
                 out.outputs.append(ImageOutput(info, data))
@@ -205,10 +205,8 @@ async def fetch_files(  # noqa: C901 - known, to split (issue 10)
         media_type = guess_media_type(target.name)
         if target.file_id in display and not media_type.startswith("image/"):
             media_type = "image/png"
-        info = await anyio.to_thread.run_sync(
-            lambda t=target, d=data, m=media_type: store.put_bytes(  # type: ignore[misc]
-                t.name or t.file_id, d, origin="generated", session_id=session_id, media_type=m
-            )
+        info = await keep_generated(
+            store, target.name or target.file_id, data, session_id=session_id, media_type=media_type
         )
         out.seen[target.file_id] = len(data)
         out.generated.append(info)

@@ -1,8 +1,10 @@
 """The `azure-classic` backend: Foundry classic agents (azure-ai-agents: agents, threads, messages, runs).
 
 The flow of the original Azure walk-through, served through the three tools:
-- `upload`: keep the local copy in the store, then upload to Azure with purpose "agents" (`assistants` on the wire).
-  Azure never gives uploaded inputs back, so the local copy is the only one that can be fetched later.
+- an upload: the server keeps the local copy in its store, then `file_stored` uploads it to Azure with purpose
+  "agents" (`assistants` on the wire). Azure never gives uploaded inputs back, so the local copy is the only one
+  that can be fetched later; an Azure id the model copies from an answer is recognised by the store
+  (`FileStore.recognise_ids`).
 - `run`: one reused agent with the Code Interpreter tool (found by name, or created once); session = thread; the
   step's files go on the user message as attachments for the Code Interpreter; the run is streamed
   (`runs.stream`), never polled, with progress from run and step events and a deadline; cancelling the call
@@ -20,8 +22,8 @@ import contextlib
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,8 +48,9 @@ from ci_mcp.errors import (
     RunFailedError,
 )
 from ci_mcp.models import FileInfo, ProgressCallback, RunRequest, RunResult, RunStatus, SessionInfo
+from ci_mcp.sessions import SessionRecord, SessionStore, session_info
 from ci_mcp.settings import Settings
-from ci_mcp.store import FileStore, SessionRecord
+from ci_mcp.store import FileStore
 
 if TYPE_CHECKING:
     from azure.ai.agents.aio import AgentsClient
@@ -62,6 +65,21 @@ _CANCEL_WAIT_SECONDS = 10.0
 _UPLOAD_PROCESSING_SECONDS = 120.0
 _MESSAGES_PAGE = 100
 """The service's largest page: one listing holds a run's messages."""
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    """What a session keeps in its session record: the Azure thread it is."""
+
+    thread_id: str = ""
+
+    @classmethod
+    def load(cls, raw: Mapping[str, object]) -> ThreadState:
+        thread_id = raw.get("thread_id")
+        return cls(thread_id if isinstance(thread_id, str) else "")
+
+    def dump(self) -> dict[str, object]:
+        return {"thread_id": self.thread_id}
 
 
 class ClassicAgentsBackend:
@@ -95,8 +113,9 @@ class ClassicAgentsBackend:
                 "CI_MCP_BACKEND=azure-classic needs AZURE_AI_PROJECT_ENDPOINT "
                 "(https://<account>.services.ai.azure.com/api/projects/<project>)."
             )
-        self._settings = settings
-        self._store = store
+        self.settings = settings
+        self.store = store
+        self.records = SessionStore(store.data_dir)
         self._endpoint = settings.azure_endpoint
         self._own_credential = credential is None
         self._credential = credential
@@ -112,6 +131,7 @@ class ClassicAgentsBackend:
         """ci-mcp file id -> Azure file id of its upload (classic Files API), kept on disk."""
         self._local_of_remote: dict[str, str] = {}
         """Azure file id -> ci-mcp file id, for ids the calling model copies from answers."""
+        store.recognise_ids(self._local_id)
         self._processing: dict[str, str] = {}
         """ci-mcp file id -> Azure file id of an upload Azure was still processing when we stopped waiting."""
 
@@ -145,44 +165,28 @@ class ClassicAgentsBackend:
 
     # -- files ------------------------------------------------------------------------------------------------
 
-    async def upload(self, name: str, source: Path | bytes) -> FileInfo:
-        if isinstance(source, bytes):
-            info = await anyio.to_thread.run_sync(partial(self._store.put_bytes, name, source, origin="upload"))
-        else:
-            info = await anyio.to_thread.run_sync(
-                partial(self._store.put_path, name, source, origin="upload", max_bytes=self._settings.max_upload_bytes)
-            )
+    async def file_stored(self, info: FileInfo) -> None:
+        """An upload is in the store: send it to Azure now. If Azure is unavailable the upload still succeeds; it is
+        sent when a run first uses the file."""
         try:
             await self._upload_remote(info)
         except BackendUnavailableError as exc:
-            # The local copy is kept; the upload is tried again when a run first uses the file.
             log.warning("upload of %s to Azure deferred: %s", info.file_id, exc)
-        return info
 
-    async def file_info(self, file_id: str) -> FileInfo:
-        return self._lookup(file_id)
-
-    async def file_path(self, file_id: str) -> Path:
-        return self._store.path(self._lookup(file_id).file_id)
-
-    async def list_files(self, session_id: str | None = None) -> list[FileInfo]:
-        return self._store.list(session_id)
-
-    def _lookup(self, file_id: str) -> FileInfo:
-        try:
-            return self._store.get(file_id)
-        except NotFoundError:
-            local = self._local_of_remote.get(file_id)
-            if local is not None:
-                return self._store.get(local)
-            if _AZURE_FILE_ID.fullmatch(file_id) and not _OUR_FILE_ID.fullmatch(file_id):
-                raise NotFoundError(
-                    f"'{file_id}' looks like an Azure file id, not a ci-mcp one. Azure does not give back files "
-                    "uploaded to agents (only files the code interpreter generated, and only for a while), so "
-                    "ci-mcp keeps its own copy of every upload and every generated file under the ids that "
-                    "upload_file and run_code_analysis return; list_files shows them."
-                ) from None
-            raise
+    def _local_id(self, file_id: str) -> str | None:
+        """The store's id of a file the calling model names by its Azure id (copied from an answer); for another
+        Azure-looking id, why Azure cannot give it back."""
+        local = self._local_of_remote.get(file_id)
+        if local is not None:
+            return local
+        if _AZURE_FILE_ID.fullmatch(file_id) and not _OUR_FILE_ID.fullmatch(file_id):
+            raise NotFoundError(
+                f"'{file_id}' looks like an Azure file id, not a ci-mcp one. Azure does not give back files "
+                "uploaded to agents (only files the code interpreter generated, and only for a while), so "
+                "ci-mcp keeps its own copy of every upload and every generated file under the ids that "
+                "upload_file and run_code_analysis return; list_files shows them."
+            )
+        return None
 
     async def _upload_remote(self, info: FileInfo, limit: float = _UPLOAD_PROCESSING_SECONDS) -> str:
         """The Azure id of `info` once Azure has processed it, waiting at most `limit` seconds for the processing.
@@ -192,7 +196,7 @@ class ClassicAgentsBackend:
         from azure.ai.agents.models import FilePurpose
 
         client = self._require_client()
-        path = self._store.path(info.file_id)
+        path = self.store.path(info.file_id)
         what = f"uploading '{info.name}'"
         remote: Any = None
         pending = self._processing.pop(info.file_id, None)
@@ -229,13 +233,14 @@ class ClassicAgentsBackend:
     # -- sessions ---------------------------------------------------------------------------------------------
 
     async def sessions(self) -> list[SessionInfo]:
-        return [self._store.session_info(r, live=not r.closed) for r in self._store.sessions(BACKEND_NAME)]
+        records = self.records.list(ThreadState, BACKEND_NAME)
+        return [session_info(r, not r.closed, self.store) for r in records]
 
     async def close_session(self, session_id: str) -> None:
         record = self._session_record(session_id, allow_closed=True)
         if record.closed:
             return
-        thread_id = str(record.state.get("thread_id", ""))
+        thread_id = record.state.thread_id
         client = self._require_client()
         if thread_id:
             try:
@@ -247,20 +252,20 @@ class ClassicAgentsBackend:
                 )
             except CiMcpError as exc:  # closing stays local even when Azure cannot be told
                 log.info("could not delete thread %s: %s", thread_id, exc)
-        self._store.update_session(session_id, closed=True)
+        self.records.update(session_id, closed=True)
         self._session_locks.pop(session_id, None)
 
-    def _session_record(self, session_id: str, *, allow_closed: bool = False) -> SessionRecord:
-        return self._store.open_session(session_id, BACKEND_NAME, allow_closed=allow_closed)
+    def _session_record(self, session_id: str, *, allow_closed: bool = False) -> SessionRecord[ThreadState]:
+        return self.records.open(session_id, BACKEND_NAME, ThreadState, allow_closed=allow_closed)
 
-    async def _open_session(self, session_id: str | None) -> SessionRecord:
+    async def _open_session(self, session_id: str | None) -> SessionRecord[ThreadState]:
         if session_id is not None:
             return self._session_record(session_id)
         client = self._require_client()
         thread = await call_sdk(
             client.threads.create, what="creating a thread", sleep=self._sleep, policy=self._retry, idempotent=False
         )
-        return self._store.create_session(BACKEND_NAME, {"thread_id": str(thread.id)})
+        return self.records.create(BACKEND_NAME, ThreadState(str(thread.id)))
 
     def _lock_for(self, session_id: str) -> anyio.Lock:
         return self._session_locks.setdefault(session_id, anyio.Lock())
@@ -274,7 +279,7 @@ class ClassicAgentsBackend:
             from azure.ai.agents.models import CodeInterpreterToolDefinition
 
             client = self._require_client()
-            s = self._settings
+            s = self.settings
             wanted_name = s.azure_agent_name
 
             async def find() -> Any:
@@ -327,15 +332,15 @@ class ClassicAgentsBackend:
                 "Pass `request` (what to analyse, in words) and/or `code` (Python for the agent to run)."
             )
         started = anyio.current_time()
-        limit = self._settings.run_timeout(request.timeout_seconds)
+        limit = self.settings.run_timeout(request.timeout_seconds)
         deadline = started + limit
         for file_id in request.file_ids:
-            self._lookup(file_id)  # unknown ids fail before anything is created on Azure
+            self.store.get(file_id)  # unknown ids fail before anything is created on Azure
         record = await self._open_session(request.session_id)
         async with self._lock_for(record.session_id):
             record = self._session_record(record.session_id)
             await self._ensure_agent()
-            thread_id = str(record.state["thread_id"])
+            thread_id = record.state.thread_id
             attached = await self._attach(record, request.file_ids, deadline)
             await self._post_message(record, thread_id, request, attached)
             tracker = RunTracker()
@@ -358,17 +363,19 @@ class ClassicAgentsBackend:
                 duration_seconds=anyio.current_time() - started,
             )
 
-    async def _attach(self, record: SessionRecord, file_ids: tuple[str, ...], deadline: float) -> list[Attached]:
+    async def _attach(
+        self, record: SessionRecord[ThreadState], file_ids: tuple[str, ...], deadline: float
+    ) -> list[Attached]:
         attached: list[Attached] = []
         for file_id in dict.fromkeys(file_ids):
-            info = self._lookup(file_id)
+            info = self.store.get(file_id)
             limit = min(_UPLOAD_PROCESSING_SECONDS, max(0.0, deadline - anyio.current_time()))
             remote_id = self._remote.get(info.file_id, info.sha256) or await self._upload_remote(info, limit)
             attached.append(Attached(info.name, remote_id))
         return attached
 
     async def _post_message(
-        self, record: SessionRecord, thread_id: str, request: RunRequest, attached: list[Attached]
+        self, record: SessionRecord[ThreadState], thread_id: str, request: RunRequest, attached: list[Attached]
     ) -> None:
         from azure.ai.agents.models import CodeInterpreterToolDefinition, MessageAttachment
 
@@ -462,14 +469,14 @@ class ClassicAgentsBackend:
             return "timeout", (
                 f"The Azure run did not finish within its {limit:.0f} s limit and was cancelled. The session's "
                 "thread is kept: ask for a smaller step, or pass a larger timeout_seconds "
-                f"(at most {self._settings.max_run_timeout_seconds:.0f}).",
+                f"(at most {self.settings.max_run_timeout_seconds:.0f}).",
             )
         if tracker.requires_action:
             await self._cancel_run(thread_id, tracker.run_id)
             tools = ", ".join(tracker.required_tools) or "a function tool"
             raise RunFailedError(
                 f"The Azure agent asked for a client-side tool call ({tools}), which ci-mcp does not provide, so "
-                f"the run was cancelled. The agent '{self._settings.azure_agent_name}' should have only the Code "
+                f"the run was cancelled. The agent '{self.settings.azure_agent_name}' should have only the Code "
                 "Interpreter tool: the operator can remove its other tools or set CI_MCP_AZURE_AGENT_NAME to a "
                 "new name. Retrying the same step will likely hit this again."
             )
@@ -542,7 +549,7 @@ class ClassicAgentsBackend:
                 return None
             return str(info.filename) if info.filename else None
 
-        collector = OutputCollector(self._store, session_id, fetch_bytes, fetch_name)
+        collector = OutputCollector(self.store, session_id, fetch_bytes, fetch_name)
         return await collector.collect(plan_outputs(tracker, listed))
 
     async def _cancel_run(self, thread_id: str, run_id: str | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ci_mcp.backends.azure.classic.stream import RunTracker, as_list, as_str, dig
 from ci_mcp.errors import CiMcpError
+from ci_mcp.files import keep_generated
 from ci_mcp.models import FileInfo, ImageOutput, OutputItem, TextOutput
 from ci_mcp.store import FileStore, guess_media_type
 
@@ -226,7 +227,7 @@ class OutputCollector:
         media_type = sniff_media_type(data, name)
         if "." not in name and media_type in _EXTENSIONS:
             name += _EXTENSIONS[media_type]
-        info = self._store.put_bytes(name, data, origin="generated", session_id=self._session_id, media_type=media_type)
+        info = await keep_generated(self._store, name, data, session_id=self._session_id, media_type=media_type)
         self._files[remote_id] = (info, data)
         return info, data
 
