@@ -230,7 +230,7 @@ class Responder:
         self._consumed = bytearray()
         self._eof = False
         self._answered: dict[str | int, Any] = {}
-        self._era: str | None = None  # "legacy" once initialize was answered, "modern" once an enveloped request
+        self._era: str | None = None  # "legacy" once a plain request was answered, "modern" once an enveloped one
         self._version: str | None = None  # the negotiated version of the legacy era
         self._serving = True
         self._wake_r, self._wake_w = os.pipe()
@@ -307,7 +307,7 @@ class Responder:
             result = self._modern_result(method, params)
         elif self._era == "modern":
             return None
-        elif method == "initialize" and self._era is None:
+        elif method == "initialize" and self._version is None:
             requested = _plain_initialize(params)
             if requested is None:
                 return None
@@ -318,6 +318,7 @@ class Responder:
             result = self._answers["tools/list"][self._version]
         elif method == "ping" and not params:
             result = self._answers["ping"]
+            self._era = self._era or "legacy"  # a first request without the envelope opens the handshake era
         else:
             return None
         if result is None:

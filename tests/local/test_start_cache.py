@@ -315,6 +315,21 @@ def test_a_request_before_initialize_is_left_to_the_server(tmp_path: Path) -> No
         assert CACHED not in server.stderr()
 
 
+def test_a_ping_first_opens_the_handshake_era_as_with_the_sdk(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    with serving(tmp_path, env) as server:
+        server.send(request(1, "ping"), request(2, "server/discover", envelope(MODERN_PROTOCOL_VERSIONS[-1])))
+        assert server.answer(1)["result"] == {}
+        refused = server.answer(2)
+        assert "error" in refused, refused  # the SDK refuses the envelope on a connection opened without it
+        server.send(initialize(LATEST_HANDSHAKE_VERSION, rid=3))
+        assert server.answer(3)["result"]["protocolVersion"] == LATEST_HANDSHAKE_VERSION
+        assert server.close() == 0
+        stderr = server.stderr()
+    assert f"answered 1 {CACHED}" in stderr and f"answered 2 {CACHED}" not in stderr, stderr
+
+
 CORRUPT = [
     b"",
     b"\x00\xff garbage",
