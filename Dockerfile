@@ -2,6 +2,8 @@
 #   docker build -t ci-mcp .
 #   docker run -i --rm -v "$PWD:/data" ci-mcp                  # what an MCP client launches (stdio)
 #   docker run --rm -v "$PWD:/data" ci-mcp doctor              # what works inside this container
+# bubblewrap needs to mount a /proc for each kernel: podman run --security-opt unmask=ALL (docker: systempaths=unconfined);
+# without it ci-mcp runs kernels unsandboxed inside the container and says so. README "Docker" has the details.
 # /data is your data folder (upload_file reads and save_to writes there); /var/lib/ci-mcp keeps ci-mcp's files.
 FROM python:3.11-slim-bookworm
 

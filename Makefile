@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli clean
+.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli registry-schema image test-path-walk clean
 
 setup: $(STAMP)
 
@@ -18,9 +18,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
-test: setup lint typecheck mcpb-cli
+test: setup lint typecheck mcpb-cli registry-schema
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-path-walk
 	$(MAKE) --no-print-directory package
+
+# The local backend's tests with session directories walked by paths, as on Windows (no directory file descriptors);
+# tests/unit/test_workspace.py and tests/local/test_host_walk.py run both walks in every run anyway.
+test-path-walk: setup
+	$(PY) -m pytest -q --walk=paths tests/local/test_tools.py tests/local/test_sessions.py \
+		tests/local/test_store_limits.py tests/local/test_hostile.py tests/local/test_output_caps.py
 
 # The inner loop, in seconds: the MCP surface over a scripted backend and the unit tests; everything but the slow
 # groups (azure, hostile, e2e, kernel; see tests/conftest.py). `make test` runs them all.
@@ -48,6 +55,16 @@ package: setup
 	$(PKG_VENV)/bin/python -m pip install --quiet --compile dist/*.whl
 	cd build && CI_MCP_DATA_DIR=$(CURDIR)/build/package-data CI_MCP_ALLOWED_DIRS=$(CURDIR)/build \
 		package-venv/bin/ci-mcp doctor
+	$(PY) -m pytest -q -p no:cacheprovider tests/packaging/test_container.py -k entry_command \
+		--image-entry=$(CURDIR)/$(PKG_VENV)/bin/ci-mcp
+
+# The container image (Dockerfile), with whichever builder answers: docker (a daemon), else podman (none needed).
+CONTAINER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif podman info >/dev/null 2>&1; then echo podman; fi)
+IMAGE ?= ci-mcp
+image:
+	@if [ -z "$(CONTAINER)" ]; then echo "no container builder answers (docker info, podman info): install one" >&2; exit 1; fi
+	$(CONTAINER) build -t $(IMAGE) .
+	$(CONTAINER) run --rm $(IMAGE) --version
 
 # The MCP Bundle (.mcpb) for Claude Desktop: manifest (packaging/mcpb/manifest.json) plus the project source; the
 # host runs it with uv (server type "uv"), which installs the dependencies on first start. Needs npm for the
@@ -63,6 +80,11 @@ $(MCPB):
 mcpb-cli:
 	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the MCP Bundle manifest tests will be skipped"; \
 	else $(MAKE) --no-print-directory $(MCPB) || echo "could not install $(MCPB): its tests will be skipped"; fi
+
+# The MCP registry's schema for server.json (the version its $schema names), for the test that validates it; where it
+# cannot be downloaded, a notice and a skipped test.
+registry-schema:
+	@$(PYTHON) scripts/registry-schema.py
 
 bundle: $(MCPB)
 	rm -rf $(BUNDLE_DIR) && mkdir -p $(BUNDLE_DIR) dist

@@ -18,6 +18,7 @@ from mcp import Client
 from mcp_types import CallToolResult, ImageContent, ResourceLink, TextContent
 
 from ci_mcp.backends.factory import create_backend
+from ci_mcp.backends.local import workspace
 from ci_mcp.files import Files, files_for
 from ci_mcp.models import RunResult, TextOutput
 from ci_mcp.server import create_server
@@ -62,6 +63,38 @@ SLOW_GROUPS = {
     # backend) and the modules' own behaviour in tests/unit, which together are the fast loop.
     "kernel": ("tests/local/",),
 }
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--walk",
+        choices=("native", "paths"),
+        default="native",
+        help="paths: walk session directories by paths, as on Windows (no directory file descriptors), in every test",
+    )
+
+    parser.addoption(
+        "--image-entry",
+        default="",
+        help="the ci-mcp console script of a clean install (make package's venv): the container image's entry "
+        "command test runs it instead of `python -m ci_mcp` from this source tree",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--walk") == "paths":
+        workspace.DIR_FDS = False
+
+
+@pytest.fixture(params=["native walk", "path walk"])
+def each_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with each walk of session directories: by directory file descriptors where the platform has them
+    (POSIX), and by paths (what Windows gets)."""
+    if request.param == "path walk":
+        monkeypatch.setattr(workspace, "DIR_FDS", False)
+    elif not workspace.DIR_FDS:
+        pytest.skip("this run walks by paths only (--walk=paths, or no directory file descriptors here)")
+    return str(request.param)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -190,8 +190,10 @@ def resolve_writable(raw: str, filename: str, roots: Sequence[Path], overwrite: 
 
 def write_atomically(target: Path, source: Path) -> None:
     tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
-    # O_EXCL alone already refuses an existing name (a symlink included); O_NOFOLLOW is POSIX only
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    # O_EXCL alone already refuses an existing name (a symlink included); O_NOFOLLOW is POSIX only; O_BINARY is
+    # Windows only, where a descriptor opened without it turns "\n" into "\r\n"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o644)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             while chunk := src.read(1024 * 1024):

@@ -67,6 +67,47 @@ def chunk_progress(progress: Progress) -> str:
     )
 
 
+def uploaded(info: FileInfo, given: str, data_mount: str | None) -> CallToolResult:
+    """An upload's answer: its id, where the code finds it (under `data_mount`, or its working directory), and the
+    name it was given when that differs from the stored one."""
+    where = f"at {data_mount}/{info.name}" if data_mount else f"as {quote(info.name)} in its working directory"
+    text = (
+        f"Uploaded {quote(info.name)} as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
+        f'Pass file_ids=["{info.file_id}"] to run_code_analysis; the code will find it {where}.'
+    )
+    if info.name != given:
+        text += (
+            f" The name {quote(given)} was changed to {quote(info.name)}: a file name there cannot hold "
+            "directories, control characters or more than 255 bytes, nor be '.' or '..'."
+        )
+    return with_ids(CallToolResult(content=[text_block(text)]), None, [info])
+
+
+def saved(info: FileInfo, target: Path) -> CallToolResult:
+    return CallToolResult(
+        content=[text_block(f"Saved {info.file_id} ({quote(info.name)}, {info.size:,} bytes) to {target}.")]
+    )
+
+
+MAX_LISTED_FILES = 200
+
+
+def file_list(listed: Sequence[FileInfo], session_id: str | None) -> CallToolResult:
+    """One line per file (the newest `MAX_LISTED_FILES`), with its session unless the list is one session's."""
+    if not listed:
+        return CallToolResult(content=[text_block("No files stored yet." if not session_id else "No files.")])
+    lines = [
+        f"{f.file_id}  {f.origin:9}  {f.size:>12,} B  {f.media_type:28}  {quote(f.name)}"
+        + (f"  (session {f.session_id})" if f.session_id and not session_id else "")
+        for f in listed[-MAX_LISTED_FILES:]
+    ]
+    return CallToolResult(content=[text_block("\n".join(lines))])
+
+
+def closed(session_id: str) -> CallToolResult:
+    return CallToolResult(content=[text_block(f"Session {session_id} closed; its files are kept.")])
+
+
 META_KEY = "ci-mcp/ids"
 
 

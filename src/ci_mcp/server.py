@@ -1,15 +1,16 @@
 """The MCP face of ci-mcp: registration of the tools and the files resource.
 
 With `rendering.py` (domain results to MCP content) and `http.py` (how HTTP callers get in), the only modules that
-import `mcp`. Upload policy lives in `uploads.py`; every tool's failures map to results in one place
+import `mcp`. `create_server` only registers: each tool here is its name, description and argument schema, a call
+to its body in `tools.ToolHandlers` (no MCP there) and the rendering of the answer. Upload policy lives in
+`uploads.py`, path policy in `paths.py`; every tool's failures map to results in one place
 (`rendering.answers_errors`). The tools declare no output schema, because some clients (Claude Code among them) drop
 image blocks otherwise.
 """
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -21,34 +22,38 @@ from mcp_types import (
     ListRootsResult,
     Resource,
     ResourceTemplate,
-    TextContent,
     ToolAnnotations,
 )
 from pydantic import Field
 
-from ci_mcp import __version__, paths
+from ci_mcp import __version__
 from ci_mcp.backends.base import Backend
-from ci_mcp.errors import CiMcpError, FileTooLargeError, InvalidInputError
+from ci_mcp.errors import CiMcpError, FileTooLargeError
 from ci_mcp.files import FileAccess, files_for
 from ci_mcp.http import HttpPlan, principal_of
 from ci_mcp.images import header_refusal
-from ci_mcp.models import FileInfo, RunRequest
+from ci_mcp.models import FileInfo
 from ci_mcp.ownership import OwnedBackend, OwnedFiles, Owners
 from ci_mcp.rendering import (
     FILE_URI,
     FILE_URI_PREFIX,
     answers_errors,
     chunk_progress,
+    closed,
+    file_list,
     file_uri,
     render_file,
     render_run,
+    saved,
     text_block,
+    uploaded,
     with_ids,
 )
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
-from ci_mcp.textsafe import escaped, quote
-from ci_mcp.uploads import MAX_FILE_IDS, ChunkedUploads, Progress, clean_name, decode_inline, file_ids_of
+from ci_mcp.textsafe import escaped
+from ci_mcp.tools import Saved, ToolHandlers, UploadArgs
+from ci_mcp.uploads import MAX_FILE_IDS, ChunkedUploads, Progress
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +163,7 @@ async def _client_roots(ctx: Context) -> ListRoots | None:
 ClientRoots = Annotated[ListRootsResult | None, Resolve(_client_roots)]
 
 
-def create_server(  # noqa: C901 - known, to split (issue 10)
+def create_server(
     backend: Backend, store: FileStore, settings: Settings, http: HttpPlan | None = None
 ) -> MCPServer[Any]:
     """Build the MCP server around one backend and the file store. The server serves every file (uploads, fetches,
@@ -173,6 +178,34 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
         owners = Owners(settings.data_dir)
         files = OwnedFiles(files, owners, current_principal)
         backend = OwnedBackend(backend, owners, current_principal, settings.max_sessions_per_principal)
+    server = _CiMcpServer(
+        "ci-mcp",
+        version=__version__,
+        instructions=instructions(backend),
+        lifespan=_lifespan(backend, owners),
+        log_level=settings.log_level,
+        auth=http.auth if http is not None else None,
+        token_verifier=http.verifier if http is not None else None,
+    )
+    server.files = files
+    server.ci_settings = settings
+    # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
+    for method in ("prompts/list", "prompts/get"):
+        server._lowlevel_server._request_handlers.pop(method, None)
+    tools = ToolHandlers(files, backend, settings, chunks, current_principal)
+    for register in (
+        _register_upload_file,
+        _register_run_code_analysis,
+        _register_fetch_generated_file,
+        _register_list_files,
+        _register_close_session,
+    ):
+        register(server, tools)
+    return server
+
+
+def _lifespan(backend: Backend, owners: Owners | None) -> Callable[[MCPServer[Any]], AbstractAsyncContextManager[None]]:
+    """Start the backend with the server; on the way out close it, then the ownership records."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
@@ -184,33 +217,30 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
             if owners is not None:
                 owners.close()
 
+    return lifespan
+
+
+def instructions(backend: Backend) -> str:
+    """The server's instructions at initialize: the tools in the order a model uses them, for this backend."""
     code_arg = "Python `code`" if backend.accepts_code else ""
     req_arg = "a natural-language `request`" if backend.accepts_request else ""
     accepts = " and/or ".join(a for a in (code_arg, req_arg) if a)
-    server = _CiMcpServer(
-        "ci-mcp",
-        version=__version__,
-        instructions=(
-            f"A code interpreter ({backend.name} backend). Upload data with upload_file, analyse it with "
-            f"run_code_analysis ({accepts}; keep the returned session_id to continue with the same state), and "
-            "get generated files with fetch_generated_file. " + backend.describe()
-        ),
-        lifespan=lifespan,
-        log_level=settings.log_level,
-        auth=http.auth if http is not None else None,
-        token_verifier=http.verifier if http is not None else None,
+    return (
+        f"A code interpreter ({backend.name} backend). Upload data with upload_file, analyse it with "
+        f"run_code_analysis ({accepts}; keep the returned session_id to continue with the same state), and "
+        "get generated files with fetch_generated_file. " + backend.describe()
     )
-    server.files = files
-    server.ci_settings = settings
-    # No prompts are defined: drop their handlers so initialize does not advertise a `prompts` capability.
-    for method in ("prompts/list", "prompts/get"):
-        server._lowlevel_server._request_handlers.pop(method, None)
 
-    def roots_for(listed: ListRootsResult | None) -> paths.Roots:
-        client = None
-        if listed is not None and listed.roots:
-            client = paths.roots_from_uris([str(r.uri) for r in listed.roots]) or None
-        return paths.effective_roots(settings.allowed_dirs, client, Path.cwd(), Path.home())
+
+def _root_uris(listed: ListRootsResult | None) -> list[str] | None:
+    """The client's roots as URIs, when it listed any."""
+    if listed is None or not listed.roots:
+        return None
+    return [str(r.uri) for r in listed.roots]
+
+
+def _register_upload_file(server: MCPServer[Any], tools: ToolHandlers) -> None:
+    settings = tools.settings
 
     @server.tool(
         description=(
@@ -243,88 +273,15 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
         ] = None,
         roots: ClientRoots = None,
     ) -> CallToolResult:
-        if more or upload_id is not None:
-            chunked = await _chunk(content_base64, filename, path, more, upload_id, offset, sha256)
-            if isinstance(chunked, Progress):
-                return CallToolResult(content=[text_block(chunk_progress(chunked))])
-            info, given = chunked
-        else:
-            info, given = await _upload(path, content_base64, filename, roots_for(roots))
-        where = (
-            f"at {backend.data_mount}/{info.name}"
-            if backend.data_mount
-            else f"as {quote(info.name)} in its working directory"
-        )
-        text = (
-            f"Uploaded {quote(info.name)} as {info.file_id} ({info.size:,} bytes, {info.media_type}). "
-            f'Pass file_ids=["{info.file_id}"] to run_code_analysis; the code will find it {where}.'
-        )
-        if info.name != given:
-            text += (
-                f" The name {quote(given)} was changed to {quote(info.name)}: a file name there cannot hold "
-                "directories, control characters or more than 255 bytes, nor be '.' or '..'."
-            )
-        return with_ids(CallToolResult(content=[TextContent(type="text", text=text)]), None, [info])
+        args = UploadArgs(path, content_base64, filename, more, upload_id, offset, sha256)
+        answer = await tools.upload_file(args, _root_uris(roots))
+        if isinstance(answer, Progress):
+            return CallToolResult(content=[text_block(chunk_progress(answer))])
+        return uploaded(answer.info, answer.given, tools.backend.data_mount)
 
-    async def _upload(
-        path: str | None, content_b64: str | None, filename: str | None, roots: list[Path]
-    ) -> tuple[FileInfo, str]:
-        """The stored file and the name it was given (the stored name is what the code sees)."""
-        if (path is None) == (content_b64 is None):
-            raise InvalidInputError("Pass exactly one of `path` or `content_base64` (with `filename`).")
-        if content_b64 is not None:
-            if not filename or not filename.strip():
-                raise InvalidInputError("`filename` is required with content_base64 (e.g. 'data.csv').")
-            data = decode_inline(content_b64, filename, settings.max_inline_upload_bytes)
-            if not data:
-                raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
-            return await files.upload(clean_name(filename), data), filename
-        assert path is not None
-        real = paths.resolve_readable(path, roots)
-        size = real.stat().st_size
-        if size == 0:
-            raise InvalidInputError(f"'{path}' is empty (0 bytes); there is nothing to analyse.")
-        if size > settings.max_upload_bytes:
-            raise FileTooLargeError(
-                f"'{path}' is {size:,} bytes, over the limit of {settings.max_upload_bytes:,}. Upload a smaller "
-                "extract (e.g. filter rows or columns first)."
-            )
-        return await files.upload(clean_name(filename or real.name), real), filename or real.name
 
-    async def _chunk(
-        content_b64: str | None,
-        filename: str | None,
-        path: str | None,
-        more: bool,
-        upload_id: str | None,
-        offset: int,
-        sha256: str | None,
-    ) -> Progress | tuple[FileInfo, str]:
-        """One chunk of a chunked upload; the stored file once the last chunk's checksum matched."""
-        if path is not None or content_b64 is None:
-            raise InvalidInputError("A chunked upload sends each chunk as `content_base64` (no `path`).")
-        data = decode_inline(content_b64, filename or upload_id or "the chunk", settings.max_inline_upload_bytes)
-        principal = current_principal()
-        if upload_id is None:
-            if not filename or not filename.strip():
-                raise InvalidInputError("`filename` is required with the first chunk (e.g. 'data.csv').")
-            if offset:
-                raise InvalidInputError("The first chunk starts at offset 0; pass upload_id to continue an upload.")
-            started = await anyio.to_thread.run_sync(chunks.begin, filename, data, principal)
-            if more:
-                return started
-            upload_id = started.upload_id
-        elif data or more:
-            progress = await anyio.to_thread.run_sync(chunks.append, upload_id.strip(), offset, data, principal)
-            if more:
-                return progress
-        done = await anyio.to_thread.run_sync(chunks.finish, upload_id.strip(), sha256, principal)
-        try:
-            info = await files.upload(clean_name(done.name), done.path)
-        finally:
-            await anyio.to_thread.run_sync(chunks.discard, upload_id.strip())
-        return info, done.name
-
+def _register_run_code_analysis(server: MCPServer[Any], tools: ToolHandlers) -> None:
+    backend, settings = tools.backend, tools.settings
     run_description = (
         "Run one analysis step and get back its text output, errors (with traceback), every chart as an image, "
         "and links to every other file it wrote. "
@@ -368,17 +325,19 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.report_progress(done, total, message)
 
-        req = RunRequest(
-            session_id=session_id or None,
-            code=code or None,
-            request=request or None,
-            file_ids=file_ids_of(file_ids),
+        result = await tools.run_code_analysis(
+            code=code,
+            request=request,
+            file_ids=file_ids,
+            session_id=session_id,
             timeout_seconds=timeout_seconds,
+            progress=progress,
         )
-        result = await backend.run(req, progress)
         rendered = await anyio.to_thread.run_sync(render_run, result, settings, _links_ok(ctx))
         return with_ids(rendered, result.session_id, result.generated_files)
 
+
+def _register_fetch_generated_file(server: MCPServer[Any], tools: ToolHandlers) -> None:
     @server.tool(
         description=(
             "Get a file by id (from run_code_analysis or upload_file): pictures come back as an image, small text "
@@ -396,15 +355,13 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
         overwrite: Annotated[bool, Field(description="Replace an existing file at save_to.")] = False,
         roots: ClientRoots = None,
     ) -> CallToolResult:
-        info = await files.info(file_id.strip())
-        source = await files.path(info.file_id)
-        if save_to is not None:
-            target = paths.resolve_writable(save_to, paths.safe_name(info.name), roots_for(roots), overwrite=overwrite)
-            await anyio.to_thread.run_sync(paths.write_atomically, target, source)
-            text = f"Saved {info.file_id} ({quote(info.name)}, {info.size:,} bytes) to {target}."
-            return CallToolResult(content=[TextContent(type="text", text=text)])
-        return await anyio.to_thread.run_sync(render_file, info, source, settings, _links_ok(ctx))
+        answer = await tools.fetch_generated_file(file_id, save_to, overwrite, _root_uris(roots))
+        if isinstance(answer, Saved):
+            return saved(answer.info, answer.target)
+        return await anyio.to_thread.run_sync(render_file, answer.info, answer.source, tools.settings, _links_ok(ctx))
 
+
+def _register_list_files(server: MCPServer[Any], tools: ToolHandlers) -> None:
     @server.tool(
         description=(
             "List stored files (uploads and generated files) with their ids, names and sizes; pass session_id to "
@@ -417,16 +374,10 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
     async def list_files(
         session_id: Annotated[str | None, Field(description="Only this session's files.")] = None,
     ) -> CallToolResult:
-        listed = await files.list(session_id or None)
-        if not listed:
-            return CallToolResult(content=[text_block("No files stored yet." if not session_id else "No files.")])
-        lines = [
-            f"{f.file_id}  {f.origin:9}  {f.size:>12,} B  {f.media_type:28}  {quote(f.name)}"
-            + (f"  (session {f.session_id})" if f.session_id and not session_id else "")
-            for f in listed[-200:]
-        ]
-        return CallToolResult(content=[text_block("\n".join(lines))])
+        return file_list(await tools.list_files(session_id), session_id)
 
+
+def _register_close_session(server: MCPServer[Any], tools: ToolHandlers) -> None:
     @server.tool(
         description=(
             "End a session: its kernel (or remote conversation) is stopped and its memory freed. It cannot be "
@@ -437,11 +388,7 @@ def create_server(  # noqa: C901 - known, to split (issue 10)
     )
     @answers_errors
     async def close_session(session_id: Annotated[str, Field(description="The session to end.")]) -> CallToolResult:
-        session_id = session_id.strip()
-        await backend.close_session(session_id)
-        return CallToolResult(content=[text_block(f"Session {session_id} closed; its files are kept.")])
-
-    return server
+        return closed(await tools.close_session(session_id))
 
 
 def _links_ok(ctx: Context) -> bool:

@@ -204,6 +204,49 @@ def decode_inline(content_b64: str, filename: str, limit: int) -> bytes:
     return data
 
 
+def one_source(path: str | None, content_b64: str | None) -> None:
+    """A single upload names its bytes one way: a local `path` or inline `content_base64`."""
+    if (path is None) == (content_b64 is None):
+        raise InvalidInputError("Pass exactly one of `path` or `content_base64` (with `filename`).")
+
+
+def inline_bytes(content_b64: str, filename: str | None, limit: int) -> bytes:
+    """An inline upload's bytes: it needs a `filename`, valid base64 within `limit`, and something in it."""
+    if not filename or not filename.strip():
+        raise InvalidInputError("`filename` is required with content_base64 (e.g. 'data.csv').")
+    data = decode_inline(content_b64, filename, limit)
+    if not data:
+        raise InvalidInputError(f"'{filename}' is empty (0 bytes); there is nothing to analyse.")
+    return data
+
+
+def check_local_size(path: str, size: int, limit: int) -> None:
+    """A local file to upload has something in it and is at most `limit` bytes (`path` as the caller wrote it)."""
+    if size == 0:
+        raise InvalidInputError(f"'{path}' is empty (0 bytes); there is nothing to analyse.")
+    if size > limit:
+        raise FileTooLargeError(
+            f"'{path}' is {size:,} bytes, over the limit of {limit:,}. Upload a smaller "
+            "extract (e.g. filter rows or columns first)."
+        )
+
+
+def chunk_content(path: str | None, content_b64: str | None) -> str:
+    """A chunk's base64 text: chunks are always inline, never a `path`."""
+    if path is not None or content_b64 is None:
+        raise InvalidInputError("A chunked upload sends each chunk as `content_base64` (no `path`).")
+    return content_b64
+
+
+def first_chunk_name(filename: str | None, offset: int) -> str:
+    """The name a chunked upload begins with; the first chunk starts at offset 0."""
+    if not filename or not filename.strip():
+        raise InvalidInputError("`filename` is required with the first chunk (e.g. 'data.csv').")
+    if offset:
+        raise InvalidInputError("The first chunk starts at offset 0; pass upload_id to continue an upload.")
+    return filename
+
+
 def file_ids_of(given: list[str] | None) -> tuple[str, ...]:
     """The distinct ids, in the order given; at most MAX_FILE_IDS of them."""
     ids = tuple(dict.fromkeys(fid.strip() for fid in given or () if fid.strip()))

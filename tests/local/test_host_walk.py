@@ -19,6 +19,8 @@ from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.conftest import all_text, generated_ids, open_client, session_of
 
+pytestmark = pytest.mark.usefixtures("each_walk")  # every test with the descriptor walk and with the path walk
+
 SECRET = b"host secret, not for the kernel"
 
 

@@ -1,8 +1,9 @@
 """macOS and Windows without their machines: ci-mcp's own modules import without POSIX-only modules or os
-attributes, the server answers, and the process helpers give the same answers from psutil as from /proc.
+attributes (directory file descriptors included, so the working directory is walked by paths), the server runs code
+and returns the files it wrote, and the process helpers give the same answers from psutil as from /proc.
 
-What this cannot show: that kernels run on Windows (the working-directory walk needs directory file descriptors,
-which Windows lacks) or under a real macOS. The README's platform table says so."""
+What this cannot show: that kernels run under a real Windows or macOS (their process model, file locking, a real
+`sandbox-exec`). The README's platform table says so."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from ci_mcp.backends.local import procs, sandbox
 from tests.conftest import REPO
 
 POSIX_ONLY_MODULES = ("resource", "fcntl", "pwd", "grp", "termios")
-POSIX_ONLY_OS = ("O_NOFOLLOW", "O_DIRECTORY", "O_NOCTTY", "O_NONBLOCK", "O_CLOEXEC", "geteuid", "getuid", "killpg")
+# What Windows lacks, hidden from ci-mcp's modules as they are imported again. Not os.WNOHANG: the standard library's
+# own POSIX code (subprocess), which runs underneath here, needs it.
+POSIX_ONLY_OS = (
+    *("O_NOFOLLOW", "O_DIRECTORY", "O_NOCTTY", "O_NONBLOCK", "O_CLOEXEC"),
+    *("geteuid", "getuid", "killpg", "fork", "setsid", "getpgid", "setpgid", "mkfifo"),
+)
+POSIX_ONLY_SIGNALS = ("SIGKILL", "SIGXCPU", "SIGCHLD", "SIGUSR1")
 
 _AS_WINDOWS = textwrap.dedent(
     """
@@ -41,9 +48,19 @@ _AS_WINDOWS = textwrap.dedent(
     for attr in OS_ATTRS:
         if hasattr(os, attr):
             delattr(os, attr)
+    os.supports_dir_fd = set()  # Windows: no dir_fd= and no os.scandir(fd)
+    os.supports_fd = {os.stat}
+    import signal
+    for attr in SIGNALS:
+        if hasattr(signal, attr):
+            delattr(signal, attr)
     sys.platform = "win32"
 
     import ci_mcp.backends.local.kernel_launcher  # the kernel's entry point imports without resource
+    from ci_mcp.backends.local import cgroups, procs, workspace
+
+    cgroups._MOUNTS = Path("/nonexistent/mounts")  # Windows has no /proc: no cgroups, and psutil for processes
+    procs.USE_PROC = False
     from ci_mcp.backends.factory import create_backend
     from ci_mcp.server import create_server
     from ci_mcp.settings import Settings
@@ -58,9 +75,16 @@ _AS_WINDOWS = textwrap.dedent(
         client = mcp.Client(create_server(create_backend(settings, store), store, settings))
         async with client:
             tools = [t.name for t in (await client.list_tools()).tools]
-            run = await client.call_tool("run_code_analysis", {"code": "print(6 * 7)"})
-        texts = [c.text for c in run.content if getattr(c, "text", None)]
-        print(json.dumps({"tools": tools, "run": texts, "error": run.is_error}))
+            code = "import os; os.makedirs('out'); open('out/answer.txt', 'w').write('forty-two'); print(6 * 7)"
+            run = await client.call_tool("run_code_analysis", {"code": code})
+            texts = [c.text for c in run.content if getattr(c, "text", None)]
+            links = {c.name: str(c.uri) for c in run.content if getattr(c, "type", "") == "resource_link"}
+            fetched = ""
+            if "out/answer.txt" in links:
+                read = await client.read_resource(links["out/answer.txt"])
+                fetched = read.contents[0].text
+        answer = {"tools": tools, "run": texts, "error": run.is_error, "links": sorted(links), "fetched": fetched}
+        print(json.dumps(answer | {"dir_fds": workspace.DIR_FDS, "cgroups": bool(cgroups.layout().hierarchies)}))
 
     asyncio.run(main())
     store.close()
@@ -69,7 +93,8 @@ _AS_WINDOWS = textwrap.dedent(
 
 
 def test_the_server_answers_with_the_local_backend_where_posix_only_modules_are_missing(tmp_path: Path) -> None:
-    script = f"MODULES = {POSIX_ONLY_MODULES!r}\nOS_ATTRS = {POSIX_ONLY_OS!r}\n" + _AS_WINDOWS
+    script = f"MODULES = {POSIX_ONLY_MODULES!r}\nOS_ATTRS = {POSIX_ONLY_OS!r}\nSIGNALS = {POSIX_ONLY_SIGNALS!r}\n"
+    script += _AS_WINDOWS
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_MCP_", "AZURE_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
     done = subprocess.run(
@@ -87,6 +112,8 @@ def test_the_server_answers_with_the_local_backend_where_posix_only_modules_are_
     assert "NOT SANDBOXED: Windows" in run, run  # the loud notice, in the session's first result
     assert "NOT SANDBOXED: Windows" in done.stderr  # and in the log
     assert "42" in run and not answer["error"], run
+    assert answer["dir_fds"] is False and answer["cgroups"] is False  # the walk by paths, no cgroups: as on Windows
+    assert answer["links"] == ["out/answer.txt"] and answer["fetched"] == "forty-two", answer
 
 
 @pytest.fixture

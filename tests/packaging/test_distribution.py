@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import tarfile
@@ -71,6 +72,9 @@ def test_wheel_carries_license_urls_classifiers_and_readme(dist: Path) -> None:
     assert meta["Description-Content-Type"] == "text/markdown"
     assert "ci_mcp/py.typed" in names
     assert not any(n.startswith("tests/") for n in names), "tests must not ship in the wheel"
+    # the MCP registry proves PyPI ownership by this marker in the package's description (the README, as built)
+    name = json.loads((REPO / "server.json").read_text())["name"]
+    assert f"mcp-name: {name}" in str(meta.get_payload())
 
 
 @needs_build

@@ -1,8 +1,10 @@
 """The distribution manifests: the MCP registry's `server.json` and the MCP Bundle's `manifest.json`.
 
 The bundle manifest is validated with the official CLI (`@anthropic-ai/mcpb`, installed by `make test` where npm
-exists); `server.json` is checked against the registry's publishing rules that matter here (the registry's schema is
-not fetched: there is no network in tests).
+exists); `server.json` is validated with jsonschema against the registry's own schema (the version its `$schema`
+names), where a copy is here: `make registry-schema` downloads it into build/registry/ (tests have no network), or
+one vendored at packaging/registry/server.schema.json. Without either that test is skipped and says so; the
+registry's publishing rules that matter here are checked either way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from mcp import Client
 
@@ -25,6 +28,14 @@ from tests.conftest import REPO
 MANIFEST = REPO / "packaging" / "mcpb" / "manifest.json"
 SERVER_JSON = REPO / "server.json"
 MCPB_PACKAGE = REPO / "build" / "npm" / "node_modules" / "@anthropic-ai" / "mcpb"
+REGISTRY_SCHEMAS = (  # a vendored copy, then the one `make registry-schema` downloads
+    REPO / "packaging" / "registry" / "server.schema.json",
+    REPO / "build" / "registry" / "server.schema.json",
+)
+
+
+def registry_schema() -> Path | None:
+    return next((p for p in REGISTRY_SCHEMAS if p.exists()), None)
 
 
 def mcpb_cli() -> str | None:
@@ -101,3 +112,21 @@ def test_server_json_names_the_pypi_package_at_this_version_and_readme_carries_i
     assert package["transport"] == {"type": "stdio"}
     # PyPI ownership: the registry looks for this marker in the package's README (its long description)
     assert f"<!-- mcp-name: {server['name']} -->" in (REPO / project["readme"]).read_text()
+
+
+@pytest.mark.skipif(
+    registry_schema() is None,
+    reason="the MCP registry's server.json schema is not here: `make registry-schema` downloads it (from the URL in "
+    "server.json's $schema) into build/registry/",
+)
+def test_server_json_is_valid_against_the_registry_schema_it_names() -> None:
+    path = registry_schema()
+    assert path is not None
+    schema = load(path)
+    server = load(SERVER_JSON)
+    assert schema["$id"] == server["$schema"], f"{path} is another version of the schema than server.json names"
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    errors = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in validator.iter_errors(server)]
+    assert errors == [], "\n".join(errors)

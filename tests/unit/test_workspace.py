@@ -12,6 +12,8 @@ import pytest
 
 from ci_mcp.backends.local import workspace
 
+pytestmark = pytest.mark.usefixtures("each_walk")  # every test with the descriptor walk and with the path walk
+
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
@@ -44,6 +46,39 @@ def test_links_are_never_followed(ws: Path, tmp_path: Path) -> None:
     snap = workspace.snapshot(ws)
     assert snap.files == {} and snap.hidden == {}
     assert snap.total_bytes == snap.dir_bytes
+
+
+def _swap_for_link_at(stage: str, ws: Path, outside: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """At the walk's pause point `stage` for sub/, swap sub for a link to `outside` (once); returns where it did."""
+    swapped: list[str] = []
+
+    def swap(at: str, rel: str) -> None:
+        if at == stage and rel.rstrip("/") == "sub" and not swapped:
+            os.replace(ws / "sub", ws.parent / "sub.real")
+            (ws / "sub").symlink_to(outside)
+            swapped.append(rel)
+
+    monkeypatch.setattr(workspace, "pause_point", swap)
+    return swapped
+
+
+@pytest.mark.parametrize("stage", ["descend", "listed"])
+def test_a_directory_swapped_for_a_link_while_walked_adds_nothing_from_outside(
+    ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """ "descend": between seeing sub/ as a directory and going in; "listed": after listing sub/, before looking at
+    what it holds (the path walk looks at each entry by its path, which now goes through the link)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "out.txt").write_bytes(b"o" * 100_000)
+    (ws / "sub").mkdir()
+    (ws / "sub" / "out.txt").write_bytes(b"mine")
+    swapped = _swap_for_link_at(stage, ws, outside, monkeypatch)
+    snap = workspace.snapshot(ws)
+    assert swapped, "the swap did not happen"
+    outside_inode = (outside / "out.txt").stat().st_ino
+    assert all(e.ino != outside_inode for e in (*snap.files.values(), *snap.hidden.values())), snap
+    assert snap.total_bytes < 100_000
 
 
 def test_total_bytes_counts_each_inode_once_by_its_larger_size(ws: Path) -> None:

@@ -61,7 +61,9 @@ def bwrap_works() -> tuple[bool, str]:
         return False, "bubblewrap (bwrap) is not installed; install the Debian package 'bubblewrap'"
     try:
         proc = subprocess.run(
-            [exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--", "true"],
+            # --proc as the kernel's sandbox has it: containers that mask parts of /proc (podman, docker by default)
+            # let bwrap make namespaces but not mount a proc, and every kernel start would fail
+            [exe, "--ro-bind", "/", "/", "--proc", "/proc", "--unshare-all", "--die-with-parent", "--", "true"],
             capture_output=True,
             timeout=10,
         )

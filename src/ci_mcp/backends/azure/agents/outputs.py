@@ -127,7 +127,7 @@ def _unshown_image_notice(url: str) -> str:
     )
 
 
-async def fetch_files(  # noqa: C901 - known, to split (issue 10)
+async def fetch_files(
     client: AsyncOpenAI,
     digest: ResponseDigest,
     *,
@@ -140,82 +140,134 @@ async def fetch_files(  # noqa: C901 - known, to split (issue 10)
 ) -> None:
     """Download cited and uncited generated files of the run's container(s), and displayed images given as
     container-file references (shown where they were displayed), into the store."""
-    targets = {c.file_id: _Target(c.container_id, c.file_id, c.filename) for c in digest.citations if c.container_id}
-    display: dict[str, tuple[int, int]] = {}
-    """Container file id -> (position in outputs, order displayed) of displayed images."""
-    for order, (position, ref) in enumerate(out.displayed):
-        if ref.file_id:
-            targets.setdefault(ref.file_id, _Target(ref.container_id, ref.file_id, f"display-{len(display) + 1}.png"))
-            display.setdefault(ref.file_id, (position, order))
-    sizes: dict[str, int] = {}
-    by_path: dict[tuple[str, str], str] = {}
+    wanted = _Wanted.cited_and_displayed(digest, out)
     ran_code = any(isinstance(s, CodeStep) for s in digest.steps)
-    for container_id in digest.container_ids if ran_code or targets else ():
+    for container_id in digest.container_ids if ran_code or wanted.targets else ():
+        await wanted.add_listing(client, container_id, policy, out)
+    wanted.add_displayed_paths(out)
+    todo = wanted.to_fetch({c.file_id for c in digest.citations}, seen)
+    if todo:
+        await report(f"downloading {len(todo)} generated file(s)")
+    shown: list[tuple[tuple[int, int], ImageOutput]] = []
+    for target in todo:
+        kept = await _keep(client, target, target.file_id in wanted.display, store, session_id, policy, out)
+        if kept is None:
+            continue
+        info, data = kept
+        if target.file_id in wanted.display:
+            shown.append((wanted.display[target.file_id], ImageOutput(info, data)))
+        elif info.is_image:
+            out.outputs.append(ImageOutput(info, data))
+    for (position, _), image in sorted(shown, key=lambda p: p[0], reverse=True):
+        out.outputs.insert(position, image)  # from the last: earlier positions stay valid, equal ones keep order
+
+
+@dataclass
+class _Wanted:
+    """The container files a run may have made, and what is known of them while they are looked for."""
+
+    targets: dict[str, _Target]
+    """Container file id -> the file to fetch, with the name to keep it under."""
+    display: dict[str, tuple[int, int]]
+    """Container file id -> (position in outputs, order displayed) of displayed images."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Container file id -> size, from the listing."""
+    by_path: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(container id, path) -> container file id, from the listing."""
+
+    @classmethod
+    def cited_and_displayed(cls, digest: ResponseDigest, out: Collected) -> _Wanted:
+        """The answer's cited files, and the displayed images referenced by container file id."""
+        targets = {
+            c.file_id: _Target(c.container_id, c.file_id, c.filename) for c in digest.citations if c.container_id
+        }
+        display: dict[str, tuple[int, int]] = {}
+        for order, (position, ref) in enumerate(out.displayed):
+            if ref.file_id:
+                name = f"display-{len(display) + 1}.png"
+                targets.setdefault(ref.file_id, _Target(ref.container_id, ref.file_id, name))
+                display.setdefault(ref.file_id, (position, order))
+        return cls(targets, display)
+
+    async def add_listing(self, client: AsyncOpenAI, container_id: str, policy: RetryPolicy, out: Collected) -> None:
+        """The container's files: their sizes and paths, the real names of displayed images, and every file the
+        assistant wrote. A listing that fails is a notice: the cited files are still fetched."""
         try:
-            for f in await call_with_retry(
-                lambda cid=container_id: list_container_files(client, cid),  # type: ignore[misc]
+            listed = await call_with_retry(
+                lambda: list_container_files(client, container_id),
                 what="listing the container's files",
                 policy=policy,
-            ):
-                sizes[f.id] = int(getattr(f, "bytes", 0) or 0)
-                by_path[(container_id, str(f.path))] = f.id
-                name = posixpath.basename(str(f.path))
-                if f.id in display:  # a displayed image by id: its real name
-                    targets[f.id] = _Target(container_id, f.id, name)
-                if getattr(f, "source", None) == "assistant" and f.id not in targets:
-                    targets[f.id] = _Target(container_id, f.id, name)
+            )
         except CiMcpError as exc:
             out.notices.append(f"Could not list the container's files ({exc}); only cited files were fetched.")
-    for order, (position, ref) in enumerate(out.displayed):
-        if ref.path:
-            found = by_path.get((ref.container_id, ref.path))
+            return
+        for f in listed:
+            self.sizes[f.id] = int(getattr(f, "bytes", 0) or 0)
+            self.by_path[(container_id, str(f.path))] = f.id
+            name = posixpath.basename(str(f.path))
+            if f.id in self.display:  # a displayed image by id: its real name
+                self.targets[f.id] = _Target(container_id, f.id, name)
+            if getattr(f, "source", None) == "assistant" and f.id not in self.targets:
+                self.targets[f.id] = _Target(container_id, f.id, name)
+
+    def add_displayed_paths(self, out: Collected) -> None:
+        """Displayed images referenced by path, found in the listing; one not there is a notice."""
+        for order, (position, ref) in enumerate(out.displayed):
+            if not ref.path:
+                continue
+            found = self.by_path.get((ref.container_id, ref.path))
             if found is None:
                 out.notices.append(
                     f"The code displayed the image {ref.path}, which is not in the container's files, so it is not "
                     "shown. Ask the agent to save the figure to /mnt/data again."
                 )
                 continue
-            targets.setdefault(found, _Target(ref.container_id, found, posixpath.basename(ref.path)))
-            display.setdefault(found, (position, order))
-    cited = {c.file_id for c in digest.citations}
-    todo = [
-        t
-        for t in targets.values()
-        if t.file_id in cited
-        or t.file_id in display
-        or not (t.file_id in sizes and seen.get(t.file_id) == sizes[t.file_id])
-    ]
-    if todo:
-        await report(f"downloading {len(todo)} generated file(s)")
-    shown: list[tuple[tuple[int, int], ImageOutput]] = []
-    for target in todo:
-        try:
-            data = await call_with_retry(
-                lambda t=target: _download(client, t),  # type: ignore[misc]
-                what=f"downloading '{target.name}'",
-                policy=policy,
-            )
-        except CiMcpError as exc:
-            what = "displayed an image" if target.file_id in display else f"generated '{target.name}'"
-            out.notices.append(
-                f"The agent {what} but it could not be downloaded ({exc}). Ask the agent to save it again, or to "
-                "print its content."
-            )
-            continue
-        media_type = guess_media_type(target.name)
-        if target.file_id in display and not media_type.startswith("image/"):
-            media_type = "image/png"
-        info = await keep_generated(
-            store, target.name or target.file_id, data, session_id=session_id, media_type=media_type
+            self.targets.setdefault(found, _Target(ref.container_id, found, posixpath.basename(ref.path)))
+            self.display.setdefault(found, (position, order))
+
+    def to_fetch(self, cited: set[str], seen: dict[str, int]) -> list[_Target]:
+        """Cited and displayed files always; an uncited one unless an earlier run fetched it at the same size."""
+        return [
+            t
+            for t in self.targets.values()
+            if t.file_id in cited
+            or t.file_id in self.display
+            or not (t.file_id in self.sizes and seen.get(t.file_id) == self.sizes[t.file_id])
+        ]
+
+
+async def _keep(
+    client: AsyncOpenAI,
+    target: _Target,
+    displayed: bool,
+    store: FileStore,
+    session_id: str,
+    policy: RetryPolicy,
+    out: Collected,
+) -> tuple[FileInfo, bytes] | None:
+    """Download one file and keep it in the store, recorded in `out`; None when the download failed (then `out`
+    has a notice saying so)."""
+    try:
+        data = await call_with_retry(
+            lambda: _download(client, target),
+            what=f"downloading '{target.name}'",
+            policy=policy,
         )
-        out.seen[target.file_id] = len(data)
-        out.generated.append(info)
-        if target.file_id in display:
-            shown.append((display[target.file_id], ImageOutput(info, data)))
-        elif info.is_image:
-            out.outputs.append(ImageOutput(info, data))
-    for (position, _), image in sorted(shown, key=lambda p: p[0], reverse=True):
-        out.outputs.insert(position, image)  # from the last: earlier positions stay valid, equal ones keep order
+    except CiMcpError as exc:
+        what = "displayed an image" if displayed else f"generated '{target.name}'"
+        out.notices.append(
+            f"The agent {what} but it could not be downloaded ({exc}). Ask the agent to save it again, or to "
+            "print its content."
+        )
+        return None
+    media_type = guess_media_type(target.name)
+    if displayed and not media_type.startswith("image/"):
+        media_type = "image/png"
+    name = target.name or target.file_id
+    info = await keep_generated(store, name, data, session_id=session_id, media_type=media_type)
+    out.seen[target.file_id] = len(data)
+    out.generated.append(info)
+    return info, data
 
 
 async def list_container_files(client: AsyncOpenAI, container_id: str) -> list[Any]:

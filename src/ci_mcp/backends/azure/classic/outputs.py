@@ -51,10 +51,62 @@ class AnswerText:
 Planned = CodeText | LogText | ImageRef | AnswerText
 
 
-def plan_outputs(  # noqa: C901 - known, to split (issue 10)
+def plan_outputs(
     tracker: RunTracker, listed: Sequence[Mapping[str, object]], *, show_code: bool = True
 ) -> list[Planned]:
     """Steps and assistant messages in stream order; anything the stream missed comes after."""
+    plan = _Plan(tracker, listed, show_code)
+    for kind, entry_id in tracker.order:
+        if kind == "step":
+            plan.step(entry_id)
+        elif entry_id in plan.messages:
+            plan.message(entry_id)
+    plan.missed()
+    return plan.items
+
+
+class _Plan:
+    """The plan as it is laid out: what has been placed, and the steps and messages there are to place."""
+
+    def __init__(self, tracker: RunTracker, listed: Sequence[Mapping[str, object]], show_code: bool) -> None:
+        self.messages, self.listed_ids = _assistant_messages(tracker, listed)
+        self.calls = tracker.calls_in_order()
+        self.show_code = show_code
+        self.placed_steps: set[str] = set()
+        self.placed_messages: set[str] = set()
+        self.items: list[Planned] = []
+
+    def step(self, step_id: str) -> None:
+        """Each tool call of the step: its code (when shown), its logs, its images."""
+        self.placed_steps.add(step_id)
+        for call in self.calls:
+            if call.step_id != step_id:
+                continue
+            if self.show_code and call.code:
+                self.items.append(CodeText(call.code))
+            self.items.extend(LogText(text) for text in call.logs)
+            self.items.extend(ImageRef(image_id) for image_id in call.image_ids)
+
+    def message(self, message_id: str) -> None:
+        self.placed_messages.add(message_id)
+        message = self.messages.get(message_id)
+        if message is not None and dig(message, "role") in ("assistant", None):
+            self.items.extend(_message_items(message))
+
+    def missed(self) -> None:
+        """What the stream did not order: the remaining steps, then the remaining listed messages."""
+        for call in self.calls:
+            if call.step_id not in self.placed_steps:
+                self.step(call.step_id)
+        for message_id in self.listed_ids:
+            if message_id not in self.placed_messages:
+                self.message(message_id)
+
+
+def _assistant_messages(
+    tracker: RunTracker, listed: Sequence[Mapping[str, object]]
+) -> tuple[dict[str, Mapping[str, object]], list[str]]:
+    """The streamed messages by id, updated by the listed assistant messages; and those listed ids, in order."""
     by_id: dict[str, Mapping[str, object]] = dict(tracker.messages)
     listed_ids: list[str] = []
     for message in listed:
@@ -62,39 +114,7 @@ def plan_outputs(  # noqa: C901 - known, to split (issue 10)
         if message_id and dig(message, "role") == "assistant":
             by_id[message_id] = message
             listed_ids.append(message_id)
-    calls = tracker.calls_in_order()
-    emitted_steps: set[str] = set()
-    emitted_messages: set[str] = set()
-    plan: list[Planned] = []
-
-    def emit_step(step_id: str) -> None:
-        emitted_steps.add(step_id)
-        for call in calls:
-            if call.step_id != step_id:
-                continue
-            if show_code and call.code:
-                plan.append(CodeText(call.code))
-            plan.extend(LogText(text) for text in call.logs)
-            plan.extend(ImageRef(image_id) for image_id in call.image_ids)
-
-    def emit_message(message_id: str) -> None:
-        emitted_messages.add(message_id)
-        message = by_id.get(message_id)
-        if message is not None and dig(message, "role") in ("assistant", None):
-            plan.extend(_message_items(message))
-
-    for kind, entry_id in tracker.order:
-        if kind == "step":
-            emit_step(entry_id)
-        elif entry_id in by_id:
-            emit_message(entry_id)
-    for call in calls:
-        if call.step_id not in emitted_steps:
-            emit_step(call.step_id)
-    for message_id in listed_ids:
-        if message_id not in emitted_messages:
-            emit_message(message_id)
-    return plan
+    return by_id, listed_ids
 
 
 def _message_items(message: Mapping[str, object]) -> list[Planned]:
