@@ -130,18 +130,25 @@ def kernel_memory(pidfile: Path) -> float:
     return pss_mb(descendants(server)) / max(1, len(kernels))
 
 
+def turns(items: list[T], n: int) -> list[list[T]]:
+    """`n` rounds over `items`, each round in the other order: whoever goes second in a round shares the machine
+    with the first one's aftermath (its kernel's post-run work), so a fixed order would favour the first tree."""
+    return [items if i % 2 == 0 else items[::-1] for i in range(n)]
+
+
 async def warm_calls(pairs: list[tuple[Client, dict[str, list[float]]]], sids: list[str], quick: bool) -> None:
     """Warm print(1+1), the tool call without a kernel, and the warm chart, alternating between the servers."""
-    for _ in range(50 if quick else 300):
-        for (client, out), sid in zip(pairs, sids, strict=True):
+    triples = [(client, out, sid) for (client, out), sid in zip(pairs, sids, strict=True)]
+    for round_ in turns(triples, 50 if quick else 300):
+        for client, out, sid in round_:
             args = {"code": "print(1+1)", "session_id": sid}
             await timed(out["warm print(1+1)"], client.call_tool("run_code_analysis", args))
-    for _ in range(50 if quick else 300):
-        for client, out in pairs:
+    for round_ in turns(triples, 50 if quick else 300):
+        for client, out, _ in round_:
             args = {"session_id": "sess-unknown"}
             await timed(out["tool call without a kernel"], client.call_tool("close_session", args))
-    for _ in range(5 if quick else 30):
-        for (client, out), sid in zip(pairs, sids, strict=True):
+    for round_ in turns(triples, 5 if quick else 30):
+        for client, out, sid in round_:
             args = {"code": CHART, "session_id": sid}
             chart = await timed(out["chart + image block, warm"], client.call_tool("run_code_analysis", args))
             assert any(isinstance(b, ImageContent) for b in chart.content)
@@ -149,11 +156,11 @@ async def warm_calls(pairs: list[tuple[Client, dict[str, list[float]]]], sids: l
 
 async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[dict[str, list[float]], float, float]]:
     """Every tree's server measured in the same run: spawns alternate, and all servers stay up side by side while
-    each call alternates between them, so that the shared machine's load falls on all alike."""
+    each call alternates between them (in turns, see `turns`), so that the shared machine's load falls on all alike."""
     servers = [server_params(sandbox, src) for src in trees]
     outs: list[dict[str, list[float]]] = [{k: [] for k in TARGETS} for _ in trees]
-    for _ in range(3 if quick else 10):
-        for (params, _), out in zip(servers, outs, strict=True):
+    for round_ in turns(list(zip(servers, outs, strict=True)), 3 if quick else 10):
+        for (params, _), out in round_:
             t0 = time.perf_counter()
             async with Client(params) as client:
                 await client.list_tools()
@@ -166,8 +173,8 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
         pairs = list(zip(clients, outs, strict=True))
         await anyio.sleep(5)  # let the pools pre-start their kernels
         idle_rss = [server_rss_mb(pidfile) for _, pidfile in servers]
-        for _ in range(3 if quick else 10):
-            for client, out in pairs:
+        for round_ in turns(pairs, 3 if quick else 10):
+            for client, out in round_:
                 result = await timed(
                     out["first call, new session"], client.call_tool("run_code_analysis", {"code": "1"})
                 )
