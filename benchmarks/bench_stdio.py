@@ -159,8 +159,8 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
     each call alternates between them (in turns, see `turns`), so that the shared machine's load falls on all alike."""
     servers = [server_params(sandbox, src) for src in trees]
     outs: list[dict[str, list[float]]] = [{k: [] for k in TARGETS} for _ in trees]
-    for round_ in turns(list(zip(servers, outs, strict=True)), 3 if quick else 10):
-        for (params, _), out in round_:
+    for spawns in turns(list(zip(servers, outs, strict=True)), 3 if quick else 10):
+        for (params, _), out in spawns:
             t0 = time.perf_counter()
             async with Client(params) as client:
                 await client.list_tools()
@@ -173,8 +173,8 @@ async def measure(quick: bool, sandbox: str, trees: list[Path]) -> list[tuple[di
         pairs = list(zip(clients, outs, strict=True))
         await anyio.sleep(5)  # let the pools pre-start their kernels
         idle_rss = [server_rss_mb(pidfile) for _, pidfile in servers]
-        for round_ in turns(pairs, 3 if quick else 10):
-            for client, out in round_:
+        for calls in turns(pairs, 3 if quick else 10):
+            for client, out in calls:
                 result = await timed(
                     out["first call, new session"], client.call_tool("run_code_analysis", {"code": "1"})
                 )
