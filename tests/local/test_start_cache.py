@@ -4,6 +4,7 @@ gets the client's bytes from the start. And the thread-free stdio transport read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -63,7 +64,8 @@ class Server:
         self.process, self.errors = process, errors
         self._lines: queue.Queue[bytes] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
@@ -132,6 +134,11 @@ def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=WAIT)
+        server.pump.join(timeout=WAIT)  # it has read to the end of the output: the pipes can be closed
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # stdin: a flush into a dead server's pipe
+                    pipe.close()
 
 
 def envelope(version: str) -> dict[str, Any]:
@@ -464,13 +471,15 @@ async def read_all(use_sdk: bool, data: bytes) -> list[object]:
                 text_in = TextIOWrapper(open(read_fd, "rb"), encoding="utf-8", errors="replace")  # noqa: SIM115
                 text_out = TextIOWrapper(open(out_w, "wb"), encoding="utf-8")  # noqa: SIM115
                 async with stdio_server(anyio.wrap_file(text_in), anyio.wrap_file(text_out)) as (reader, writer):
-                    items = [summary(item) async for item in reader]
+                    async with reader:
+                        items = [summary(item) async for item in reader]
                     await writer.aclose()
                 text_in.close()
                 text_out.close()
             else:
                 async with stdio_streams(read_fd, out_w) as (reader, writer):
-                    items = [summary(item) async for item in reader]
+                    async with reader:
+                        items = [summary(item) async for item in reader]
                     await writer.aclose()
                 os.close(read_fd)
                 os.close(out_w)
@@ -503,7 +512,8 @@ async def test_the_thread_free_transport_writes_what_the_sdk_transport_writes() 
             if use_sdk:
                 text_in = TextIOWrapper(open(in_r, "rb"), encoding="utf-8", errors="replace")  # noqa: SIM115
                 text_out = TextIOWrapper(open(out_w, "wb"), encoding="utf-8")  # noqa: SIM115
-                async with stdio_server(anyio.wrap_file(text_in), anyio.wrap_file(text_out)) as (_, writer):
+                async with stdio_server(anyio.wrap_file(text_in), anyio.wrap_file(text_out)) as (reader, writer):
+                    await reader.aclose()
                     for message in messages:
                         await writer.send(message)
                     await writer.aclose()
@@ -511,7 +521,8 @@ async def test_the_thread_free_transport_writes_what_the_sdk_transport_writes() 
                 text_in.close()
                 text_out.close()
             else:
-                async with stdio_streams(in_r, out_w) as (_, writer):
+                async with stdio_streams(in_r, out_w) as (reader, writer):
+                    await reader.aclose()
                     for message in messages:
                         await writer.send(message)
                     await writer.aclose()
