@@ -4,7 +4,8 @@ Cursor config files are taken from the README's text (only `/path/to/ci-mcp` bec
 
 The tools come from `make client-clis` (Claude Code and the Inspector from npm under build/npm) and the dev extra
 (`uv`, for `uvx`); each check is skipped, saying why, where its tool is missing. `uvx --from <clone>` builds and installs
-the package with its dependencies from the package index the first time (a uv cache under build/ keeps them).
+the package with its dependencies from the package index the first time (a uv cache under build/ keeps them), and
+again whenever the sources change (pyproject.toml's `[tool.uv] cache-keys`).
 
 VS Code and Cursor do not run here, and neither publishes a JSON schema for `mcp.json` that can be had offline (none
 ships in an npm package; VS Code's lives in its own source): their files are checked against the fields those apps
@@ -93,11 +94,9 @@ def clients_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for name in ("PIP_INDEX_URL", "UV_INDEX_URL", "SSL_CERT_FILE", "LANG"):  # how this machine reaches an index
         if name in os.environ:
             env[name] = os.environ[name]
-    uv = shutil.which("uv", path=env["PATH"])
-    if uv is None or shutil.which("uvx", path=env["PATH"]) is None:
+    if shutil.which("uvx", path=env["PATH"]) is None:
         pytest.skip("uvx is not installed (the dev extra installs uv: `make setup`)")
-    # uv caches a build of a local directory by its pyproject.toml: drop it so uvx builds the sources as they are.
-    subprocess.run([uv, "cache", "clean", "ci-mcp"], env=env, capture_output=True, check=False, timeout=60)
+    # uvx rebuilds the clone when its sources change: pyproject.toml's [tool.uv] cache-keys name them.
     probe = subprocess.run(
         ["uvx", "--from", str(REPO), "ci-mcp", "--version"], env=env, capture_output=True, text=True, timeout=300
     )
