@@ -3,8 +3,8 @@ Cursor config files are taken from the README's text (only `/path/to/ci-mcp` bec
 `$TOKEN` test values, and the HTTP port a free one) and run against the code in this clone.
 
 The tools come from `make client-clis` (Claude Code and the Inspector from npm under build/npm) and the dev extra
-(`uv`, for `uvx`); each check is skipped, saying why, where its tool is missing. `uvx --from <clone>` builds and installs
-the package with its dependencies from the package index the first time (a uv cache under build/ keeps them), and
+(`uv`, for `uvx`); each check is skipped, saying why, where its tool is missing. `uvx --from <clone>` builds and
+installs the package with its dependencies from the package index the first time (a uv cache under build/ keeps them), and
 again whenever the sources change (pyproject.toml's `[tool.uv] cache-keys`).
 
 VS Code and Cursor do not run here, and neither publishes a JSON schema for `mcp.json` that can be had offline (none
@@ -108,7 +108,9 @@ def clients_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def npm_tool(name: str, package: str) -> str:
     tool = NPM_BIN / name
     if shutil.which("node") is None or not tool.exists():
-        pytest.skip(f"{package} is not installed (`make client-clis` installs it with npm, where npm and its registry answer)")
+        pytest.skip(
+            f"{package} is not installed (`make client-clis` installs it with npm, where npm and its registry answer)"
+        )
     return str(tool)
 
 
@@ -132,7 +134,7 @@ def test_the_inspector_cli_lines_list_the_tools_and_upload_a_file(clients_env: d
         # npx of an installed package is its bin: run that one, so npx does not fetch another version
         answers.append(json.loads(run([inspector, *argv[2:]], clients_env, tmp_path).stdout))
     listed, uploaded = answers
-    assert TOOLS <= {tool["name"] for tool in listed["tools"]}
+    assert {tool["name"] for tool in listed["tools"]} >= TOOLS
     assert uploaded["isError"] is False, uploaded
     assert 'Uploaded "data.csv" as file-' in uploaded["content"][0]["text"]
 
@@ -227,11 +229,11 @@ async def test_the_vscode_file_describes_servers_a_client_reaches(clients_env: d
         servers = json.loads(text.replace("${workspaceFolder}", str(tmp_path)).replace("${input:ci-mcp-token}", TOKEN))
         stdio = servers["ci-mcp"]
         assert stdio["env"]["CI_MCP_ALLOWED_DIRS"] == str(tmp_path)
-        assert TOOLS <= await list_over_stdio(stdio, clients_env, tmp_path)
+        assert await list_over_stdio(stdio, clients_env, tmp_path) >= TOOLS
         http = servers["ci-mcp-http"]
-        async with httpx2.AsyncClient(headers=http["headers"], timeout=httpx2.Timeout(60)) as web:
-            async with Client(streamable_http_client(http["url"], http_client=web)) as client:
-                assert TOOLS <= {tool.name for tool in (await client.list_tools()).tools}
+        web = httpx2.AsyncClient(headers=http["headers"], timeout=httpx2.Timeout(60))
+        async with web, Client(streamable_http_client(http["url"], http_client=web)) as client:
+            assert {tool.name for tool in (await client.list_tools()).tools} >= TOOLS
 
 
 @pytest.mark.anyio
@@ -240,7 +242,7 @@ async def test_the_cursor_file_starts_a_server_a_client_reaches(clients_env: dic
     check_cursor_fields(cfg)
     server = cfg["mcpServers"]["ci-mcp"]  # type: ignore[index]
     server["env"]["CI_MCP_ALLOWED_DIRS"] = str(tmp_path)  # the README's "/path/to/your/data"
-    assert TOOLS <= await list_over_stdio(server, clients_env, tmp_path)
+    assert await list_over_stdio(server, clients_env, tmp_path) >= TOOLS
 
 
 def test_module_helpers_read_the_readme_as_a_user_copies_it(tmp_path: Path) -> None:
