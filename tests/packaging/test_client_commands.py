@@ -4,8 +4,8 @@ Cursor config files are taken from the README's text (only `/path/to/ci-mcp` bec
 
 The tools come from `make client-clis` (Claude Code and the Inspector from npm under build/npm) and the dev extra
 (`uv`, for `uvx`); each check is skipped, saying why, where its tool is missing. `uvx --from <clone>` builds and
-installs the package with its dependencies from the package index the first time (a uv cache under build/ keeps them), and
-again whenever the sources change (pyproject.toml's `[tool.uv] cache-keys`).
+installs the package with its dependencies from the package index the first time (a uv cache under build/ keeps
+them), and again whenever the sources change (pyproject.toml's `[tool.uv] cache-keys`).
 
 VS Code and Cursor do not run here, and neither publishes a JSON schema for `mcp.json` that can be had offline (none
 ships in an npm package; VS Code's lives in its own source): their files are checked against the fields those apps
