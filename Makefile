@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli registry-schema image test-path-walk clean
+.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli client-clis registry-schema image test-path-walk clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ demo: setup
 TEST_WORKERS ?= 4
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 
-test: setup lint typecheck mcpb-cli registry-schema
+test: setup lint typecheck mcpb-cli client-clis registry-schema
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory test-path-walk
 	$(MAKE) --no-print-directory package
@@ -86,6 +86,22 @@ $(MCPB):
 mcpb-cli:
 	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the MCP Bundle manifest tests will be skipped"; \
 	else $(MAKE) --no-print-directory $(MCPB) || echo "could not install $(MCPB): its tests will be skipped"; fi
+
+# The clients the README's set-up commands are for (tests/packaging/test_client_commands.py runs them as written):
+# Claude Code and the MCP Inspector from npm under build/npm; `uvx` comes with the dev extra (uv). Where npm is
+# missing or the registry does not answer, a notice, and those tests are skipped.
+CLAUDE_CODE_VERSION ?= 2.1.332
+INSPECTOR_VERSION ?= 0.15.0
+CLAUDE := build/npm/node_modules/.bin/claude
+INSPECTOR := build/npm/node_modules/@modelcontextprotocol/inspector/package.json
+
+$(CLAUDE) $(INSPECTOR):
+	npm install --silent --no-audit --no-fund --prefix build/npm \
+		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) @modelcontextprotocol/inspector@$(INSPECTOR_VERSION)
+
+client-clis:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the README's Claude Code and Inspector commands will not be checked"; \
+	else $(MAKE) --no-print-directory $(CLAUDE) $(INSPECTOR) || echo "could not install the client CLIs: their tests will be skipped"; fi
 
 # The MCP registry's schema for server.json (the version its $schema names), for the test that validates it; where it
 # cannot be downloaded, a notice and a skipped test.

@@ -2,12 +2,13 @@
 
     python benchmarks/bench_stdio.py [--quick] [--against OTHER/src] [--pool N]       (or: make bench)
 
-Measures spawn + initialize (with tools/list answered), the first call of a new session, ten new sessions back to
-back, a warm `print(1+1)`, and a pandas + matplotlib bar chart of a 10,000-row frame with its image block (first in
-a session, and warm). The server is this checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the
-base commit, `git archive` into /tmp) is measured in the same run, its server up beside this one and every call
-alternating between them, so that a shared machine's load falls on both alike. Each server keeps its own default
-pool of spare kernels unless `--pool` sets CI_MCP_KERNEL_POOL_SIZE for all. Prints a table and rewrites the
+Measures spawn + initialize (with tools/list answered) and the first tool call after it, the first call of a new
+session, ten new sessions back to back, a warm `print(1+1)`, a tool call that needs no kernel (the MCP round trip
+over stdio), and a pandas + matplotlib bar chart of a 10,000-row frame with its image block (first in a session, and
+warm). The server is this checkout's `src` (or `--src`). With `--against`, a second tree (e.g. the base commit, `git
+archive` into /tmp) is measured in the same run, its server up beside this one and every call alternating between
+them, so that a shared machine's load falls on both alike. Each server keeps its own default pool of spare kernels
+unless `--pool` sets CI_MCP_KERNEL_POOL_SIZE for all. Prints a table and rewrites the
 "Local backend over stdio" section of benchmarks/RESULTS.md. Targets are from issue 12.
 """
 
@@ -39,13 +40,16 @@ df = pd.DataFrame({"group": np.arange(10_000) % 12, "value": np.random.default_r
 df.groupby("group")["value"].sum().plot.bar()
 """
 
-TARGETS = {
+TARGETS: dict[str, float | None] = {
     "spawn + initialize + tools/list": 300,
+    "spawn + first tool call": None,  # (list_files, right after tools/list: the server itself must be up)
     "first call, new session": 50,
     "new session, 10 back to back": 50,
     "warm print(1+1)": 3,
     "chart + image block, first": 150,
     "chart + image block, warm": 80,
+    # No target: the MCP round trip itself (stdio transport, dispatch, one SQLite lookup, an error result), no kernel.
+    "tool call without a kernel": None,
 }
 BURST = 10
 T = TypeVar("T")
@@ -125,6 +129,14 @@ def is_kernel(pid: int) -> bool:
     return "kernel_launcher" in command and "bwrap" not in argv[0]
 
 
+def server_rss_mb(pidfile: Path) -> float:
+    """Resident memory of the server process itself (not its kernels)."""
+    for line in Path(f"/proc/{int(pidfile.read_text())}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def kernel_memory(pidfile: Path) -> float:
     """PSS of the server's process tree per kernel (a session, numpy, pandas and matplotlib preloaded, next to
     the pool's spare; with the zygote, its share is spread over the kernels)."""
@@ -133,26 +145,53 @@ def kernel_memory(pidfile: Path) -> float:
     return pss_mb(descendants(server)) / max(1, len(kernels))
 
 
+def turns(items: list[T], n: int) -> list[list[T]]:
+    """`n` rounds over `items`, each round in the other order: whoever goes second in a round shares the machine
+    with the first one's aftermath (its kernel's post-run work), so a fixed order would favour the first tree."""
+    return [items if i % 2 == 0 else items[::-1] for i in range(n)]
+
+
+async def warm_calls(pairs: list[tuple[Client, dict[str, list[float]]]], sids: list[str], quick: bool) -> None:
+    """Warm print(1+1), the tool call without a kernel, and the warm chart, alternating between the servers."""
+    triples = [(client, out, sid) for (client, out), sid in zip(pairs, sids, strict=True)]
+    for round_ in turns(triples, 50 if quick else 300):
+        for client, out, sid in round_:
+            args = {"code": "print(1+1)", "session_id": sid}
+            await timed(out["warm print(1+1)"], client.call_tool("run_code_analysis", args))
+    for round_ in turns(triples, 50 if quick else 300):
+        for client, out, _ in round_:
+            args = {"session_id": "sess-unknown"}
+            await timed(out["tool call without a kernel"], client.call_tool("close_session", args))
+    for round_ in turns(triples, 5 if quick else 30):
+        for client, out, sid in round_:
+            args = {"code": CHART, "session_id": sid}
+            chart = await timed(out["chart + image block, warm"], client.call_tool("run_code_analysis", args))
+            assert any(isinstance(b, ImageContent) for b in chart.content)
+
+
 async def measure(
     quick: bool, sandbox: str, trees: list[Path], pool: int | None
-) -> list[tuple[dict[str, list[float]], float]]:
+) -> list[tuple[dict[str, list[float]], float, float]]:
     """Every tree's server measured in the same run: spawns alternate, and all servers stay up side by side while
-    each call alternates between them, so that the shared machine's load falls on all alike."""
+    each call alternates between them (in turns, see `turns`), so that the shared machine's load falls on all alike."""
     servers = [server_params(sandbox, src, pool) for src in trees]
     outs: list[dict[str, list[float]]] = [{k: [] for k in TARGETS} for _ in trees]
-    for _ in range(3 if quick else 10):
-        for (params, _), out in zip(servers, outs, strict=True):
+    for spawns in turns(list(zip(servers, outs, strict=True)), 3 if quick else 10):
+        for (params, _), out in spawns:
             t0 = time.perf_counter()
             async with Client(params) as client:
                 await client.list_tools()
                 out["spawn + initialize + tools/list"].append((time.perf_counter() - t0) * 1000)
+                await client.call_tool("list_files", {})
+                out["spawn + first tool call"].append((time.perf_counter() - t0) * 1000)
 
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(Client(params)) for params, _ in servers]
         pairs = list(zip(clients, outs, strict=True))
         await anyio.sleep(5)  # let the pools pre-start their kernels
-        for _ in range(3 if quick else 10):
-            for client, out in pairs:
+        idle_rss = [server_rss_mb(pidfile) for _, pidfile in servers]
+        for calls in turns(pairs, 3 if quick else 10):
+            for client, out in calls:
                 result = await timed(
                     out["first call, new session"], client.call_tool("run_code_analysis", {"code": "1"})
                 )
@@ -177,36 +216,36 @@ async def measure(
         for _ in range(20):
             for client, sid in zip(clients, sids, strict=True):
                 await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
-        for _ in range(50 if quick else 300):
-            for (client, out), sid in zip(pairs, sids, strict=True):
-                args = {"code": "print(1+1)", "session_id": sid}
-                await timed(out["warm print(1+1)"], client.call_tool("run_code_analysis", args))
-        for _ in range(5 if quick else 30):
-            for (client, out), sid in zip(pairs, sids, strict=True):
-                args = {"code": CHART, "session_id": sid}
-                chart = await timed(out["chart + image block, warm"], client.call_tool("run_code_analysis", args))
-                assert any(isinstance(b, ImageContent) for b in chart.content)
+        await warm_calls(pairs, sids, quick)
         for client, sid in zip(clients, sids, strict=True):
             await client.call_tool("close_session", {"session_id": sid})
             await client.call_tool("run_code_analysis", {"code": "1"})
         await anyio.sleep(4)
         memory = [kernel_memory(pidfile) for _, pidfile in servers]
-    return list(zip(outs, memory, strict=True))
+    return list(zip(outs, memory, idle_rss, strict=True))
 
 
-def table(results: list[tuple[dict[str, list[float]], float]], labels: list[str]) -> str:
+def table(results: list[tuple[dict[str, list[float]], float, float]], labels: list[str]) -> str:
     head = "| measure | n |" + "".join(f" {label} p50 | {label} mean | {label} p95 |" for label in labels)
     rows = [head + " target p50 | met |", "|---|---|" + "---|---|---|" * len(labels) + "---|---|"]
     for name, target in TARGETS.items():
         cells, p50 = "", 0.0
-        for values, _ in results:
+        for values, _, _ in results:
             got = values[name]
             p50 = statistics.median(got)
             cells += f" {p50:.1f} | {statistics.mean(got):.1f} | {pct(got, 0.95):.1f} |"
         n = len(results[-1][0][name])
-        rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
-    memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m) in zip(labels, results, strict=True))
-    rows.append("\nTimes in ms. Idle kernel (a session or the pool's spare; PSS of its process tree): " + memory + ".")
+        if target is None:
+            rows.append(f"| {name} | {n} |{cells} - | - |")
+        else:
+            rows.append(f"| {name} | {n} |{cells} <= {target} | {'yes' if p50 <= target else 'no'} |")
+    memory = ", ".join(f"{label} {m:.0f} MB" for label, (_, m, _) in zip(labels, results, strict=True))
+    rss = ", ".join(f"{label} {r:.0f} MB" for label, (_, _, r) in zip(labels, results, strict=True))
+    rows.append(
+        "\nTimes in ms; spawn + initialize is 10 starts on one data directory, the first without a start cache. "
+        f"Idle server RSS (the server process alone, its pool's kernel started; target <= 80 MB): {rss}. "
+        f"Idle kernel (a session or the pool's spare; PSS of its process tree): {memory}."
+    )
     return "\n".join(rows)
 
 

@@ -58,6 +58,7 @@ SLOW_GROUPS = {
     ),
     "e2e": (
         "tests/local/test_stdio_e2e.py",
+        "tests/local/test_start_cache.py",
         "tests/local/test_http_e2e.py",
         "tests/local/test_cli.py",
         "tests/local/test_durability.py",

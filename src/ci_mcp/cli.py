@@ -7,7 +7,6 @@ down. Configuration errors print one line naming the setting and exit with code 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from ci_mcp import __version__
 from ci_mcp.errors import CiMcpError, ConfigError, InvalidInputError
 
 if TYPE_CHECKING:
+    from ci_mcp.faststart import CacheFile, Responder, Wire
     from ci_mcp.http import HttpPlan
     from ci_mcp.settings import Settings
 
@@ -95,14 +95,18 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    # Serving stdio: the first answers come from the start cache while the rest is imported (faststart.py).
+    start = _FastStart.begin(args) if command == "serve" and _serves_stdio(args) else None
+    import logging
+
     import anyio
 
     try:
         settings = load_settings(args)
         logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="ci-mcp %(levelname)s %(message)s")
-        command = args.command or "serve"
         if command == "serve":
-            return _serve(settings)
+            return _serve(settings, start)
         if command == "run":
             from ci_mcp.terminal import run_once
 
@@ -131,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if start is not None:
+            start.close()
     return 0
 
 
@@ -164,11 +171,92 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, start: _FastStart | None) -> int:
     if settings.transport == "http":
         return _serve_http(settings)
-    _build_server(settings).run("stdio")
+    if start is None:  # no descriptors to claim (Windows): the SDK's own transport
+        _build_server(settings).run("stdio")
+        return 0
+    import anyio
+
+    from ci_mcp.faststart import CACHE_NAME
+
+    server = _build_server(settings)
+    handed = start.responder.stop() if start.responder is not None else None
+    start.responder = None
+    # The cache is written where this start looked for it, and only if that is the configured data directory.
+    cache = start.cache if start.cache.path == settings.data_dir / CACHE_NAME else None
+    from ci_mcp.stdio import serve_stdio
+
+    anyio.run(serve_stdio, server, start.wire, handed, cache)
     return 0
+
+
+# What `Settings.from_env` reads besides the CI_MCP_* names (tests/local/test_start_cache.py keeps this in step),
+# and what else shapes the tool descriptions: PATH (the sandbox and the kernel's Python are found on it) and where
+# the data directory is by default.
+SETTINGS_ALIASES = (
+    "AZURE_AI_PROJECT_ENDPOINT",
+    "FOUNDRY_PROJECT_ENDPOINT",
+    "PROJECT_ENDPOINT",
+    "AZURE_AI_MODEL_DEPLOYMENT_NAME",
+    "MODEL_DEPLOYMENT_NAME",
+    "PROJECT_CONNECTION_STRING",
+)
+DESCRIPTION_INPUTS = ("PATH", "HOME", "XDG_DATA_HOME")
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CONNECTION_STRING")
+
+
+def _env(name: str) -> str | None:
+    """An environment value as `Settings.from_env` reads it (names case-insensitive; of two spellings, the last)."""
+    return {key.lower(): value for key, value in os.environ.items()}.get(name.lower())
+
+
+def _serves_stdio(args: argparse.Namespace) -> bool:
+    transport = getattr(args, "transport", None) or _env("CI_MCP_TRANSPORT") or "stdio"
+    return transport == "stdio" and sys.platform != "win32"
+
+
+def settings_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the settings (and so the tool list, descriptions and instructions) are made of, for the start
+    cache's key: the flags and the environment values `Settings.from_env` reads; secrets only as set or not."""
+    names = {key.upper() for key in os.environ if key.upper().startswith("CI_MCP_")}
+    names.update(SETTINGS_ALIASES + DESCRIPTION_INPUTS)
+    env: dict[str, str | bool] = {}
+    for name in sorted(names):
+        value = _env(name)
+        if value is not None:
+            env[name] = True if any(word in name for word in SECRET_WORDS) else value
+    flags = {k: str(v) for k, v in sorted(vars(args).items()) if v is not None}
+    return {"env": env, "flags": flags}
+
+
+class _FastStart:
+    """The stdio wire, claimed at once, and the cache responder when this configuration's cache is there."""
+
+    def __init__(self, wire: Wire, cache: CacheFile, responder: Responder | None) -> None:
+        self.wire, self.cache, self.responder = wire, cache, responder
+
+    @classmethod
+    def begin(cls, args: argparse.Namespace) -> _FastStart:
+        from ci_mcp.faststart import CACHE_NAME, CacheFile, Responder, Wire, cache_key
+
+        wire = Wire.claim()
+        data_dir = args.data_dir or _env("CI_MCP_DATA_DIR")
+        if data_dir is None:
+            from platformdirs import user_data_dir  # as settings.default_data_dir
+
+            data_dir = user_data_dir("ci-mcp", appauthor=False)
+        cache = CacheFile(Path(data_dir) / CACHE_NAME, cache_key(settings_inputs(args)))
+        answers = cache.load()
+        trace = (_env("CI_MCP_LOG_LEVEL") or "").upper() == "DEBUG"
+        return cls(wire, cache, Responder(wire, answers, trace).start() if answers is not None else None)
+
+    def close(self) -> None:
+        if self.responder is not None:
+            self.responder.stop()
+            self.responder = None
+        self.wire.release()
 
 
 def _build_server(settings: Settings, plan: HttpPlan | None = None) -> Any:

@@ -403,6 +403,35 @@ async def test_upload_reports_the_exact_name_the_code_sees(
     store.close()
 
 
+@pytest.mark.parametrize("restart_works", [True, False])
+async def test_a_run_the_server_cannot_follow_restarts_the_kernel_and_says_so_only_when_that_worked(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, restart_works: bool
+) -> None:
+    real_execute = Kernel.execute
+
+    async def execute_then_lose_track(self: Kernel, code: str, **kw: Any) -> Any:
+        outcome = await real_execute(self, code, **kw)
+        if "LOSE" in code:
+            raise RuntimeError("the output stream broke")
+        return outcome
+
+    async def restart_fails(self: LocalBackend, kernel: Kernel) -> None:
+        raise RuntimeError("no kernel could be started")
+
+    monkeypatch.setattr(Kernel, "execute", execute_then_lose_track)
+    if not restart_works:
+        monkeypatch.setattr(LocalBackend, "_restart", restart_fails)
+    c, store = await open_client(make_settings())
+    async with c:
+        result = await c.call_tool("run_code_analysis", {"code": "print('seen before')  # LOSE"})
+        text = all_text(result)
+        assert session_of(result) and "following the run failed inside the server" in text, text
+        assert "the output stream broke" in text, text
+        assert ("The kernel was restarted" in text) == restart_works, text
+        assert ("restarting the kernel failed" in text) != restart_works, text
+    store.close()
+
+
 async def test_a_failed_kernel_restart_after_a_crash_keeps_the_result(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,9 +28,11 @@ from anyio.abc import TaskGroup
 from ci_mcp.backends.local import installs, interpreter, sandbox, workspace, zygote
 from ci_mcp.backends.local.codewriter import CodeWriter
 from ci_mcp.backends.local.kernel import EventSink, Kernel, KernelEvent, KernelStartError, StreamEvent
+from ci_mcp.backends.local.outcomes import RunOutcome, RunProblems, describe_error, ending, name_list
 from ci_mcp.backends.local.outputs import OutputCollector
 from ci_mcp.backends.local.pool import KernelPool, WarmKernel
 from ci_mcp.backends.local.state import LocalSessionState
+from ci_mcp.backends.local.workspace import Snapshot
 from ci_mcp.errors import (
     BackendUnavailableError,
     CapacityError,
@@ -448,7 +450,7 @@ class LocalBackend:
             except Exception as exc:
                 log.exception("run in session %s failed", live.session_id)
                 failed = CiMcpError(
-                    f"The run could not start inside the server ({_describe(exc)}). This is not caused by the "
+                    f"The run could not start inside the server ({describe_error(exc)}). This is not caused by the "
                     "code; try again, and the operator finds the details in the server log."
                 )
                 failed.session_id = live.session_id
@@ -467,7 +469,7 @@ class LocalBackend:
             libraries = interpreter.libraries_sentence(self.kernel_interpreter())
             raise InvalidInputError(installs.refusal(line, libraries))
 
-    async def _run_locked(  # noqa: C901 - known, to split (issue 10)
+    async def _run_locked(
         self,
         live: LiveSession,
         code: str,
@@ -477,13 +479,41 @@ class LocalBackend:
         started: float,
         on_output: OutputCallback | None = None,
     ) -> RunResult:
+        """One run on a locked session: place the inputs and snapshot the workspace, execute, settle how it ended
+        (restarting the kernel where needed), keep the files it wrote and stop its leftover processes, keep the
+        full output, then build the result. What the server could not do is said in the notices."""
         notices = live.pending_notices
         live.pending_notices = []
+        before = await self._prepare_workspace(live, inputs, notices)
+        live.runs += 1
+        collector = self._output_collector(live)
+        problems = RunProblems(live.session_id)
+        sink = _guarded(_tee(collector, on_output), problems)
+        outcome = await self._execute(live, code, started, timeout, progress, sink, problems, notices)
+        status = await self._settle(live, outcome, timeout, problems, notices)
+        await self._keep_files(live, before, collector, problems, notices)
+        try:
+            await anyio.to_thread.run_sync(collector.finish, live.runs)  # may keep the full output: off the loop
+        except Exception as exc:
+            problems.failed(exc, "keeping the full output")
+        return RunResult(
+            session_id=live.session_id,
+            status=status,
+            outputs=tuple(collector.items),
+            generated_files=tuple(collector.generated),
+            notices=tuple(notices + collector.notices + problems.notices()),
+            duration_seconds=time.monotonic() - started,
+        )
+
+    async def _prepare_workspace(self, live: LiveSession, inputs: list[FileInfo], notices: list[str]) -> Snapshot:
+        """Copy the run's input files in (saying which) and take the 'before' snapshot."""
         placed, before = await anyio.to_thread.run_sync(self._place_inputs, live, inputs)
         if placed:
             notices.append("Input files placed in the working directory: " + ", ".join(map(quote, placed)) + ".")
-        live.runs += 1
-        collector = OutputCollector(
+        return before
+
+    def _output_collector(self, live: LiveSession) -> OutputCollector:
+        return OutputCollector(
             self.store,
             live.session_id,
             self.settings.text_output_limit,
@@ -491,44 +521,27 @@ class LocalBackend:
             max_payload=self.settings.max_display_bytes,
             max_run_payloads=self.settings.max_display_bytes_per_run,
         )
-        failures: list[str] = []  # what the server could not do for this run, for the notices
-        lost: dict[str, list[str]] = {}  # why -> outputs not kept for that reason
 
-        def failed(exc: Exception, what: str) -> None:
-            if isinstance(exc, StorageFullError) and exc.lost:
-                lost.setdefault(exc.cause, []).append(exc.lost)
-                return
-            if not isinstance(exc, CiMcpError):
-                log.error("session %s: %s failed", live.session_id, what, exc_info=exc)
-            text = str(exc) if isinstance(exc, CiMcpError) else f"{what} failed inside the server ({_describe(exc)})"
-            if text not in failures:
-                failures.append(text)
-
-        collect = _tee(collector, on_output)
-
-        async def sink(event: KernelEvent) -> None:
-            try:
-                await collect(event)
-            except Exception as exc:  # a full disk must not stop the run or lose the rest of its output
-                failed(exc, "keeping an output")
-
-        async def restarted() -> bool:
-            try:
-                await self._restart(live.kernel)
-            except Exception as exc:  # say so, and keep the output: the next call starts a kernel again
-                failed(exc, "restarting the kernel")
-                return False
-            return True
-
-        deadline = started + timeout
+    async def _execute(
+        self,
+        live: LiveSession,
+        code: str,
+        started: float,
+        timeout: float,
+        progress: ProgressCallback,
+        sink: EventSink,
+        problems: RunProblems,
+        notices: list[str],
+    ) -> RunOutcome:
+        """Run the code with progress ticks until its deadline; say when output messages were too big to read."""
         dropped = live.kernel.dropped_messages
-        outcome: str
+        outcome: RunOutcome
         async with anyio.create_task_group() as tg:
             tg.start_soon(_tick, progress, started, timeout)
             try:
-                outcome = await live.kernel.execute(code, deadline=deadline, sink=sink)
+                outcome = await live.kernel.execute(code, deadline=started + timeout, sink=sink)
             except Exception as exc:
-                failed(exc, "following the run")
+                problems.failed(exc, "following the run")
                 outcome = "server_error"
             finally:
                 tg.cancel_scope.cancel()
@@ -539,41 +552,43 @@ class LocalBackend:
                 "and were dropped unread, with any output sent while the server reconnected. Print or display less "
                 "at once: write large results to a file and print a summary."
             )
-        status: RunStatus = "ok"
-        if outcome == "server_error":
-            status = "server_error"
-            if await restarted():
-                notices.append("The kernel was restarted: variables and imports are gone; files are kept.")
-        elif outcome == "error":
-            status = "error"
-        elif outcome == "interrupted":
-            status = "timeout"
-            notices.append(
-                f"The run was stopped at its time limit of {timeout:g} s (KeyboardInterrupt). The kernel and its "
-                "variables are kept. Make the code faster, work on a sample, or pass a larger timeout_seconds."
-            )
-        elif outcome == "timeout":
-            status = "timeout"
-            await restarted()
-            notices.append(
-                f"The run exceeded its time limit of {timeout:g} s and did not respond to an interrupt, so the "
-                "kernel was restarted: variables and imports are gone; files in the working directory are kept."
-            )
-        elif outcome == "died":
-            status = "kernel_died"
-            code_ = live.kernel.returncode
-            cause = (
-                f"it ran out of memory (the limit is {self.settings.memory_limit_mb} MB); work on a sample or in chunks"
-                if live.kernel.out_of_memory
-                else "common causes are running out of memory, os._exit() or a crash in native code"
-            )
-            await restarted()
-            notices.append(
-                f"The kernel process died during the run (exit code {code_}); {cause}. A new kernel was started: "
-                "variables and imports are gone; files in the working directory are kept."
-            )
+        return outcome
+
+    async def _settle(
+        self, live: LiveSession, outcome: RunOutcome, timeout: float, problems: RunProblems, notices: list[str]
+    ) -> RunStatus:
+        """The run's status; the kernel restarted where its ending asks for it, and the ending's notice."""
+        end = ending(
+            outcome,
+            timeout,
+            returncode=live.kernel.returncode,
+            oom=outcome == "died" and live.kernel.out_of_memory,
+            memory_mb=self.settings.memory_limit_mb,
+        )
+        restarted = end.restart and await self._restart_after_run(live, problems)
+        if end.notice and (restarted or not end.only_if_restarted):
+            notices.append(end.notice)
+        return end.status
+
+    async def _restart_after_run(self, live: LiveSession, problems: RunProblems) -> bool:
         try:
-            strays = await anyio.to_thread.run_sync(self._after_run, live, before, collector, lost)
+            await self._restart(live.kernel)
+        except Exception as exc:  # say so, and keep the output: the next call starts a kernel again
+            problems.failed(exc, "restarting the kernel")
+            return False
+        return True
+
+    async def _keep_files(
+        self,
+        live: LiveSession,
+        before: Snapshot,
+        collector: OutputCollector,
+        problems: RunProblems,
+        notices: list[str],
+    ) -> None:
+        """Stop the processes the run left running and keep the files it wrote."""
+        try:
+            strays = await anyio.to_thread.run_sync(self._after_run, live, before, collector, problems.lost)
             if strays:
                 await live.kernel.execute(REAP_CHILDREN, deadline=time.monotonic() + 5, sink=_ignore)
                 strays += await anyio.to_thread.run_sync(live.kernel.kill_strays)  # any started while it reaped
@@ -582,21 +597,7 @@ class LocalBackend:
                     "processes do not outlive a run here (create and close process pools within one call)."
                 )
         except Exception as exc:
-            failed(exc, "collecting the files the run wrote")
-        try:
-            await anyio.to_thread.run_sync(collector.finish, live.runs)  # may keep the full output: off the loop
-        except Exception as exc:
-            failed(exc, "keeping the full output")
-        for cause, names in lost.items():
-            failures.append(f"Not kept: {_names(names)} (files the code wrote stay in its working directory). {cause}")
-        return RunResult(
-            session_id=live.session_id,
-            status=status,
-            outputs=tuple(collector.items),
-            generated_files=tuple(collector.generated),
-            notices=tuple(notices + collector.notices + failures),
-            duration_seconds=time.monotonic() - started,
-        )
+            problems.failed(exc, "collecting the files the run wrote")
 
     def _place_inputs(self, live: LiveSession, inputs: list[FileInfo]) -> tuple[list[str], workspace.Snapshot]:
         """Off the event loop: copy the run's input files into the workspace, then take the 'before' snapshot."""
@@ -688,20 +689,24 @@ class LocalBackend:
             if info.media_type == "image/png":
                 collector.picture_file(info, functools.partial(self.store.read, info.file_id))
         if own:
-            collector.notices.extend(f"Not kept: {_names(names)}. {cause}" for cause, names in lost.items())
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(quote(n) for n in names[:20])
-    return shown + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
+            collector.notices.extend(f"Not kept: {name_list(names)}. {cause}" for cause, names in lost.items())
 
 
 async def _ignore(event: object) -> None:
     return None
+
+
+def _guarded(collect: EventSink, problems: RunProblems) -> EventSink:
+    """`collect`, with what it raises said in the run's notices: a full disk must not stop the run or lose the
+    rest of its output."""
+
+    async def sink(event: KernelEvent) -> None:
+        try:
+            await collect(event)
+        except Exception as exc:
+            problems.failed(exc, "keeping an output")
+
+    return sink
 
 
 def _tee(collector: OutputCollector, on_output: OutputCallback | None) -> EventSink:

@@ -404,56 +404,76 @@ class Kernel:
         if groups is not None and groups.can_freeze and self.alive and not groups.freeze(limit_seconds=0):
             await anyio.to_thread.run_sync(groups.freeze)
 
-    async def _collect(self, msg_id: str, deadline: float, sink: EventSink) -> Outcome:  # noqa: C901 - known, to split (issue 10)
-        client = self._require_client()
-        outcome: Outcome = "ok"
-        idle = False
-        replied = False
-        interrupted_at: float | None = None
-        replied_at: float | None = None
-        while not (idle and replied):
+    async def _collect(self, msg_id: str, deadline: float, sink: EventSink) -> Outcome:
+        """Read the messages of execute request `msg_id` until it has replied and gone idle (or the deadline, the
+        interrupt's grace period or the process runs out); report its outputs to `sink`; return how it ended."""
+        run = _Execution(msg_id, deadline, self._require_client())
+        while not run.over:
             now = time.monotonic()
-            if interrupted_at is None and now >= deadline:
-                await self.interrupt()
-                interrupted_at = now
-            if interrupted_at is not None and now - interrupted_at > 3.0:
-                return "timeout"
-            if not self.alive:
-                return "died"
-            if replied and not idle and replied_at is not None and now - replied_at > 1.0:
+            ended = await self._enforce_limits(run, now)
+            if ended is not None:
+                return ended
+            if run.reply_without_idle(now):
                 break  # the reply came but its idle status was lost: the run is over all the same
-            wait = _POLL if interrupted_at is not None else max(0.001, min(_POLL, deadline - now))
-            if idle:  # execute_reply normally precedes idle; this is the rare other order
-                reply = await _receive(client.shell_channel.socket, wait)
-                if reply is not None and reply.parent_id == msg_id:
-                    replied = True
-                continue
-            msg = await _receive(client.iopub_channel.socket, wait)
-            if msg is None:
-                if await self._iopub_dropped():
-                    client = self._require_client()
-                if not replied and await self._replied(msg_id):
-                    replied, replied_at = True, time.monotonic()
-                    if interrupted_at is None and outcome == "ok" and self._last_reply_status == "error":
-                        outcome = "error"
-                continue
-            if msg.parent_id != msg_id:
-                continue  # not decoded further: another request's message
-            mtype = msg.msg_type
-            content = msg.content()
-            if mtype == "status" and content.get("execution_state") == "idle":
-                idle = True
-                replied = replied or await self._replied(msg_id)
-                continue
-            event = _event(mtype, content)
-            if event is not None:
-                if isinstance(event, ErrorEvent):
-                    outcome = "error"
-                await sink(event)
+            if run.idle:  # execute_reply normally precedes idle; this is the rare other order
+                await self._await_reply(run, run.wait(now))
+            else:
+                await self._read_output(run, run.wait(now), sink)
         await self._iopub_dropped()  # a refusal seen only as the run ended still counts for this run
-        if interrupted_at is not None:
-            return "interrupted"
-        return outcome
+        return "interrupted" if run.interrupted_at is not None else run.outcome
+
+    async def _enforce_limits(self, run: _Execution, now: float) -> Outcome | None:
+        """Interrupt at the deadline; the run's end when the interrupt is not answered within 3 s ("timeout") or
+        the process is gone ("died"); None while it may go on."""
+        if run.interrupted_at is None and now >= run.deadline:
+            await self.interrupt()
+            run.interrupted_at = now
+        if run.interrupted_at is not None and now - run.interrupted_at > 3.0:
+            return "timeout"
+        if not self.alive:
+            return "died"
+        return None
+
+    async def _await_reply(self, run: _Execution, wait: float) -> None:
+        """Idle was seen before the execute_reply: wait for the reply on the shell channel."""
+        reply = await _receive(run.client.shell_channel.socket, wait)
+        if reply is not None and reply.parent_id == run.msg_id:
+            run.replied = True
+
+    async def _read_output(self, run: _Execution, wait: float, sink: EventSink) -> None:
+        """The next output message: handled by its type when it is this request's; a quiet spell checks the
+        connection and the shell reply."""
+        msg = await _receive(run.client.iopub_channel.socket, wait)
+        if msg is None:
+            await self._on_quiet(run)
+            return
+        if msg.parent_id != run.msg_id:
+            return  # not decoded further: another request's message
+        content = msg.content()
+        if msg.msg_type == "status":
+            await self._on_status(run, content)
+            return
+        event = _event(msg.msg_type, content)
+        if event is not None:
+            if isinstance(event, ErrorEvent):
+                run.outcome = "error"
+            await sink(event)
+
+    async def _on_quiet(self, run: _Execution) -> None:
+        """No output within the wait: reopen a dropped output stream; look for the reply (its status tells an
+        error the output stream may have lost)."""
+        if await self._iopub_dropped():
+            run.client = self._require_client()
+        if not run.replied and await self._replied(run.msg_id):
+            run.replied, run.replied_at = True, time.monotonic()
+            if run.interrupted_at is None and run.outcome == "ok" and self._last_reply_status == "error":
+                run.outcome = "error"
+
+    async def _on_status(self, run: _Execution, content: dict[str, Any]) -> None:
+        """A status message: idle ends the run once the reply is in too."""
+        if content.get("execution_state") == "idle":
+            run.idle = True
+            run.replied = run.replied or await self._replied(run.msg_id)
 
     def kill_strays(self) -> int:
         """Kill every process of this kernel's sandbox except the kernel (and the sandbox processes above it);
@@ -523,6 +543,32 @@ class Kernel:
         return self._cgroups is not None and self._cgroups.oom_killed()
 
 
+@dataclass
+class _Execution:
+    """One execute request's messages as `Kernel._collect` reads them: how far it got, and when."""
+
+    msg_id: str
+    deadline: float
+    client: AsyncKernelClient
+    outcome: Outcome = "ok"
+    idle: bool = False
+    replied: bool = False
+    interrupted_at: float | None = None
+    replied_at: float | None = None
+
+    @property
+    def over(self) -> bool:
+        return self.idle and self.replied
+
+    def reply_without_idle(self, now: float) -> bool:
+        """The reply came over a second ago and its idle status never did."""
+        return self.replied and not self.idle and self.replied_at is not None and now - self.replied_at > 1.0
+
+    def wait(self, now: float) -> float:
+        """How long to wait for the next message: until the deadline, at most one poll interval."""
+        return _POLL if self.interrupted_at is not None else max(0.001, min(_POLL, self.deadline - now))
+
+
 _DELIMITER = b"<IDS|MSG>"
 
 
@@ -566,19 +612,40 @@ async def _discard(event: KernelEvent) -> None:
     return None
 
 
-def _event(mtype: object, content: dict[str, Any]) -> KernelEvent | None:
-    if mtype == "stream":
-        return StreamEvent("stderr" if content.get("name") == "stderr" else "stdout", str(content.get("text", "")))
-    if mtype in ("display_data", "execute_result", "update_display_data"):
-        data = content.get("data", {})
-        if not isinstance(data, dict):
-            return None
-        bundle = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
-        return DisplayEvent(bundle, is_result=mtype == "execute_result")
-    if mtype == "error":
-        tb = content.get("traceback", [])
-        text = "\n".join(strip_ansi(str(line)) for line in tb) if isinstance(tb, list) else ""
-        return ErrorEvent(str(content.get("ename", "Error")), str(content.get("evalue", "")), text)
-    if mtype == "clear_output":
-        return ClearEvent()
-    return None
+def _stream_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
+    return StreamEvent("stderr" if content.get("name") == "stderr" else "stdout", str(content.get("text", "")))
+
+
+def _display_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
+    data = content.get("data", {})
+    if not isinstance(data, dict):
+        return None
+    bundle = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    return DisplayEvent(bundle, is_result=mtype == "execute_result")
+
+
+def _error_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
+    tb = content.get("traceback", [])
+    text = "\n".join(strip_ansi(str(line)) for line in tb) if isinstance(tb, list) else ""
+    return ErrorEvent(str(content.get("ename", "Error")), str(content.get("evalue", "")), text)
+
+
+def _clear_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
+    return ClearEvent()
+
+
+_EVENT_READERS: dict[str, Callable[[str, dict[str, Any]], KernelEvent | None]] = {
+    "stream": _stream_event,
+    "display_data": _display_event,
+    "execute_result": _display_event,
+    "update_display_data": _display_event,
+    "error": _error_event,
+    "clear_output": _clear_event,
+}
+"""The output messages that become events, by Jupyter message type (status is `Kernel._on_status`'s; the rest
+are ignored)."""
+
+
+def _event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
+    reader = _EVENT_READERS.get(mtype)
+    return None if reader is None else reader(mtype, content)
