@@ -144,7 +144,8 @@ async def _kernel_checks(backend: LocalBackend) -> list[Check]:
         raise KernelProbeError(ran)
     sid = ran.session_id
     checks: list[Check] = [
-        ("kernel", True, f"started and ran code in {time.monotonic() - started:.1f} s (Python {_text(ran).strip()})")
+        ("kernel", True, f"started and ran code in {time.monotonic() - started:.1f} s (Python {_text(ran).strip()})"),
+        _start_check(backend),
     ]
     libs = _json(await _probe(backend, sid, _LIBRARIES_PROBE % (ANALYSIS_LIBRARIES,)))
     if libs is None:
@@ -163,6 +164,17 @@ async def _kernel_checks(backend: LocalBackend) -> list[Check]:
         )
     checks.append(await _network_check(backend, sid))
     return checks
+
+
+def _start_check(backend: LocalBackend) -> Check:
+    """How kernels start, once one has: forked from the zygote, or cold (which works, only slower: not a failure)."""
+    zygote = backend.zygote
+    if zygote is not None and zygote.usable:
+        return ("kernel start", True, "forked from the preloaded, sandboxed zygote (a new session in tens of ms)")
+    if zygote is not None:
+        return ("kernel start", True, f"each kernel starts cold in its own sandbox (about 1 s): {zygote.disabled}")
+    why = "CI_MCP_KERNEL_ZYGOTE is off" if backend.plan.mode == "bwrap" else "the zygote needs the bwrap sandbox"
+    return ("kernel start", True, f"each kernel starts cold (about 1 s): {why}")
 
 
 async def _network_check(backend: LocalBackend, sid: str) -> Check:

@@ -55,6 +55,7 @@ def test_doctor_checks_the_kernel_and_the_sandbox(tmp_path: Path) -> None:
     assert {name: checks.get(name) for name in must_pass} == dict.fromkeys(must_pass, "ok"), report
     if sandbox.bwrap_works()[0]:
         assert done.returncode == 0 and "All checks passed." in done.stdout, report
+        assert "forked from the preloaded, sandboxed zygote" in done.stdout, report
     assert cgroups.layout().describe() in done.stdout, report  # which cgroup version does what, or that none can
 
 
