@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Generic, Protocol, Self, TypeVar
 
@@ -49,16 +49,22 @@ class BackendState(Protocol):
 S = TypeVar("S", bound=BackendState)
 
 
-@dataclass(frozen=True)
-class NoState:
-    """For readers that use no backend's state (housekeeping's view of every session)."""
+class TextState:
+    """A state of text fields only, for a frozen dataclass that subclasses this: each field loads as the text stored,
+    or empty where it is missing or not text, and dumps as it is."""
 
     @classmethod
-    def load(cls, raw: Mapping[str, object]) -> NoState:
-        return cls()
+    def load(cls, raw: Mapping[str, object]) -> Self:
+        stored = {f.name: raw.get(f.name) for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{name: value if isinstance(value, str) else "" for name, value in stored.items()})
 
     def dump(self) -> dict[str, object]:
-        return {}
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NoState(TextState):
+    """For readers that use no backend's state (housekeeping's view of every session)."""
 
 
 @dataclass(frozen=True)

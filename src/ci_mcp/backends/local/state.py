@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+
+from ci_mcp.sessions import TextState
 
 
 @dataclass(frozen=True)
-class LocalSessionState:
+class LocalSessionState(TextState):
     workspace: str = ""
     """The session's workspace directory (the kernel's /mnt/data), under the store's workspaces directory."""
-
-    @classmethod
-    def load(cls, raw: Mapping[str, object]) -> LocalSessionState:
-        workspace = raw.get("workspace")
-        return cls(workspace if isinstance(workspace, str) else "")
-
-    def dump(self) -> dict[str, object]:
-        return {"workspace": self.workspace}

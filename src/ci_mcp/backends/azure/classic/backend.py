@@ -48,7 +48,7 @@ from ci_mcp.errors import (
     RunFailedError,
 )
 from ci_mcp.models import FileInfo, ProgressCallback, RunRequest, RunResult, RunStatus, SessionInfo
-from ci_mcp.sessions import SessionRecord, SessionStore, session_info
+from ci_mcp.sessions import SessionRecord, SessionStore, TextState, session_info
 from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 
@@ -68,18 +68,10 @@ _MESSAGES_PAGE = 100
 
 
 @dataclass(frozen=True)
-class ThreadState:
+class ThreadState(TextState):
     """What a session keeps in its session record: the Azure thread it is."""
 
     thread_id: str = ""
-
-    @classmethod
-    def load(cls, raw: Mapping[str, object]) -> ThreadState:
-        thread_id = raw.get("thread_id")
-        return cls(thread_id if isinstance(thread_id, str) else "")
-
-    def dump(self) -> dict[str, object]:
-        return {"thread_id": self.thread_id}
 
 
 class ClassicAgentsBackend:
