@@ -545,11 +545,11 @@ class LocalBackend:
                 outcome = "server_error"
             finally:
                 tg.cancel_scope.cancel()
-        if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel drops its connection too
+        if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel's last frame may be cut
             count, cap_mb = live.kernel.dropped_messages - dropped, live.kernel.max_message_bytes // MB
             notices.append(
                 f"{count} output message(s) were over {cap_mb} MB "
-                "and were dropped unread, with any output sent while the server reconnected. Print or display less "
+                "and were dropped unread. Print or display less "
                 "at once: write large results to a file and print a summary."
             )
         return outcome

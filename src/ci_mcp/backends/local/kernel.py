@@ -454,11 +454,11 @@ class Kernel:
         """The kernel's end of the socket closed: it exited, or its code closed the socket (then it is killed, as
         it can run nothing more)."""
         process = self._require_process()
-        with anyio.move_on_after(2), anyio.CancelScope(shield=True):
+        with anyio.move_on_after(0.5):  # the socket closes as the process exits: its status follows at once
             await process.wait()
         if process.returncode is None:
             self._kill()
-            with anyio.move_on_after(5), anyio.CancelScope(shield=True):
+            with anyio.move_on_after(5):
                 await process.wait()
         return "died"
 

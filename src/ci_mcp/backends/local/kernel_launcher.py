@@ -400,17 +400,15 @@ def make_shell(channel: Channel, streams: Streams) -> Any:
             self.data = None
 
     class Shell(InteractiveShell):
-        displayhook_class = ResultHook  # type: ignore[assignment]
-        display_pub_class = Publisher  # type: ignore[assignment]
+        displayhook_class = ResultHook
+        display_pub_class = Publisher
 
         def init_virtualenv(self) -> None:
             pass  # the kernel's Python is the environment (as ipykernel)
 
         def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
             streams.flush()
-            channel.output(
-                {"t": "error", "ename": str(etype.__name__), "evalue": str(evalue), "traceback": list(stb)}
-            )
+            channel.output({"t": "error", "ename": str(etype.__name__), "evalue": str(evalue), "traceback": list(stb)})
 
     config = Config()
     config.HistoryManager.enabled = False
@@ -443,8 +441,8 @@ class Worker:
             pass
         capture = Capture(self.streams) if hasattr(os, "set_blocking") and sys.platform != "win32" else None
         self.capture = capture
-        sys.stdout = OutStream(self.streams, "stdout", 1)  # type: ignore[assignment]
-        sys.stderr = OutStream(self.streams, "stderr", 2)  # type: ignore[assignment]
+        sys.stdout = OutStream(self.streams, "stdout", 1)
+        sys.stderr = OutStream(self.streams, "stderr", 2)
         for key, value in (("TERM", "xterm-color"), ("PAGER", "cat"), ("GIT_PAGER", "cat")):
             os.environ[key] = value  # as ipykernel: no pager waits for a key
         self.shell = make_shell(self.channel, self.streams)
@@ -452,7 +450,7 @@ class Worker:
         import builtins
         import getpass
 
-        builtins.input = _no_input
+        builtins.input = _no_input  # type: ignore[assignment]
         getpass.getpass = _no_input
         Flusher(self.streams, capture).start()
         self.channel.send({"t": "ready"})
