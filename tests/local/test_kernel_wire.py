@@ -61,7 +61,7 @@ async def session(
 
 
 async def run(client: Client, code: str, **kw: object):
-    return await client.call_tool("run_code_analysis", {"code": code, "timeout_seconds": 30, **kw})
+    return await client.call_tool("run_code_analysis", {"code": code, "timeout_seconds": 30} | kw)
 
 
 async def goes_on(client: Client, sid: str) -> None:
@@ -74,8 +74,8 @@ async def test_bytes_that_are_no_frame_are_skipped_and_the_session_goes_on(sessi
     client, sid = session
     code = (
         "w = wire()\n"
-        "w.sendall(b'\\xff\\xff\\xff\\xffgarbage without an end')\n"  # no newline: the worker's next frame ends it
         'w.sendall(b\'\\x80not json\\n[1, 2]\\n"text"\\n{"t": 5}\\n{"t": "stream", "id": [], "text": 1}\\n\')\n'
+        "w.sendall(b'\\xff\\xff\\xff\\xffgarbage without an end')\n"  # no newline: the worker's next frame ends it
         "print('after')"
     )
     result = await run(client, code, session_id=sid)
@@ -118,9 +118,9 @@ async def test_code_that_closes_the_socket_ends_the_run_at_once_and_a_new_kernel
     session: tuple[Client, str],
 ) -> None:
     client, sid = session
-    result = await run(
-        client, "import socket, time\nwire().shutdown(socket.SHUT_RDWR)\ntime.sleep(600)", session_id=sid
-    )
+    # The run's time limit is far off: only the closed socket can end it before the test's own timeout.
+    code = "import socket, time\nwire().shutdown(socket.SHUT_RDWR)\ntime.sleep(3600)"
+    result = await run(client, code, session_id=sid, timeout_seconds=900)
     text = all_text(result)
     assert result.is_error and "kernel process died" in text and "A new kernel was started" in text, text
     after = await run(client, "print('fresh', 'x' in globals())", session_id=sid)
