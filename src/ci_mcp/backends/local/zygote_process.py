@@ -57,14 +57,16 @@ DATA_MOUNT = "/mnt/data"
 MPL_MOUNT = "/opt/ci-mcp/mpl"
 LAUNCHER_DIR = "/opt/ci-mcp"
 KERNEL_START_IMPORTS = (
+    "asyncio",
     "faulthandler",
-    "pdb",
+    "getpass",
+    "termios",
+    "IPython.core.application",
     "IPython.core.completerlib",
-    "IPython.core.debugger",
+    "IPython.core.crashhandler",
+    "IPython.core.logger",
     "IPython.core.oinspect",
-    "IPython.extensions.storemagic",
     "IPython.utils.wildcard",
-    "tornado.platform.asyncio",
 )
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
