@@ -277,12 +277,22 @@ class LocalBackend:
                 await kernel.execute(PRELOAD, deadline=time.monotonic() + 60, sink=_ignore)
         except KernelStartError as exc:
             await kernel.stop()
-            raise BackendUnavailableError(f"The local kernel could not start: {exc}") from exc
+            raise BackendUnavailableError(f"The local kernel could not start: {exc}{self._lacks()}") from exc
         except BaseException:  # cancelled (server shutting down): never leave a kernel or its sockets behind
             with anyio.CancelScope(shield=True):
                 await kernel.stop()
             raise
         return kernel
+
+    def _lacks(self) -> str:
+        """Why a kernel cannot start on the kernel's Python, when the probe says so ("" otherwise)."""
+        missing = self.kernel_interpreter().kernel_missing
+        if not missing:
+            return ""
+        return (
+            f" The kernel's Python ({self._python}) lacks {', '.join(missing)}: install ipython and "
+            "matplotlib-inline (or ipykernel, which brings both) into it, or unset CI_MCP_KERNEL_PYTHON."
+        )
 
     async def _restart(self, kernel: Kernel) -> None:
         await kernel.restart()
