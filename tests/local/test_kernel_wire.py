@@ -180,3 +180,28 @@ async def test_output_reaches_the_server_while_the_code_still_runs(make_settings
     finally:
         await backend.aclose()
         store.close()
+
+
+async def test_an_interrupt_between_runs_is_dropped_even_with_threads_left_running(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A deadline or a cancelled call can interrupt just as a run ends; a thread the code left running can take the
+    signal in. Neither the worker nor the next run may see it."""
+    settings = make_settings(sandbox="bwrap")
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    await backend.start()
+    try:
+        code = "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\nx = 41"
+        first = await backend.run(RunRequest(None, code, None), no_progress)
+        assert first.status == "ok", first
+        live = backend._live[first.session_id]
+        await live.kernel.interrupt()
+        after = await backend.run(
+            RunRequest(first.session_id, "import time\ntime.sleep(0.3)\nprint(x + 1)", None), no_progress
+        )
+        said = "".join(o.text for o in after.outputs if isinstance(o, TextOutput))
+        assert after.status == "ok" and "42" in said, after
+    finally:
+        await backend.aclose()
+        store.close()

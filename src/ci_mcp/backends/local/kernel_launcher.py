@@ -371,8 +371,15 @@ def make_shell(channel: Channel, streams: Streams) -> Any:
     from traitlets.config import Config
 
     class Publisher(DisplayPublisher):
-        def publish(  # type: ignore[override]
-            self, data: Any, metadata: Any = None, source: Any = None, *, transient: Any = None, update: bool = False
+        def publish(
+            self,
+            data: Any,
+            metadata: Any = None,
+            source: Any = None,
+            *,
+            transient: Any = None,
+            update: bool = False,
+            **kwargs: Any,
         ) -> None:
             streams.flush()
             channel.output({"t": "display", "data": _bundle(data), "update": bool(update)})
@@ -431,7 +438,7 @@ class Worker:
     def start(self) -> None:
         if _MASK is not None:
             _MASK(signal.SIG_BLOCK, _SIGINT)  # SIGINT only while code runs; every thread started here blocks it
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # between runs an interrupt comes too late: it is ignored
         log = os.dup(2)
         try:
             import faulthandler
@@ -461,6 +468,8 @@ class Worker:
                 request = self.channel.receive()
             except (OSError, ValueError):
                 request = None
+            except KeyboardInterrupt:  # tripped by a thread the code left running, just as the last run ended
+                continue
             if request is None:
                 return
             if request.get("t") == "execute":
@@ -472,7 +481,7 @@ class Worker:
         self.channel.execution = run_id
         status = "error"
         try:
-            _discard_pending_interrupt()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             if _MASK is not None:
                 _MASK(signal.SIG_UNBLOCK, _SIGINT)
             try:
@@ -480,6 +489,8 @@ class Worker:
             finally:
                 if _MASK is not None:
                     _MASK(signal.SIG_BLOCK, _SIGINT)
+                # Ignored from here: a SIGINT already taken in but not yet raised is dropped, not raised below.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             status = "ok" if result.success else "error"
         except KeyboardInterrupt:  # an interrupt that came as the run ended
             status = "error"
@@ -487,13 +498,6 @@ class Worker:
             self.capture.drain()
         self.streams.flush()
         self.channel.send({"t": "done", "id": run_id, "status": status})
-
-
-def _discard_pending_interrupt() -> None:
-    """An interrupt that arrived after the last run ended is not this run's."""
-    pending = getattr(signal, "sigpending", None)
-    if pending is not None and signal.SIGINT in pending():
-        signal.sigwait(_SIGINT)
 
 
 def main() -> None:
