@@ -205,3 +205,18 @@ async def test_an_interrupt_between_runs_is_dropped_even_with_threads_left_runni
     finally:
         await backend.aclose()
         store.close()
+
+
+@pytest.mark.parametrize(("mode", "zygote"), [("bwrap", True), ("bwrap", False), ("none", False)])
+async def test_a_run_at_its_time_limit_is_interrupted_in_every_launch_path(
+    make_settings: Callable[..., Settings], mode: str, zygote: bool
+) -> None:
+    """The interrupt is SIGINT to the kernel's host pid: from the server into a forked kernel's pid namespace, into a
+    cold bwrap kernel's, and to an unsandboxed kernel; each raises KeyboardInterrupt and keeps the session."""
+    client, store = await open_client(make_settings(sandbox=mode, kernel_zygote=zygote))
+    async with client:
+        result = await run(client, "x = 41\nimport time\nwhile True:\n    time.sleep(0.01)", timeout_seconds=2)
+        text = all_text(result)
+        assert "KeyboardInterrupt" in text and "variables are kept" in text, text
+        await goes_on(client, session_of(result))
+    store.close()
