@@ -220,3 +220,23 @@ async def test_a_run_at_its_time_limit_is_interrupted_in_every_launch_path(
         assert "KeyboardInterrupt" in text and "variables are kept" in text, text
         await goes_on(client, session_of(result))
     store.close()
+
+
+async def test_what_code_relied_on_under_ipykernel_still_holds(session: tuple[Client, str]) -> None:
+    """The worker keeps ipykernel's behaviour where code can see it: `Out` and `_`, top-level await, no stdin,
+    output of file descriptors (os.system, C), display updates and clearing, and exit() keeping the kernel."""
+    client, sid = session
+    cases = [
+        ("x + 1", "42"),
+        ("print('last', _, Out[max(Out)])", "last 42 42"),
+        ("import asyncio\nawait asyncio.sleep(0)\nprint('awaited')", "awaited"),
+        ("try:\n    input()\nexcept Exception as exc:\n    print(type(exc).__name__)", "StdinNotImplementedError"),
+        ("import os\nos.system('echo from a shell')", "from a shell"),
+        ("import ctypes\nlibc = ctypes.CDLL(None)\nlibc.puts(b'from C')\nlibc.fflush(None)", "from C"),
+        ("from IPython.display import display\nh = display('one', display_id=True)\nh.update('two')", "'two'"),
+        ("exit()\nprint('exit kept', x)", "exit kept 41"),
+    ]
+    for code, expected in cases:
+        result = await run(client, code, session_id=sid)
+        assert not result.is_error and expected in all_text(result), (code, all_text(result))
+    await goes_on(client, sid)

@@ -413,6 +413,9 @@ def make_shell(channel: Channel, streams: Streams) -> Any:
         def init_virtualenv(self) -> None:
             pass  # the kernel's Python is the environment (as ipykernel)
 
+        def ask_exit(self) -> None:
+            pass  # exit() and quit() keep the kernel and its state, as ipykernel did for ci-mcp (its payload unread)
+
         def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
             streams.flush()
             channel.output({"t": "error", "ename": str(etype.__name__), "evalue": str(evalue), "traceback": list(stb)})
@@ -474,8 +477,6 @@ class Worker:
                 return
             if request.get("t") == "execute":
                 self.execute(str(request.get("id", "")), str(request.get("code", "")))
-                if getattr(self.shell, "exit_now", False):  # exit() or quit(): the kernel ends, as ipykernel's
-                    return
 
     def execute(self, run_id: str, code: str) -> None:
         self.channel.execution = run_id
