@@ -242,7 +242,8 @@ class Streams:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.lock = threading.RLock()
-        self.pieces: list[list[str]] = []
+        self.pieces: list[tuple[str, list[str]]] = []
+        """Runs of writes to one stream, in order; joined only when sent (a print is two writes)."""
         self.size = 0
         self.pid = os.getpid()
 
@@ -252,9 +253,9 @@ class Streams:
             return
         with self.lock:
             if self.pieces and self.pieces[-1][0] == name:
-                self.pieces[-1][1] += text
+                self.pieces[-1][1].append(text)
             else:
-                self.pieces.append([name, text])
+                self.pieces.append((name, [text]))
             self.size += len(text)
             if self.size >= STREAM_FLUSH_BYTES:
                 self.flush()
@@ -264,7 +265,8 @@ class Streams:
             return
         with self.lock:
             pieces, self.pieces, self.size = self.pieces, [], 0
-            for name, text in pieces:
+            for name, texts in pieces:
+                text = "".join(texts)
                 if text:
                     self.channel.output({"t": "stream", "name": name, "text": text})
 
