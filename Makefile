@@ -26,11 +26,11 @@ PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 
 test: setup lint typecheck mcpb-cli client-clis registry-schema
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
-	$(MAKE) --no-print-directory test-path-walk
 	$(MAKE) --no-print-directory package
 
-# The local backend's tests with session directories walked by paths, as on Windows (no directory file descriptors);
-# tests/unit/test_workspace.py and tests/local/test_host_walk.py run both walks in every run anyway.
+# The local backend's tests with session directories walked by paths, as on Windows (no directory file descriptors).
+# Not part of `make test`: there, tests/unit/test_workspace.py, tests/local/test_host_walk.py and every local test
+# marked `usefixtures("each_walk")` (the ones whose files the host walks) run with both walks already.
 test-path-walk: setup
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) --walk=paths tests/local/test_tools.py tests/local/test_sessions.py \
 		tests/local/test_store_limits.py tests/local/test_hostile.py tests/local/test_output_caps.py
