@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
-# The suite runs on TEST_WORKERS pytest-xdist workers, one test file at a time each (--dist loadfile: a file's
-# module fixtures and order stay as written); most of its time is spent waiting on kernels and subprocesses, so more
-# workers than cores pays. TEST_WORKERS=0 runs it in one process.
+# The suite runs on TEST_WORKERS pytest-xdist workers, each test on whichever worker is free, except that the tests
+# of a module with a module-scoped fixture (an emulator, a built wheel) stay on one worker together (--dist loadgroup;
+# tests/conftest.py marks them); much of its time is spent waiting on kernels and subprocesses, so more workers than
+# cores pays. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 
 test: setup lint typecheck mcpb-cli client-clis registry-schema
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
