@@ -167,6 +167,7 @@ class LocalBackend:
                     runtime_dir=self._runtime_dir,
                     mpl_cache=self._mpl_cache,
                     py_roots=self._py_roots,
+                    libraries=self.settings.kernel_preload,
                 )
             )
             if self._auto_pool:
