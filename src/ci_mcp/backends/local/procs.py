@@ -24,6 +24,19 @@ USE_PROC = (_PROC / "self" / "stat").exists()
 KILL = getattr(signal, "SIGKILL", signal.SIGTERM)  # Windows has no SIGKILL; SIGTERM there is TerminateProcess
 
 
+def read_pseudo(path: str | Path) -> str:
+    """A small /proc or cgroup file's text, read in one call (about half the time of Path.read_text, which matters
+    on every run's path: issue 12). Raises OSError as reading it would."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
 def kill_group(pid: int, sig: int) -> None:
     """Send `sig` to the process group `pid` leads (POSIX), or to the process alone where there are no groups."""
     killpg = getattr(os, "killpg", None)
@@ -143,7 +156,7 @@ def _ppid(pid: int) -> int | None:
         except psutil.Error:
             return None
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        stat = read_pseudo(f"/proc/{pid}/stat")
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
