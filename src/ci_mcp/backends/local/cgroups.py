@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from ci_mcp.backends.local.procs import read_pseudo
+from ci_mcp.backends.local.procs import read_pseudo, write_pseudo
 
 Control = Literal["memory", "pids", "freeze", "cpu"]
 CONTROLS: tuple[Control, ...] = ("memory", "pids", "freeze", "cpu")
@@ -292,9 +292,9 @@ class KernelCgroups:
             return False
         try:
             if group.version == 2:
-                (group.path / "cgroup.freeze").write_text("1")
+                write_pseudo(group.path / "cgroup.freeze", "1")
             else:
-                (group.path / "freezer.state").write_text("FROZEN")
+                write_pseudo(group.path / "freezer.state", "FROZEN")
         except OSError:
             return False
         deadline = time.monotonic() + limit_seconds
@@ -310,9 +310,9 @@ class KernelCgroups:
             return
         with contextlib.suppress(OSError):
             if group.version == 2:
-                (group.path / "cgroup.freeze").write_text("0")
+                write_pseudo(group.path / "cgroup.freeze", "0")
             else:
-                (group.path / "freezer.state").write_text("THAWED")
+                write_pseudo(group.path / "freezer.state", "THAWED")
 
     def kill_except(self, keep: Collection[int], limit_seconds: float = 2.0) -> int:
         """SIGKILL every process in the session's groups but `keep`, with the groups frozen so that nothing forks
