@@ -18,19 +18,20 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) examples/analyze_csv.py
 
-# The suite runs on TEST_WORKERS pytest-xdist workers, one test file at a time each (--dist loadfile: a file's
-# module fixtures and order stay as written); most of its time is spent waiting on kernels and subprocesses, so more
-# workers than cores pays. TEST_WORKERS=0 runs it in one process.
+# The suite runs on TEST_WORKERS pytest-xdist workers, each test on whichever worker is free, except that the tests
+# of a module with a module-scoped fixture (an emulator, a built wheel) stay on one worker together (--dist loadgroup;
+# tests/conftest.py marks them); much of its time is spent waiting on kernels and subprocesses, so more workers than
+# cores pays. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 
 test: setup lint typecheck mcpb-cli client-clis registry-schema
 	$(PY) -m pytest -q $(PYTEST_PARALLEL)
-	$(MAKE) --no-print-directory test-path-walk
 	$(MAKE) --no-print-directory package
 
-# The local backend's tests with session directories walked by paths, as on Windows (no directory file descriptors);
-# tests/unit/test_workspace.py and tests/local/test_host_walk.py run both walks in every run anyway.
+# The local backend's tests with session directories walked by paths, as on Windows (no directory file descriptors).
+# Not part of `make test`: there, tests/unit/test_workspace.py, tests/local/test_host_walk.py and every local test
+# marked `usefixtures("each_walk")` (the ones whose files the host walks) run with both walks already.
 test-path-walk: setup
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) --walk=paths tests/local/test_tools.py tests/local/test_sessions.py \
 		tests/local/test_store_limits.py tests/local/test_hostile.py tests/local/test_output_caps.py

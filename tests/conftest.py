@@ -102,12 +102,24 @@ def each_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         where = Path(item.path).resolve().relative_to(REPO).as_posix()
         for marker, prefixes in SLOW_GROUPS.items():
             if where.startswith(prefixes):
                 item.add_marker(getattr(pytest.mark, marker))
+        if _uses_module_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(where))
+
+
+def _uses_module_fixtures(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture made once per module (an emulator, a built wheel): such a module's tests go
+    to one worker together (`make test` runs `--dist loadgroup`), every other test to whichever worker is free."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(defs and defs[-1].scope in ("module", "package", "class") for defs in info.name2fixturedefs.values())
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ def cli_http_server(home: Path, env: dict[str, str] | None = None) -> Iterator[S
         "PYTHONPATH": str(REPO / "src"),
         "CI_MCP_DATA_DIR": str(home / "data"),
         "CI_MCP_KERNEL_PRELOAD": "false",
+        "CI_MCP_KERNEL_POOL_SIZE": "0",  # kernels start when a session wants one: none idle in the background
         **(env or {}),
     }
     proc = subprocess.Popen(

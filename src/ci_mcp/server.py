@@ -32,7 +32,7 @@ from ci_mcp.errors import CiMcpError, FileTooLargeError
 from ci_mcp.files import FileAccess, files_for
 from ci_mcp.http import HttpPlan, principal_of
 from ci_mcp.images import header_refusal
-from ci_mcp.models import FileInfo
+from ci_mcp.models import FileInfo, ImageOutput, RunResult, TextOutput
 from ci_mcp.ownership import OwnedBackend, OwnedFiles, Owners
 from ci_mcp.rendering import (
     FILE_URI,
@@ -333,7 +333,10 @@ def _register_run_code_analysis(server: MCPServer[Any], tools: ToolHandlers) -> 
             timeout_seconds=timeout_seconds,
             progress=progress,
         )
-        rendered = await anyio.to_thread.run_sync(render_run, result, settings, _links_ok(ctx))
+        if _renders_inline(result):
+            rendered = render_run(result, settings, _links_ok(ctx))
+        else:
+            rendered = await anyio.to_thread.run_sync(render_run, result, settings, _links_ok(ctx))
         return with_ids(rendered, result.session_id, result.generated_files)
 
 
@@ -389,6 +392,21 @@ def _register_close_session(server: MCPServer[Any], tools: ToolHandlers) -> None
     @answers_errors
     async def close_session(session_id: Annotated[str, Field(description="The session to end.")]) -> CallToolResult:
         return closed(await tools.close_session(session_id))
+
+
+INLINE_RENDER_CHARS = 65_536
+"""Text a result may carry and still be rendered on the event loop (a few tens of microseconds): a thread hop costs
+more than that on a busy machine (issue 12). Pictures are always rendered in a worker thread (they are decoded)."""
+
+
+def _renders_inline(result: RunResult) -> bool:
+    """Whether rendering `result` is cheap enough for the event loop: no picture, and little text."""
+    chars = 0
+    for item in result.outputs:
+        if isinstance(item, ImageOutput):
+            return False
+        chars += len(item.text) if isinstance(item, TextOutput) else len(item.value) + len(item.traceback)
+    return chars + sum(map(len, result.notices)) <= INLINE_RENDER_CHARS
 
 
 def _links_ok(ctx: Context) -> bool:

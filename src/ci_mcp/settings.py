@@ -65,7 +65,8 @@ class Settings(BaseModel):
     """Kernels started ahead, so a new session does not wait for one. Unset: 3 where kernels are forked by the
     zygote (a spare costs about 30 MB of its own), 1 where each starts cold (about 100 MB)."""
     kernel_preload: bool = True
-    """Pre-import numpy, pandas and matplotlib in pooled kernels."""
+    """Pre-import numpy, pandas and matplotlib in kernels before they are handed out (in the zygote, before it forks
+    any; else in each pooled kernel). Off: a kernel imports them when the code does."""
     kernel_zygote: bool = True
     """With bwrap: fork each kernel from one preloaded, sandboxed zygote process (milliseconds) instead of starting
     a Python per kernel (about a second). Each fork is isolated as a bwrap-started kernel is; where this machine

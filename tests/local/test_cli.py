@@ -29,6 +29,10 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
         "HOME": str(tmp_path),
         "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        # The flags and messages are the subject: no spare kernels, no libraries imported before the code asks (the
+        # default start is tests/local/test_stdio_e2e.py's).
+        "CI_MCP_KERNEL_POOL_SIZE": "0",
+        "CI_MCP_KERNEL_PRELOAD": "false",
     }
 
 

@@ -108,6 +108,7 @@ async def test_printing_100_mb_is_capped_and_spilled(sandboxed) -> None:
     await still_works(client, session_of(result))
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_writing_a_huge_file_stops_at_the_file_size_limit(sandboxed) -> None:
     client, _ = sandboxed
     code = "with open('big.bin', 'wb') as f:\n    for _ in range(10 * 1024):\n        f.write(b'0' * (1024 * 1024))"
@@ -116,6 +117,7 @@ async def test_writing_a_huge_file_stops_at_the_file_size_limit(sandboxed) -> No
     await still_works(client, session_of(result))
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_many_files_past_the_session_directory_limit_are_deleted(sandboxed) -> None:
     client, _ = sandboxed
     code = "for i in range(4):\n    open(f'part{i}.bin', 'wb').write(b'0' * (19 * 1024 * 1024))"

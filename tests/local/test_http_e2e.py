@@ -60,6 +60,7 @@ async def test_the_delegation_examples_work_against_a_server_with_a_token(tmp_pa
             assert "TRANSPORTATION" in done.stdout or "sector" in done.stdout
         else:
             assert "run_code_analysis" in done.stdout and "(501, " in done.stdout, done.stdout
+            return  # a wrong token is refused by the server alike for both; the lighter example checks it
         wrong = await anyio.to_thread.run_sync(
             lambda: subprocess.run(
                 [sys.executable, str(REPO / "examples" / example)],

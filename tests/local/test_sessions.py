@@ -22,6 +22,7 @@ from tests.conftest import all_text, generated_ids, open_client, session_of
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_a_server_restart_keeps_files_and_says_kernel_state_was_lost(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -83,6 +84,7 @@ async def test_the_idlest_session_is_stopped_when_the_session_limit_is_reached(
         store.close()
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_close_session_frees_the_kernel_and_keeps_files(make_settings: Callable[..., Settings]) -> None:
     client, store = await open_client(make_settings())
     async with client:

@@ -115,6 +115,7 @@ def env_for(tmp_path: Path, **settings: str) -> dict[str, str]:
         "HOME": str(tmp_path),
         "CI_MCP_DATA_DIR": str(tmp_path / "data"),
         "CI_MCP_KERNEL_POOL_SIZE": "0",
+        "CI_MCP_KERNEL_ZYGOTE": "false",  # no code runs here: no zygote to start (and preload) with every server
         "CI_MCP_LOG_LEVEL": "DEBUG",  # the fast path says on stderr what it answered
         **settings,
     }

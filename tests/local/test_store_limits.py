@@ -176,6 +176,7 @@ os.close(fd)
     ],
     ids=["preallocated", "preallocated-in-dot-dir", "many-small-files"],
 )
+@pytest.mark.usefixtures("each_walk")
 async def test_the_session_directory_cap_counts_allocated_size(
     make_settings: Callable[..., Settings], code: str
 ) -> None:
@@ -197,6 +198,7 @@ async def test_the_session_directory_cap_counts_allocated_size(
     store.close()
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_a_sparse_file_counts_by_its_apparent_size(make_settings: Callable[..., Settings]) -> None:
     c, store = await open_client(make_settings(max_session_dir_mb=1))
     async with c:
@@ -215,6 +217,7 @@ def _blob_bytes(store: FileStore) -> int:
     return sum(inodes.values())
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_a_file_only_touched_again_does_not_grow_the_store(make_settings: Callable[..., Settings]) -> None:
     c, store = await open_client(make_settings())
     async with c:
@@ -239,6 +242,7 @@ async def test_a_file_only_touched_again_does_not_grow_the_store(make_settings: 
     store.close()
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_the_store_quota_refuses_new_content_with_a_message_naming_the_setting(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -300,6 +304,7 @@ print('after')
 """
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_a_full_disk_during_a_run_keeps_the_output_and_the_session(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +386,7 @@ async def test_an_unexpected_error_inside_a_run_keeps_the_session_id_and_the_out
         (".ci-mcp-trick.tmp", "_ci-mcp-trick.tmp"),
     ],
 )
+@pytest.mark.usefixtures("each_walk")
 async def test_upload_reports_the_exact_name_the_code_sees(
     make_settings: Callable[..., Settings], given: str, seen: str | None
 ) -> None:
@@ -403,6 +409,7 @@ async def test_upload_reports_the_exact_name_the_code_sees(
     store.close()
 
 
+@pytest.mark.usefixtures("each_walk")
 @pytest.mark.parametrize("restart_works", [True, False])
 async def test_a_run_the_server_cannot_follow_restarts_the_kernel_and_says_so_only_when_that_worked(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, restart_works: bool

@@ -76,6 +76,7 @@ async def test_state_is_kept_across_calls_of_one_session(client: Client) -> None
     assert "42" in all_text(second)
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_two_sessions_do_not_share_variables_or_files(client: Client) -> None:
     a = await run(client, "secret = 'alpha'\nopen('only_a.txt', 'w').write('a')")
     b = await run(client, "import os\nprint('secret' in globals(), os.path.exists('only_a.txt'))")
@@ -101,6 +102,7 @@ async def test_figures_left_open_come_back_whatever_backend_the_code_chose(clien
     assert images(again) == [] and "0" in texts(again)[1]
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_a_png_written_by_the_code_is_an_image_block_and_fetchable(client: Client) -> None:
     code = (
         "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
@@ -114,6 +116,7 @@ async def test_a_png_written_by_the_code_is_an_image_block_and_fetchable(client:
     assert images(fetched) == pictures
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_a_written_file_becomes_a_resource_link_fetchable_as_text_and_resource(client: Client) -> None:
     result = await run(client, "open('out.csv', 'w').write('k,v\\n1,2\\n')")
     (link,) = links(result)
@@ -222,6 +225,7 @@ async def test_progress_is_reported_while_a_run_goes_on(settings: Settings) -> N
     assert running and running[0][1] == 30 and "of at most 30 s" in (running[0][2] or ""), seen
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_the_walk_through_csv_gives_a_transportation_bar_chart(client: Client, allowed: Path) -> None:
     (allowed / NIFTY_CSV.name).write_bytes(NIFTY_CSV.read_bytes())
     fid = uploaded_id(await client.call_tool("upload_file", {"path": str(allowed / NIFTY_CSV.name)}))
@@ -241,6 +245,7 @@ async def test_the_walk_through_csv_gives_a_transportation_bar_chart(client: Cli
     assert images(fetched) == [png]
 
 
+@pytest.mark.usefixtures("each_walk")
 async def test_save_to_refuses_a_symlink_target_and_keeps_generated_names_safe(client: Client, allowed: Path) -> None:
     result = await run(client, "import os\nos.makedirs('a/b', exist_ok=True)\nopen('a/b/x.txt', 'w').write('x')")
     fid = generated_ids(result)["a/b/x.txt"]

@@ -198,21 +198,39 @@ print(json.dumps({
 """
 
 
+LIBRARIES_LOADED = "import sys\nprint(sorted(m for m in ('numpy', 'pandas', 'matplotlib') if m in sys.modules))"
+
+
 async def test_a_forked_kernel_sees_what_a_cold_one_sees_of_the_zygotes_chart_warm_up(
-    forked, make_settings: Callable[..., Settings]
+    make_settings: Callable[..., Settings],
 ) -> None:
-    """The zygote draws and encodes a chart before it forks (issue 12): a session must not see any of it (no open
-    figure, no backend chosen yet, rcParams and matplotlib's unit converters as a cold kernel has them, nothing
-    in its workspace or /tmp), and its first chart still comes back as a picture."""
-    client, _ = forked
-    seen = json.loads(printed(await run(client, SESSION_VIEW)))
-    cold_client, store = await open_client(make_settings(sandbox="bwrap", kernel_zygote=False))
-    async with cold_client:
-        await assert_kernel_start(cold_client, "cold")
-        expected = json.loads(printed(await run(cold_client, SESSION_VIEW)))
+    """With kernel_preload (the default), the zygote imports the libraries and draws and encodes a chart before it
+    forks (issue 12): a session must not see any of it (no open figure, rcParams, matplotlib's backend and unit
+    converters as a cold kernel with the same preload has them, nothing in its workspace or /tmp), and its first
+    chart still comes back as a picture."""
+    client, store = await open_client(make_settings(sandbox="bwrap", kernel_preload=True))
+    async with client:
+        await assert_kernel_start(client, "zygote")
+        assert printed(await run(client, LIBRARIES_LOADED)) == "['matplotlib', 'numpy', 'pandas']"
+        seen = json.loads(printed(await run(client, SESSION_VIEW)))
+        cold = make_settings(sandbox="bwrap", kernel_zygote=False, kernel_preload=True)
+        cold_client, cold_store = await open_client(cold)
+        async with cold_client:
+            await assert_kernel_start(cold_client, "cold")
+            expected = json.loads(printed(await run(cold_client, SESSION_VIEW)))
+        cold_store.close()
+        assert seen["figures"] == [] and seen["workspace"] == []
+        assert seen == expected
+        chart = await run(client, "import pandas as pd\npd.Series([3, 1, 2], index=list('abc')).plot.bar(title='t')")
+        assert any(b.type == "image" for b in chart.content), all_text(chart)
     store.close()
-    assert seen["figures"] == [] and seen["workspace"] == [] and not seen["backend chosen"]
-    assert seen == expected
+
+
+async def test_without_kernel_preload_the_zygote_imports_no_analysis_library(forked) -> None:
+    """kernel_preload off (as in these tests): forked kernels start without numpy, pandas or matplotlib imported,
+    and import them when the code does."""
+    client, _ = forked
+    assert printed(await run(client, LIBRARIES_LOADED)) == "[]"
     chart = await run(client, "import pandas as pd\npd.Series([3, 1, 2], index=list('abc')).plot.bar(title='t')")
     assert any(b.type == "image" for b in chart.content), all_text(chart)
 

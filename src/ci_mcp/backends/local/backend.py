@@ -95,6 +95,11 @@ FORKED_POOL_SIZE = 3
 opening sessions back to back mostly finds one ready (a fork takes a few hundred ms to be ready on a busy machine),
 at about 30 MB of private memory each."""
 MB = 1024 * 1024
+USE_RECORD_SECONDS = 30.0
+"""A session's use is written to its record at most this often by a call (the idle reaper, a stop, a listing of the
+sessions and the server's close write what is pending): last_used_at only decides what housekeeping may prune, days
+later, so a SQLite write on every call is not worth its time on the warm path (issue 12). A crash loses at most a
+minute of it (the reaper's longest pause)."""
 
 
 @dataclass
@@ -107,6 +112,11 @@ class LiveSession:
     runs: int = 0
     history: list[str] = field(default_factory=list)
     pending_notices: list[str] = field(default_factory=list)
+    use_recorded: float = -USE_RECORD_SECONDS  # (monotonic) when its use was last written to the record
+    use_pending: bool = False  # used since then
+    settled: Snapshot | None = None
+    """The workspace as the last run's closing walk found it, kept while it is sure to be still the directory's state
+    (see `LocalBackend._reusable_snapshot`); None otherwise."""
 
 
 class LocalBackend:
@@ -167,6 +177,7 @@ class LocalBackend:
                     runtime_dir=self._runtime_dir,
                     mpl_cache=self._mpl_cache,
                     py_roots=self._py_roots,
+                    libraries=self.settings.kernel_preload,
                 )
             )
             if self._auto_pool:
@@ -184,6 +195,7 @@ class LocalBackend:
         with anyio.CancelScope(shield=True):
             await self.pool.aclose()
             for live in list(self._live.values()):
+                self._record_use(live, now=True)
                 await live.kernel.stop()
             self._live.clear()
             if self.zygote is not None:
@@ -391,7 +403,21 @@ class LocalBackend:
 
     async def _stop_live(self, live: LiveSession) -> None:
         self._live.pop(live.session_id, None)
+        self._record_use(live, now=True)
         await live.kernel.stop()
+
+    def _record_use(self, live: LiveSession, *, now: bool = False) -> None:
+        """Write the session's last use to its record: at once when `now` (if it is pending), else when the last
+        write is older than USE_RECORD_SECONDS (see there). Bookkeeping only: a failure is logged, never raised."""
+        due = time.monotonic() - live.use_recorded >= USE_RECORD_SECONDS
+        if not (live.use_pending and (now or due)):
+            return
+        live.use_pending = False
+        live.use_recorded = time.monotonic()
+        try:
+            self.records.update(live.session_id)
+        except (CiMcpError, sqlite3.Error) as exc:
+            log.warning("could not record the use of session %s: %s", live.session_id, exc)
 
     async def _reap_idle(self) -> None:
         limit = self.settings.idle_session_seconds
@@ -399,6 +425,7 @@ class LocalBackend:
             await anyio.sleep(max(0.05, min(60.0, limit / 4)))
             now = time.monotonic()
             for live in list(self._live.values()):
+                self._record_use(live)
                 if not live.lock.locked() and now - live.last_used > limit:
                     log.info("stopping idle session %s", live.session_id)
                     await self._stop_live(live)
@@ -414,6 +441,8 @@ class LocalBackend:
         self.records.update(session_id, closed=True)
 
     async def sessions(self) -> list[SessionInfo]:
+        for live in list(self._live.values()):
+            self._record_use(live, now=True)
         records = self.records.list(LocalSessionState, self.name)
         return [session_info(r, r.session_id in self._live, self.store) for r in records]
 
@@ -467,10 +496,8 @@ class LocalBackend:
                 raise failed from exc
             finally:
                 live.last_used = time.monotonic()
-                try:
-                    self.records.update(live.session_id)
-                except (CiMcpError, sqlite3.Error) as exc:  # bookkeeping only: never lose the result for it
-                    log.warning("could not record the use of session %s: %s", live.session_id, exc)
+                live.use_pending = True
+                self._record_use(live)
 
     def _refuse_installs(self, code: str) -> None:
         """A sandboxed kernel has no network: an install line is refused before anything runs, saying how."""
@@ -503,7 +530,10 @@ class LocalBackend:
         status = await self._settle(live, outcome, timeout, problems, notices)
         await self._keep_files(live, before, collector, problems, notices)
         try:
-            await anyio.to_thread.run_sync(collector.finish, live.runs)  # may keep the full output: off the loop
+            if collector.finish_blocks:  # keeps the full output: off the loop
+                await anyio.to_thread.run_sync(collector.finish, live.runs)
+            else:
+                collector.finish(live.runs)
         except Exception as exc:
             problems.failed(exc, "keeping the full output")
         return RunResult(
@@ -517,6 +547,9 @@ class LocalBackend:
 
     async def _prepare_workspace(self, live: LiveSession, inputs: list[FileInfo], notices: list[str]) -> Snapshot:
         """Copy the run's input files in (saying which) and take the 'before' snapshot."""
+        settled, live.settled = live.settled, None
+        if settled is not None and not inputs and live.kernel.frozen:
+            return settled  # see _reusable_snapshot: the same walk again would find the same files
         placed, before = await anyio.to_thread.run_sync(self._place_inputs, live, inputs)
         if placed:
             notices.append("Input files placed in the working directory: " + ", ".join(map(quote, placed)) + ".")
@@ -624,7 +657,9 @@ class LocalBackend:
     ) -> int:
         """Off the event loop: stop leftover processes, then register the files the run wrote."""
         strays = live.kernel.kill_strays()
-        self._collect_files(live, before, collector, lost)
+        frozen = live.kernel.frozen  # looked at before the walk: see _reusable_snapshot
+        after = self._collect_files(live, before, collector, lost)
+        live.settled = after if frozen and not strays and _reusable_snapshot(after) else None
         return strays
 
     def _collect_files(
@@ -633,8 +668,9 @@ class LocalBackend:
         before: workspace.Snapshot,
         collector: OutputCollector,
         lost: dict[str, list[str]] | None = None,
-    ) -> None:
-        """Register the files the run wrote; those the store cannot keep go to `lost` (why -> names)."""
+    ) -> Snapshot | None:
+        """Register the files the run wrote; those the store cannot keep go to `lost` (why -> names). Returns the
+        walk's snapshot when it is still the directory's state (nothing was deleted to keep the size limit)."""
         own = lost is None
         lost = {} if lost is None else lost
         after = workspace.snapshot(live.workspace)
@@ -646,7 +682,8 @@ class LocalBackend:
         paths = workspace.changed(before, after)
         limit = self.settings.max_session_dir_mb * 1024 * 1024
         total = after.total_bytes
-        if total > limit:
+        trimmed = total > limit
+        if trimmed:
             removed: list[str] = []
             links = Counter((e.dev, e.ino) for e in (*after.files.values(), *after.hidden.values()))
             candidates = workspace.changed(before, after, include_hidden=True)
@@ -700,6 +737,25 @@ class LocalBackend:
                 collector.picture_file(info, functools.partial(self.store.read, info.file_id))
         if own:
             collector.notices.extend(f"Not kept: {name_list(names)}. {cause}" for cause, names in lost.items())
+        return None if trimmed else after
+
+
+def _reusable_snapshot(after: Snapshot | None) -> bool:
+    """Whether the closing walk of a run (`after`, None when files were deleted after it) may stand for the next
+    run's opening walk, saving a walk and a worker-thread hop per call (issue 12).
+
+    It may when nothing can have changed the directory in between. The session's processes are the only writers
+    besides the server: the sandbox shows the directory to no one else, and the server itself writes it only when it
+    places a run's input files (then the next run walks afresh) or deletes files over the size limit (then `after`
+    is None). The processes cannot write while their cgroup is frozen, and the cgroup is frozen from the end of the
+    run's execute to the start of the next one, unless (a) the host has no freezer, or freezing did not take: the
+    kernel is looked at just before the walk, and again when the next run starts; between the two nothing of the
+    backend thaws it except (b) the child-reaping execute that follows a run that left processes behind (strays:
+    then this is not called with a clean slate), or a restart, which happens before the walk. The kernel's code
+    cannot thaw its own cgroup (no cgroup filesystem in the sandbox, no privileges). In every other case the next run
+    walks afresh, as before: a file a leftover thread writes between runs is then the directory's state, not that
+    run's output. A walk that stopped early (too many entries, too slow) is never reused either."""
+    return after is not None and after.stopped is None
 
 
 async def _ignore(event: object) -> None:

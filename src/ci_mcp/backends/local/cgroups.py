@@ -29,6 +29,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from ci_mcp.backends.local.procs import read_pseudo, write_pseudo
+
 Control = Literal["memory", "pids", "freeze", "cpu"]
 CONTROLS: tuple[Control, ...] = ("memory", "pids", "freeze", "cpu")
 _V1_CONTROLLER: dict[Control, str] = {"memory": "memory", "pids": "pids", "freeze": "freezer", "cpu": "cpuacct"}
@@ -258,7 +260,7 @@ class KernelCgroups:
         found: set[int] = set()
         for d in self.dirs:
             with contextlib.suppress(OSError, ValueError):
-                found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+                found.update(int(p) for p in read_pseudo(d / "cgroup.procs").split())
         return sorted(found)
 
     def oom_killed(self) -> bool:
@@ -280,7 +282,7 @@ class KernelCgroups:
         if group.version == 2:
             return _counter(group.path / "cgroup.events", "frozen") == 1
         with contextlib.suppress(OSError):
-            return (group.path / "freezer.state").read_text().strip() == "FROZEN"
+            return read_pseudo(group.path / "freezer.state").strip() == "FROZEN"
         return False
 
     def freeze(self, limit_seconds: float = 2.0) -> bool:
@@ -290,9 +292,9 @@ class KernelCgroups:
             return False
         try:
             if group.version == 2:
-                (group.path / "cgroup.freeze").write_text("1")
+                write_pseudo(group.path / "cgroup.freeze", "1")
             else:
-                (group.path / "freezer.state").write_text("FROZEN")
+                write_pseudo(group.path / "freezer.state", "FROZEN")
         except OSError:
             return False
         deadline = time.monotonic() + limit_seconds
@@ -308,9 +310,9 @@ class KernelCgroups:
             return
         with contextlib.suppress(OSError):
             if group.version == 2:
-                (group.path / "cgroup.freeze").write_text("0")
+                write_pseudo(group.path / "cgroup.freeze", "0")
             else:
-                (group.path / "freezer.state").write_text("THAWED")
+                write_pseudo(group.path / "freezer.state", "THAWED")
 
     def kill_except(self, keep: Collection[int], limit_seconds: float = 2.0) -> int:
         """SIGKILL every process in the session's groups but `keep`, with the groups frozen so that nothing forks
@@ -319,7 +321,8 @@ class KernelCgroups:
         killed = 0
         deadline = time.monotonic() + limit_seconds
         while True:
-            self.freeze()
+            if not self.frozen():  # as the run's end left it, mostly: a write to the freezer costs more (issue 12)
+                self.freeze()
             strays = [p for p in self.members() if p not in keep and not _exited(p)]
             if not strays:
                 return killed
@@ -407,7 +410,7 @@ def _limit_memory(version: int, path: Path, memory_bytes: int) -> None:
 def _counter(path: Path, key: str) -> int:
     """The value of `key` in a flat-keyed cgroup file ("key value" lines); 0 when absent or unreadable."""
     with contextlib.suppress(OSError, ValueError):
-        for line in path.read_text().splitlines():
+        for line in read_pseudo(path).splitlines():
             name, _, value = line.partition(" ")
             if name == key:
                 return int(value)
@@ -417,7 +420,7 @@ def _counter(path: Path, key: str) -> int:
 def _exited(pid: int) -> bool:
     """Gone, or a zombie waiting for its parent."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = read_pseudo(f"/proc/{pid}/stat")
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")

@@ -523,6 +523,12 @@ class Kernel:
             self._cgroups = None
 
     @property
+    def frozen(self) -> bool:
+        """True when the session's cgroup is frozen now: none of its processes runs (nor writes a file) until the next
+        execute thaws it. False where the host has no freezer."""
+        return self._cgroups is not None and self._cgroups.frozen()
+
+    @property
     def out_of_memory(self) -> bool:
         """True when the session's cgroup memory limit was hit (the kernel was likely OOM-killed)."""
         return self._cgroups is not None and self._cgroups.oom_killed()

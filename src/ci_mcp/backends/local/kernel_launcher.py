@@ -147,7 +147,8 @@ def tight_png_in_one_draw(fig: Any, dpi: float, pad_inches: float) -> bytes | No
         src_top:src_bottom, src_left:src_right
     ]
     out = io.BytesIO()
-    matplotlib.image.imsave(out, image, format="png", origin="upper", dpi=dpi)
+    # zlib level 1: a third less to encode here and half the decode of the server's check, for ~35% more bytes
+    matplotlib.image.imsave(out, image, format="png", origin="upper", dpi=dpi, pil_kwargs={"compress_level": 1})
     return out.getvalue()
 
 

@@ -232,6 +232,12 @@ class OutputCollector:
         if self._spill.tell() < SPILL_CAP:
             self._spill.write(text.encode("utf-8", errors="replace")[: SPILL_CAP - self._spill.tell()])
 
+    @property
+    def finish_blocks(self) -> bool:
+        """Whether `finish` touches the disk (a spill file to close and maybe keep): else it is a few list appends,
+        not worth a worker thread."""
+        return self._spill is not None or self._error_cut
+
     def finish(self, run_number: int) -> None:
         """Close the spill; keep it as a generated file only when the result text was cut. Sum up dropped payloads."""
         for reason, count in self._dropped.items():

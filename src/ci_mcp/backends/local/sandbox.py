@@ -353,12 +353,15 @@ def zygote_launch(
     runtime_dir: Path,
     mpl_cache: Path,
     py_roots: list[Path],
+    libraries: bool = True,
 ) -> ZygoteLaunch:
     """The zygote's sandbox: a kernel's (no network, read-only system, the kernels' environment, uid 65534, no
     capabilities) without a session of its own, plus the sessions' parent and the runtime directory (each child
     binds its own and hides the rest) and the host's /proc read-only (the kernel's fresh /proc may only be mounted
     where a /proc without covered parts is in view: bwrap's own covers some). Not `--disable-userns`: each child
-    makes its own user namespace, then disables them for itself and below."""
+    makes its own user namespace, then disables them for itself and below. With `libraries` (the kernel_preload
+    setting) it imports numpy, pandas and matplotlib and draws a chart before forking; without, only the kernel's own
+    machinery."""
     launcher_dir = Path(__file__).resolve().parent
     privileges = ["--unshare-user", "--uid", str(KERNEL_UID), "--gid", str(KERNEL_UID), "--cap-drop", "ALL"]
     argv = [*_bwrap_system(py_roots, privileges, launcher_dir), "--dir", DATA_MOUNT]
@@ -394,5 +397,6 @@ def zygote_launch(
         ZYGOTE_ROOT,
         runtime,
         json.dumps([str(root) for root in py_roots if (str(root) + "/").startswith("/tmp/")]),
+        "libraries" if libraries else "bare",
     ]
     return ZygoteLaunch(tuple(argv), env, runtime_dir, workspaces_dir)

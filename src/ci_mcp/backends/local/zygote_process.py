@@ -1,11 +1,12 @@
 """The zygote: one preloaded Python inside the kernels' bwrap sandbox that forks a sandboxed kernel per request.
 
-Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir> <python-paths-under-tmp-json>` inside
-a bwrap sandbox built like a kernel's (sandbox.zygote_launch): no network, read-only system, the kernels'
-environment, no capabilities. Like kernel_launcher.py it imports nothing from ci_mcp, so it works with only the
-Python environment mounted.
+Run as `python zygote_process.py <control-fd> <private-root> <runtime-dir> <python-paths-under-tmp-json>
+libraries|bare` inside a bwrap sandbox built like a kernel's (sandbox.zygote_launch): no network, read-only system,
+the kernels' environment, no capabilities. Like kernel_launcher.py it imports nothing from ci_mcp, so it works with
+only the Python environment mounted.
 
-It imports what a kernel imports (IPython, numpy, pandas, matplotlib with the inline backend) and starts
+It imports what a kernel imports (IPython; with `libraries`, the kernel_preload setting, also numpy, pandas,
+matplotlib with the inline backend) and starts
 no thread or event loop, then waits on its control socket (a SOCK_SEQPACKET unix socket to the server)
 for requests: a JSON header and two file descriptors (the new kernel's status socket and its log file). For each it
 forks; the child (`_Child`) takes every isolation the bwrap launch gives a kernel, on its own:
@@ -304,9 +305,9 @@ def _wait_for(pid: int, reap: bool = False) -> int:
             return os.waitstatus_to_exitcode(status)
 
 
-def preload() -> None:
-    """Import what a kernel imports, without starting a thread or event loop, and draw one figure off
-    pyplot (see warm_charts) so a kernel's first chart does not pay for it."""
+def preload(libraries: bool = True) -> None:
+    """Import what a kernel imports, without starting a thread or event loop; with `libraries`, also numpy, pandas
+    and matplotlib, and draw one figure off pyplot (see warm_charts) so a kernel's first chart does not pay for it."""
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as the worker sets it before import
     if LAUNCHER_DIR not in sys.path:
         sys.path.insert(0, LAUNCHER_DIR)
@@ -319,13 +320,6 @@ def preload() -> None:
         with contextlib.suppress(Exception):
             __import__(name)
 
-    # Not matplotlib_inline.backend_inline: it hooks itself into the IPython shell at import, which exists only in
-    # the kernel (pyplot imports it there at the first figure).
-    for name in ("numpy", "pandas", "matplotlib", "matplotlib.pyplot"):
-        try:
-            __import__(name)
-        except Exception:  # noqa: S112 - a library the kernel's Python lacks is not the zygote's concern
-            continue
     try:  # IPython's own magics, imported at the first magic a kernel runs (the first `%config`: 0.1-0.2 s)
         from IPython.core import magics
 
@@ -333,6 +327,15 @@ def preload() -> None:
             __import__(module)
     except Exception:  # noqa: S110 - only a head start
         pass
+    if not libraries:
+        return
+    # Not matplotlib_inline.backend_inline: it hooks itself into the IPython shell at import, which exists only in
+    # the kernel (pyplot imports it there at the first figure).
+    for name in ("numpy", "pandas", "matplotlib", "matplotlib.pyplot"):
+        try:
+            __import__(name)
+        except Exception:  # noqa: S112 - a library the kernel's Python lacks is not the zygote's concern
+            continue
     with contextlib.suppress(Exception):  # only a warm-up
         warm_charts()
 
@@ -424,10 +427,11 @@ def serve(control: socket.socket, paths: Paths) -> None:
 
 def main() -> None:
     control_fd, paths = int(sys.argv[1]), Paths(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    libraries = sys.argv[5:6] != ["bare"]
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     control = socket.socket(fileno=control_fd)
     try:
-        preload()
+        preload(libraries)
         gc.collect()
         gc.freeze()  # what the zygote made stays out of the kernels' collections: fewer pages copied per kernel
     except Exception as exc:
