@@ -240,3 +240,15 @@ async def test_what_code_relied_on_under_ipykernel_still_holds(session: tuple[Cl
         result = await run(client, code, session_id=sid)
         assert not result.is_error and expected in all_text(result), (code, all_text(result))
     await goes_on(client, sid)
+
+
+async def test_a_forked_child_ends_with_the_cell_and_never_speaks_for_the_worker(session: tuple[Client, str]) -> None:
+    """A child of os.fork() shares the worker's socket: at the end of the cell it exits, sending nothing (no `done`
+    of its own that would end the parent's run early, no second worker reading the server's requests)."""
+    client, sid = session
+    code = (
+        "import os\nchild = os.fork()\nif child:\n    os.waitpid(child, 0)\n    print('the parent saw its child end')\n"
+    )
+    result = await run(client, code, session_id=sid)
+    assert not result.is_error and "the parent saw its child end" in all_text(result), all_text(result)
+    await goes_on(client, sid)

@@ -206,8 +206,11 @@ class Channel:
         self.execution = ""
         """The id of the execution output belongs to (the last one, between executions)."""
         self._pending = b""
+        self.pid = os.getpid()
 
     def send(self, frame: dict[str, Any]) -> None:
+        if os.getpid() != self.pid:
+            return  # a process the code forked shares the socket: it never writes frames (its output goes to fds)
         data = _encode(frame)
         old = _MASK(signal.SIG_BLOCK, _SIGINT) if _MASK is not None else None
         try:
@@ -491,17 +494,26 @@ class Worker:
             try:
                 result = self.shell.run_cell(code, store_history=True)
             finally:
+                _end_of_a_forked_child(self.channel.pid)
                 if _MASK is not None:
                     _MASK(signal.SIG_BLOCK, _SIGINT)
                 # Ignored from here: a SIGINT already taken in but not yet raised is dropped, not raised below.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             status = "ok" if result.success else "error"
         except KeyboardInterrupt:  # an interrupt that came as the run ended
+            _end_of_a_forked_child(self.channel.pid)
             status = "error"
         if self.capture is not None:
             self.capture.drain()
         self.streams.flush()
         self.channel.send({"t": "done", "id": run_id, "status": status})
+
+
+def _end_of_a_forked_child(worker_pid: int) -> None:
+    """A process the code forked (os.fork) that reaches the end of the cell ends there: it must not go on as a second
+    worker reading the server's requests from the shared socket."""
+    if os.getpid() != worker_pid:
+        os._exit(0)
 
 
 def main() -> None:
