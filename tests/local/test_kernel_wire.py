@@ -242,13 +242,27 @@ async def test_what_code_relied_on_under_ipykernel_still_holds(session: tuple[Cl
     await goes_on(client, sid)
 
 
-async def test_a_forked_child_ends_with_the_cell_and_never_speaks_for_the_worker(session: tuple[Client, str]) -> None:
-    """A child of os.fork() shares the worker's socket: at the end of the cell it exits, sending nothing (no `done`
-    of its own that would end the parent's run early, no second worker reading the server's requests)."""
+async def test_a_forked_child_at_the_end_of_the_cell_never_speaks_for_the_worker(
+    session: tuple[Client, str],
+) -> None:
+    """A child of os.fork() shares the worker's socket. The child reaches the end of the cell at once; the parent
+    goes on only once the child is asleep there (a `done` of the child's own, which would end the run before the
+    parent's line, would have been sent by then). The child is a stray the run's end stops."""
     client, sid = session
     code = (
-        "import os\nchild = os.fork()\nif child:\n    os.waitpid(child, 0)\n    print('the parent saw its child end')\n"
+        "import os, time\nchild = os.fork()\n"
+        "if child:\n"
+        "    def asleep():\n"
+        "        state = open(f'/proc/{child}/stat').read().rsplit(')', 1)[1].split()[0]\n"
+        "        return os.path.exists('child-ended') and state == 'S'\n"
+        "    while not asleep():\n"
+        "        time.sleep(0.01)\n"
+        "    print('the parent outlived its child')\n"
+        "else:\n"
+        "    open('child-ended', 'w').close()\n"
     )
     result = await run(client, code, session_id=sid)
-    assert not result.is_error and "the parent saw its child end" in all_text(result), all_text(result)
+    text = all_text(result)
+    assert not result.is_error and "the parent outlived its child" in text, text
+    assert "were still running after the run and were stopped" in text, text
     await goes_on(client, sid)

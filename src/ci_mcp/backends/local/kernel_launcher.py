@@ -510,9 +510,17 @@ class Worker:
 
 
 def _end_of_a_forked_child(worker_pid: int) -> None:
-    """A process the code forked (os.fork) that reaches the end of the cell ends there: it must not go on as a second
-    worker reading the server's requests from the shared socket."""
-    if os.getpid() != worker_pid:
+    """A process the code forked (os.fork) that reaches the end of the cell stops there: it must not go on as a
+    second worker, reading the server's requests from the shared socket or answering for the worker. It waits, as
+    under ipykernel (where it went on in a copy of the kernel's loop), until the stray check after the run ends it;
+    the server then reaps it like every other stray, so no zombie is left counting against the process limit."""
+    if os.getpid() == worker_pid:
+        return
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while True:
+            signal.pause()
+    finally:
         os._exit(0)
 
 
