@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
 
-.PHONY: setup demo test test-fast lint typecheck bench package bundle mcpb-cli client-clis registry-schema image test-path-walk clean
+.PHONY: setup demo test test-fast lint typecheck bench bench-peers package bundle mcpb-cli client-clis registry-schema image test-path-walk clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,9 @@ typecheck: setup
 
 bench: setup
 	$(PY) benchmarks/bench_stdio.py
+
+bench-peers: setup
+	$(PY) benchmarks/bench_peers.py
 
 # Build the wheel and sdist, check them with twine, install the wheel into a fresh venv (no project source on the
 # path) and run `ci-mcp doctor` from it, as a user would after `pip install ci-mcp`.
