@@ -78,7 +78,8 @@ class Settings(BaseModel):
     max_file_size_mb: int = 1024
     max_session_dir_mb: int = 2048
     kernel_python: str | None = None
-    """Python executable for kernels (must have ipykernel). Default: the server's own interpreter."""
+    """Python executable for kernels (must have IPython and matplotlib-inline, as a venv with ipykernel has). Default:
+    the server's own interpreter."""
 
     # natural-language requests on the local backend (OpenAI-compatible endpoint)
     llm_base_url: str | None = None

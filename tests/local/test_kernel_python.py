@@ -29,7 +29,7 @@ async def test_a_kernel_runs_on_another_virtual_environment_of_the_same_base_pyt
     client, store = await open_client(make_settings(kernel_python=str(python), sandbox=mode, kernel_pool_size=0))
     async with client:
         result = await client.call_tool(
-            "run_code_analysis", {"code": "import sys, ipykernel\nprint('prefix', sys.prefix)"}
+            "run_code_analysis", {"code": "import sys, IPython\nprint('prefix', sys.prefix)"}
         )
     store.close()
     assert not result.is_error, all_text(result)
@@ -61,6 +61,18 @@ async def test_import_paths_that_would_expose_the_home_or_the_data_dir_are_not_m
 
 
 ANALYSIS = ("numpy", "pandas", "matplotlib", "openpyxl")
+
+
+async def test_a_kernel_python_without_ipython_is_named_with_what_to_install(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    python = make_venv(tmp_path / "no-ipython", hide=("IPython",))
+    client, store = await open_client(make_settings(kernel_python=str(python), kernel_pool_size=0))
+    async with client:
+        ran = await client.call_tool("run_code_analysis", {"code": "print(1)"})
+    store.close()
+    text = all_text(ran)
+    assert ran.is_error and "lacks IPython: install ipython and matplotlib-inline" in text, text
 
 
 async def _told(client: Client) -> str:

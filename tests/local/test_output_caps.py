@@ -320,7 +320,7 @@ async def test_an_output_message_over_the_size_limit_is_refused_unread_and_outpu
 ) -> None:
     from ci_mcp.backends.local import kernel
 
-    monkeypatch.setattr(kernel._BoundedClient, "max_message_bytes", 8 * 1024 * 1024)
+    monkeypatch.setattr(kernel, "MAX_MESSAGE_BYTES", 8 * 1024 * 1024)
     client, store = await open_client(make_settings(sandbox="bwrap"))
     async with client:
         result = await run(client, "import sys\nprint('before', flush=True)\nsys.stdout.write('x' * 20_000_000)")

@@ -50,7 +50,7 @@ def test_the_profile_denies_everything_by_default_and_allows_no_network(tmp_path
     assert rules[:2] == ["(version 1)", "(deny default)"]
     assert not any(r.startswith("(allow default") or r.startswith("(allow network*") for r in rules)
     network = [r for r in rules if r.startswith("(allow network")]
-    assert network, "the kernel's IPC sockets need rules"
+    assert network, "the kernel's socket to the server needs rules"
     assert all('unix-socket (subpath (param "WRITE_' in r for r in network), network  # Unix sockets only
     for denied in ("network-outbound (remote ip)", "network-inbound (local ip)", "network-bind (local ip)"):
         assert f"(deny {denied})" in rules

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def make_venv(root: Path, *, hide: tuple[str, ...] = ()) -> Path:
-    """A venv at `root` (no pip) that imports the test environment's packages through a .pth file, so ipykernel
+    """A venv at `root` (no pip) that imports the test environment's packages through a .pth file, so IPython
     is there; `hide` names top-level packages it must not be able to import, as if they were not installed.
     Returns its `bin/python`."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)

@@ -55,7 +55,9 @@ def test_default_install_requires_the_analysis_libraries(dist: Path) -> None:
         for r in meta.get_all("Requires-Dist") or []
         if "extra ==" not in r
     }
-    assert {"numpy", "pandas", "matplotlib", "openpyxl", "ipykernel", "mcp"} <= unconditional, unconditional
+    assert {"numpy", "pandas", "matplotlib", "openpyxl", "ipython", "matplotlib-inline", "mcp"} <= unconditional
+    # the kernel is ci-mcp's IPython worker: no Jupyter messaging in a default install
+    assert not {"ipykernel", "jupyter-client", "jupyter_client", "pyzmq"} & unconditional, unconditional
     # the old extra still resolves, so `pip install 'ci-mcp[analysis]'` keeps working without a warning
     assert "analysis" in (meta.get_all("Provides-Extra") or [])
 

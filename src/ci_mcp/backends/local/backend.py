@@ -289,12 +289,22 @@ class LocalBackend:
                 await kernel.execute(PRELOAD, deadline=time.monotonic() + 60, sink=_ignore)
         except KernelStartError as exc:
             await kernel.stop()
-            raise BackendUnavailableError(f"The local kernel could not start: {exc}") from exc
+            raise BackendUnavailableError(f"The local kernel could not start: {exc}{self._lacks()}") from exc
         except BaseException:  # cancelled (server shutting down): never leave a kernel or its sockets behind
             with anyio.CancelScope(shield=True):
                 await kernel.stop()
             raise
         return kernel
+
+    def _lacks(self) -> str:
+        """Why a kernel cannot start on the kernel's Python, when the probe says so ("" otherwise)."""
+        missing = self.kernel_interpreter().kernel_missing
+        if not missing:
+            return ""
+        return (
+            f" The kernel's Python ({self._python}) lacks {', '.join(missing)}: install ipython and "
+            "matplotlib-inline (or ipykernel, which brings both) into it, or unset CI_MCP_KERNEL_PYTHON."
+        )
 
     async def _restart(self, kernel: Kernel) -> None:
         await kernel.restart()
@@ -578,11 +588,11 @@ class LocalBackend:
                 outcome = "server_error"
             finally:
                 tg.cancel_scope.cancel()
-        if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel drops its connection too
+        if live.kernel.dropped_messages > dropped and outcome != "died":  # a dying kernel's last frame may be cut
             count, cap_mb = live.kernel.dropped_messages - dropped, live.kernel.max_message_bytes // MB
             notices.append(
                 f"{count} output message(s) were over {cap_mb} MB "
-                "and were dropped unread, with any output sent while the server reconnected. Print or display less "
+                "and were dropped unread. Print or display less "
                 "at once: write large results to a file and print a summary."
             )
         return outcome

@@ -17,7 +17,7 @@ _INSTALL = re.compile(
 )
 
 HOW_TO_ADD = (
-    "To give kernels more packages, the operator installs them into a virtual environment that also has ipykernel "
+    "To give kernels more packages, the operator installs them into a virtual environment that also has IPython "
     "and points CI_MCP_KERNEL_PYTHON at its python (or installs them into ci-mcp's own environment, e.g. "
     "`uv tool install ci-mcp --with PACKAGE` or `pipx inject ci-mcp PACKAGE`), then restarts the server."
 )

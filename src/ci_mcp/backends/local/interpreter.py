@@ -18,6 +18,9 @@ from pathlib import Path
 
 ANALYSIS_LIBRARIES = ("numpy", "pandas", "matplotlib", "openpyxl")
 """The libraries analyses expect (installed by the `ci-mcp[analysis]` extra)."""
+KERNEL_REQUIREMENTS = ("IPython", "matplotlib_inline")
+"""What the kernel itself runs on: ci-mcp's IPython worker (kernel_launcher.py) and its inline figures. A virtual
+environment made with ipykernel, as the README says, has both."""
 OTHER_LIBRARIES = ("scipy", "seaborn", "sklearn", "statsmodels", "pyarrow", "polars", "PIL", "xlrd")
 """Further libraries worth telling the model about when present."""
 _ALREADY_MOUNTED = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64"))  # /usr and its links
@@ -44,13 +47,18 @@ class Interpreter:
     mounts: tuple[Path, ...] = ()
     """Paths to bind read-only at the same place in the sandbox (prefixes, import paths, the executable's links)."""
     libraries: frozenset[str] = frozenset()
-    """Which of ANALYSIS_LIBRARIES and OTHER_LIBRARIES the interpreter can import."""
+    """Which of KERNEL_REQUIREMENTS, ANALYSIS_LIBRARIES and OTHER_LIBRARIES the interpreter can import."""
     error: str = ""
     """Why the interpreter could not be examined (empty when it was)."""
 
     @property
     def missing(self) -> list[str]:
         return [name for name in ANALYSIS_LIBRARIES if name not in self.libraries]
+
+    @property
+    def kernel_missing(self) -> list[str]:
+        """Which of KERNEL_REQUIREMENTS it lacks (none when it could not be examined: unknown is not missing)."""
+        return [] if self.error else [name for name in KERNEL_REQUIREMENTS if name not in self.libraries]
 
 
 def probe(
@@ -81,7 +89,7 @@ class Probe:
         self._proc: subprocess.Popen[str] | None = None
         try:
             self._proc = subprocess.Popen(
-                [python, "-c", _PROBE, *ANALYSIS_LIBRARIES, *OTHER_LIBRARIES],
+                [python, "-c", _PROBE, *KERNEL_REQUIREMENTS, *ANALYSIS_LIBRARIES, *OTHER_LIBRARIES],
                 env={**env, "HOME": self._home.name},
                 cwd=self._home.name,
                 stdin=subprocess.DEVNULL,

@@ -1,11 +1,13 @@
-"""One Jupyter kernel process and its client: start, execute with a deadline, interrupt, restart, stop.
+"""One kernel process and the server's end of its socket: start, execute with a deadline, interrupt, restart, stop.
 
-This module is the boundary for jupyter_client: kernel messages are parsed here into plain `KernelEvent`s,
-and only JSON from the kernel is ever decoded (the kernel is untrusted). The process is ours (not
-jupyter_client's KernelManager) so that it can be wrapped by the sandbox launcher; kernels talk over IPC
-sockets in a private runtime directory, and interrupts go as `interrupt_request` messages on the control
-channel, which works through a PID namespace. Where the host gives the kernel a cgroup (cgroups.py), it is frozen
-from the end of one execution to the start of the next.
+The kernel is ci-mcp's IPython worker (kernel_launcher.py), which connects to a unix stream socket the server
+listens on in the kernel's private connection directory. This module is the boundary for that wire: its frames
+(newline-ended JSON objects, see kernel_launcher.py) are read here into plain `KernelEvent`s. The kernel is
+untrusted: only JSON is decoded, a line that does not parse or names another execution is skipped, and a line over
+MAX_MESSAGE_BYTES is read and thrown away in chunks without being held whole (`dropped_messages`); the next newline
+puts the reader back in step whatever was written before it. The process is ours so that it can be wrapped by the
+sandbox launcher; interrupts are SIGINT sent to the kernel's host pid, which works through a PID namespace. Where the
+host gives the kernel a cgroup (cgroups.py), it is frozen from the end of one execution to the start of the next.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
+import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import Process
@@ -31,60 +34,70 @@ from anyio.abc import Process
 from ci_mcp.backends.local import cgroups, procs
 from ci_mcp.backends.local.zygote import ForkedProcess, Zygote, ZygoteUnavailable
 
-if TYPE_CHECKING:
-    from jupyter_client.asynchronous.client import AsyncKernelClient
-
 log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START_TIMEOUT = 60.0
 _POLL = 0.25
 CONN_DIR = "{conn_dir}"
-KERNEL_FLAGS = (
-    "--IPKernelApp.parent_handle=0",
-    "--HistoryManager.enabled=False",
-)
-"""ipykernel options (kernel_launcher.py turns off ipykernel's post-execute sleep). Messages are not signed (an
-empty key in the connection file): the IPC sockets live in a private 0700 directory, so whoever can connect to them
-can also read the connection file and its key; the key would protect nothing and costs an HMAC on every message
-both ways. Each kernel's sandbox binds only its own connection directory, so one session's code cannot reach
-another kernel's sockets either way."""
-
+SOCKET_NAME = "kernel.sock"
+"""The socket in the connection directory (private, 0700, bound into the kernel's sandbox alone); its path is the
+worker's argument, and so also the command-line marker `procs.find_kernel` looks for."""
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-"""Largest message the server takes from a kernel's output stream. The server is not sandboxed, and a message is
-received and parsed whole before any cap of ours applies; zmq refuses a bigger one before allocating it (and drops
-the connection, which the kernel client then opens again)."""
+"""Largest frame the server takes from a kernel. The server is not sandboxed, and a frame is held whole before it is
+parsed; a longer one is read and dropped in chunks, and counted in `Kernel.dropped_messages`."""
+_CHUNK = 1 << 18
 
 
-class _BoundedClient:
-    """Builds kernel clients whose output (iopub) socket refuses messages over `max_message_bytes`. The client class
-    is made at the first kernel start, when jupyter_client and zmq are imported (not on the server's start path)."""
+class FrameReader:
+    """Frames out of the bytes a kernel sends: each line one JSON object. Lines that do not parse, or are not
+    objects, are skipped; a line longer than `limit` is dropped as it comes (never held whole) and counted."""
 
-    max_message_bytes = MAX_MESSAGE_BYTES
-    _made: Any = None
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._skipping = False
 
-    @classmethod
-    def create(cls, context: Any) -> AsyncKernelClient:
-        if cls._made is None:
-            import zmq
-            from jupyter_client.asynchronous.client import AsyncKernelClient
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = []
+        if self._skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return frames
+            self._skipping, data = False, data[end + 1 :]
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", max(start, self._scanned))
+            if end < 0:
+                break
+            frame = _frame(bytes(buffer[start:end])) if end - start <= self.limit else None
+            if end - start > self.limit:
+                self.dropped += 1
+            if frame is not None:
+                frames.append(frame)
+            start, self._scanned = end + 1, 0
+        del buffer[:start]
+        self._scanned = len(buffer)
+        if len(buffer) > self.limit:  # a line past the limit and not ended yet: drop it and what follows of it
+            self.dropped += 1
+            buffer.clear()
+            self._scanned, self._skipping = 0, True
+        return frames
 
-            holder = cls
 
-            class BoundedKernelClient(AsyncKernelClient):
-                def connect_iopub(self, identity: bytes | None = None) -> Any:
-                    # Set before the socket connects; pyzmq applies a context's defaults at creation.
-                    options = self.context.sockopts
-                    options[zmq.MAXMSGSIZE] = holder.max_message_bytes
-                    try:
-                        return super().connect_iopub(identity)
-                    finally:
-                        options.pop(zmq.MAXMSGSIZE, None)
-
-            cls._made = BoundedKernelClient
-        client: AsyncKernelClient = cls._made(context=context)
-        return client
+def _frame(line: bytes) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def strip_ansi(text: str) -> str:
@@ -144,38 +157,86 @@ EventSink = Callable[[KernelEvent], Awaitable[None]]
 Outcome = Literal["ok", "error", "timeout", "interrupted", "died"]
 
 
-def _load_client_modules() -> None:
-    """Import jupyter_client and zmq (about 50 ms): at the first kernel start, in a worker thread, so that serving
-    `initialize` never waits for them (issue 12)."""
-    import jupyter_client.asynchronous.client  # noqa: F401
-    import jupyter_client.connect  # noqa: F401
-    import zmq.asyncio  # noqa: F401
-
-
 class KernelStartError(Exception):
     """The kernel process did not come up; the message says why in plain words."""
 
 
+class _Wire:
+    """The server's end of a kernel's socket (non-blocking): frames out, frames in through a `FrameReader`."""
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.reader = FrameReader(limit)
+        self.closed = False
+
+    async def send(self, frame: dict[str, Any], deadline: float) -> bool:
+        """Write one frame; False when the kernel's end is closed or does not read it before `deadline`."""
+        view = memoryview(b"\n" + json.dumps(frame).encode("ascii") + b"\n")
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except (BlockingIOError, InterruptedError):
+                with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as scope:
+                    await anyio.wait_writable(self.sock)
+                if scope.cancelled_caught:
+                    return False
+            except OSError:
+                self.closed = True
+                return False
+        return True
+
+    async def receive(self, timeout: float) -> list[dict[str, Any]]:
+        """The frames that came within `timeout` seconds (empty: none did, or the connection is closed)."""
+        if self.closed:
+            return []
+        data = self._read()
+        if data is None:
+            with anyio.move_on_after(timeout):
+                await anyio.wait_readable(self.sock)
+            data = self._read()
+        return self.reader.feed(data) if data else []
+
+    def _read(self) -> bytes | None:
+        try:
+            data = self.sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
 class Kernel:
-    """A kernel process with its client. Not safe for concurrent `execute` calls: the session serialises them."""
+    """A kernel process with its socket. Not safe for concurrent `execute` calls: the session serialises them."""
 
     def __init__(self, launch: KernelLaunch) -> None:
         self.launch = launch
         self._process: Process | ForkedProcess | None = None
-        self._client: AsyncKernelClient | None = None
+        self._wire: _Wire | None = None
         self._conn_dir: Path | None = None
-        self._last_reply_status = ""
         self._kernel_pid: int | None = None
-        self._conn_file_marker = ""
         self._cgroups: cgroups.KernelCgroups | None = None
-        self._iopub_monitor: Any = None  # a zmq.asyncio.Socket
-        self.dropped_messages = 0
-        """Output messages refused for their size since the kernel started (the backend reports new ones)."""
+        self._runs = 0
+        self._dropped_before = 0
+        """Frames dropped on the kernels this one replaced (restart): `dropped_messages` only grows."""
         self.started_at = 0.0
 
     @property
     def max_message_bytes(self) -> int:
-        return _BoundedClient.max_message_bytes
+        return MAX_MESSAGE_BYTES
+
+    @property
+    def dropped_messages(self) -> int:
+        """Output frames refused for their size since the kernel was made (the backend reports new ones)."""
+        wire = self._wire
+        return self._dropped_before + (wire.reader.dropped if wire is not None else 0)
 
     @property
     def alive(self) -> bool:
@@ -186,54 +247,39 @@ class Kernel:
         return None if self._process is None else self._process.pid
 
     async def start(self) -> None:
-        await anyio.to_thread.run_sync(_load_client_modules)
-        import zmq.asyncio
-        from jupyter_client.connect import write_connection_file
-
         launch = self.launch
         self._conn_dir = launch.runtime_dir / ("k-" + secrets.token_hex(6))
         self._conn_dir.mkdir(parents=True, mode=0o700)
-        conn_file, info = write_connection_file(
-            str(self._conn_dir / "kernel.json"),
-            transport="ipc",
-            ip=str(self._conn_dir / "ipc"),
-            key=b"",  # unsigned messages: see KERNEL_FLAGS
-        )
-        self._conn_file_marker = conn_file
-        if launch.cgroup_limits is not None:
-            self._cgroups = cgroups.create(*launch.cgroup_limits)
-        if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
-            shutil.copytree(launch.mpl_seed, self._conn_dir / "mpl")
-        env = {k: v.replace(CONN_DIR, str(self._conn_dir)) for k, v in launch.env.items()}
-        kernel_args = ["-f", conn_file, *KERNEL_FLAGS]
-        log = open(self._conn_dir / "kernel.log", "wb")  # noqa: SIM115 - handed to the child, closed below
+        path = str(self._conn_dir / SOCKET_NAME)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._process = await self._fork(env, kernel_args, log.fileno())
-            if self._process is None:
-                self._process = await self._spawn(env, kernel_args, log)
+            listener.bind(path)
+            listener.listen(1)
+            listener.setblocking(False)
+            if launch.cgroup_limits is not None:
+                self._cgroups = cgroups.create(*launch.cgroup_limits)
+            if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
+                shutil.copytree(launch.mpl_seed, self._conn_dir / "mpl")
+            env = {k: v.replace(CONN_DIR, str(self._conn_dir)) for k, v in launch.env.items()}
+            log_file = open(self._conn_dir / "kernel.log", "wb")  # noqa: SIM115 - handed to the child, closed below
+            try:
+                self._process = await self._fork(env, [path], log_file.fileno())
+                if self._process is None:
+                    self._process = await self._spawn(env, [path], log_file)
+            finally:
+                log_file.close()
+            self._kernel_pid = None
+            try:
+                await self._wait_ready(listener)
+            except BaseException:
+                await self.stop()
+                raise
         finally:
-            log.close()
-        # One process-wide zmq context for every kernel client: a per-client context that reaches the garbage
-        # collector with sockets open blocks forever in zmq_ctx_term; the shared one is never collected.
-        context = zmq.asyncio.Context.instance()
-        # Reconnect to a socket that is not bound yet after 10 ms, not zmq's 100 ms: the client connects before the
-        # kernel has bound its IPC sockets, and a forked kernel binds them within tens of milliseconds.
-        context.sockopts.setdefault(zmq.RECONNECT_IVL, 10)
-        client = _BoundedClient.create(context)
-        client.load_connection_info(info)
-        self._kernel_pid = None
-        client.start_channels(hb=False)
-        self._client = client
-        self._watch_iopub()
-        try:
-            await self._wait_ready()
-        except BaseException:
-            await self.stop()
-            raise
+            listener.close()
         if isinstance(self._process, ForkedProcess):
             self._kernel_pid = self._process.kernel_pid
         else:
-            self._kernel_pid = procs.find_kernel(self._process.pid, self._conn_file_marker)
+            self._kernel_pid = procs.find_kernel(self._process.pid, path)
         self.started_at = time.monotonic()
         await self._freeze()
 
@@ -277,82 +323,37 @@ class Kernel:
             start_new_session=True,
         )
 
-    async def _wait_ready(self) -> None:
-        """Wait until the kernel answers on shell AND its iopub stream reaches us (SUB sockets join late)."""
-        client = self._require_client()
+    async def _wait_ready(self, listener: socket.socket) -> None:
+        """Accept the kernel's connection (the only one: the socket is closed after it) and wait for its `ready`."""
         deadline = time.monotonic() + _START_TIMEOUT
-        asked: set[str] = set()
-        wait = 0.01  # asked again at growing intervals: a forked kernel answers within tens of milliseconds
-        while True:
-            if not self.alive:
-                raise KernelStartError(
-                    f"The kernel process exited with code {self.returncode} while starting"
-                    f"{self._log_tail()}. Run `ci-mcp doctor` to see why."
-                )
-            if time.monotonic() > deadline:
-                raise KernelStartError(f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`.")
-            asked.add(client.kernel_info())
+        while self._wire is None:
+            self._check_starting(deadline)
             try:
-                msg = await client.get_iopub_msg(timeout=wait)
-                if msg.get("parent_header", {}).get("msg_id") in asked:
-                    break
-                if msg.get("msg_type") == "iopub_welcome":
-                    continue  # the output stream is connected now: ask at once
-            except queue.Empty:
-                pass
-            wait = min(0.2, wait * 2)
-        # Drop the answers to our kernel_info requests that are already here. Later ones need no wait: every reader
-        # of the kernel's messages skips those sent for another request (`_collect`, `_replied`).
-        for get in (client.get_iopub_msg, client.get_shell_msg):
-            while True:
-                try:
-                    await get(timeout=0)
-                except queue.Empty:
-                    break
-
-    def _watch_iopub(self) -> None:
-        import zmq
-
-        client = self._require_client()
-        self._iopub_monitor = client.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-
-    async def _iopub_dropped(self) -> bool:
-        """True when the output stream's connection dropped (a message over MAX_MESSAGE_BYTES); it is then opened
-        again, so later output arrives. Messages sent meanwhile are lost; the run's end is still seen from the
-        shell reply."""
-        import zmq
-
-        monitor = self._iopub_monitor
-        if monitor is None:
-            return False
-        dropped = False
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                with anyio.move_on_after(_POLL):
+                    await anyio.wait_readable(listener)
+                continue
+            self._wire = _Wire(sock, MAX_MESSAGE_BYTES)
+        wire = self._wire
         while True:
-            try:
-                await monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            dropped = True
-        if dropped:
-            self.dropped_messages += 1
-            client = self._require_client()
-            self._close_iopub_monitor()
-            client.iopub_channel.stop()
-            client._iopub_channel = None
-            client.iopub_channel.start()
-            self._watch_iopub()
-        return dropped
+            self._check_starting(deadline)
+            if wire.closed:
+                with anyio.move_on_after(2):
+                    await self._require_process().wait()
+                self._check_starting(deadline)
+                raise KernelStartError(f"The kernel closed its connection while starting{self._log_tail()}.")
+            if any(frame.get("t") == "ready" for frame in await wire.receive(_POLL)):
+                return
 
-    def _close_iopub_monitor(self) -> None:
-        import zmq
-
-        monitor, self._iopub_monitor = self._iopub_monitor, None
-        if monitor is None:
-            return
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                client.iopub_channel.socket.disable_monitor()
-        monitor.close(linger=0)
+    def _check_starting(self, deadline: float) -> None:
+        if not self.alive:
+            raise KernelStartError(
+                f"The kernel process exited with code {self.returncode} while starting"
+                f"{self._log_tail()}. Run `ci-mcp doctor` to see why."
+            )
+        if time.monotonic() > deadline:
+            raise KernelStartError(f"The kernel did not answer within {_START_TIMEOUT:.0f} s. Run `ci-mcp doctor`.")
 
     def _log_tail(self) -> str:
         if self._conn_dir is None:
@@ -363,10 +364,15 @@ class Kernel:
             return ""
         return f" ({lines[-1][:300]})" if lines else ""
 
-    def _require_client(self) -> AsyncKernelClient:
-        if self._client is None:
+    def _require_wire(self) -> _Wire:
+        if self._wire is None:
             raise RuntimeError("kernel not started")
-        return self._client
+        return self._wire
+
+    def _require_process(self) -> Process | ForkedProcess:
+        if self._process is None:
+            raise RuntimeError("kernel not started")
+        return self._process
 
     @property
     def returncode(self) -> int | None:
@@ -378,16 +384,19 @@ class Kernel:
         On the deadline, or on cancellation, the kernel is interrupted; if it does not come back within a
         grace period the caller sees "timeout" (or the cancellation) and must `restart()`.
         """
-        client = self._require_client()
+        wire = self._require_wire()
         if self._cgroups is not None:
             self._cgroups.thaw()
-        msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=True)
+        self._runs += 1
+        run_id = f"{self._runs}-{secrets.token_hex(4)}"
         try:
-            return await self._collect(msg_id, deadline, sink)
+            if not await wire.send({"t": "execute", "id": run_id, "code": code}, deadline):
+                return await self._died() if wire.closed else "timeout"
+            return await self._collect(run_id, deadline, sink)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self.interrupt()
-                outcome = await self._collect(msg_id, time.monotonic() + 2.0, _discard)
+                outcome = await self._collect(run_id, time.monotonic() + 2.0, _discard)
                 if outcome == "timeout":
                     await self.restart()
             raise
@@ -404,23 +413,30 @@ class Kernel:
         if groups is not None and groups.can_freeze and self.alive and not groups.freeze(limit_seconds=0):
             await anyio.to_thread.run_sync(groups.freeze)
 
-    async def _collect(self, msg_id: str, deadline: float, sink: EventSink) -> Outcome:
-        """Read the messages of execute request `msg_id` until it has replied and gone idle (or the deadline, the
-        interrupt's grace period or the process runs out); report its outputs to `sink`; return how it ended."""
-        run = _Execution(msg_id, deadline, self._require_client())
-        while not run.over:
-            now = time.monotonic()
-            ended = await self._enforce_limits(run, now)
+    async def _collect(self, run_id: str, deadline: float, sink: EventSink) -> Outcome:
+        """Read the frames of execution `run_id` until its `done` (or the deadline, the interrupt's grace period or
+        the process runs out); report its outputs to `sink`; return how it ended."""
+        run = _Execution(run_id, deadline)
+        wire = self._require_wire()
+        while True:
+            ended = await self._enforce_limits(run, time.monotonic())
             if ended is not None:
                 return ended
-            if run.reply_without_idle(now):
-                break  # the reply came but its idle status was lost: the run is over all the same
-            if run.idle:  # execute_reply normally precedes idle; this is the rare other order
-                await self._await_reply(run, run.wait(now))
-            else:
-                await self._read_output(run, run.wait(now), sink)
-        await self._iopub_dropped()  # a refusal seen only as the run ended still counts for this run
-        return "interrupted" if run.interrupted_at is not None else run.outcome
+            if wire.closed:
+                return await self._died()
+            for frame in await wire.receive(run.wait(time.monotonic())):
+                if frame.get("id") != run_id:
+                    continue  # another execution's, or no execution's
+                kind = frame.get("t")
+                if kind == "done":
+                    if run.interrupted_at is not None:
+                        return "interrupted"
+                    return "error" if run.outcome == "error" or frame.get("status") == "error" else "ok"
+                event = _event(str(kind), frame)
+                if event is not None:
+                    if isinstance(event, ErrorEvent):
+                        run.outcome = "error"
+                    await sink(event)
 
     async def _enforce_limits(self, run: _Execution, now: float) -> Outcome | None:
         """Interrupt at the deadline; the run's end when the interrupt is not answered within 3 s ("timeout") or
@@ -434,46 +450,17 @@ class Kernel:
             return "died"
         return None
 
-    async def _await_reply(self, run: _Execution, wait: float) -> None:
-        """Idle was seen before the execute_reply: wait for the reply on the shell channel."""
-        reply = await _receive(run.client.shell_channel.socket, wait)
-        if reply is not None and reply.parent_id == run.msg_id:
-            run.replied = True
-
-    async def _read_output(self, run: _Execution, wait: float, sink: EventSink) -> None:
-        """The next output message: handled by its type when it is this request's; a quiet spell checks the
-        connection and the shell reply."""
-        msg = await _receive(run.client.iopub_channel.socket, wait)
-        if msg is None:
-            await self._on_quiet(run)
-            return
-        if msg.parent_id != run.msg_id:
-            return  # not decoded further: another request's message
-        content = msg.content()
-        if msg.msg_type == "status":
-            await self._on_status(run, content)
-            return
-        event = _event(msg.msg_type, content)
-        if event is not None:
-            if isinstance(event, ErrorEvent):
-                run.outcome = "error"
-            await sink(event)
-
-    async def _on_quiet(self, run: _Execution) -> None:
-        """No output within the wait: reopen a dropped output stream; look for the reply (its status tells an
-        error the output stream may have lost)."""
-        if await self._iopub_dropped():
-            run.client = self._require_client()
-        if not run.replied and await self._replied(run.msg_id):
-            run.replied, run.replied_at = True, time.monotonic()
-            if run.interrupted_at is None and run.outcome == "ok" and self._last_reply_status == "error":
-                run.outcome = "error"
-
-    async def _on_status(self, run: _Execution, content: dict[str, Any]) -> None:
-        """A status message: idle ends the run once the reply is in too."""
-        if content.get("execution_state") == "idle":
-            run.idle = True
-            run.replied = run.replied or await self._replied(run.msg_id)
+    async def _died(self) -> Outcome:
+        """The kernel's end of the socket closed: it exited, or its code closed the socket (then it is killed, as
+        it can run nothing more)."""
+        process = self._require_process()
+        with anyio.move_on_after(0.5):  # the socket closes as the process exits: its status follows at once
+            await process.wait()
+        if process.returncode is None:
+            self._kill()
+            with anyio.move_on_after(5):
+                await process.wait()
+        return "died"
 
     def kill_strays(self) -> int:
         """Kill every process of this kernel's sandbox except the kernel (and the sandbox processes above it);
@@ -488,39 +475,28 @@ class Kernel:
             return self._cgroups.kill_except(keep)
         return procs.kill_strays(self._process.pid, self._kernel_pid)
 
-    async def _replied(self, msg_id: str) -> bool:
-        """Drain waiting shell replies; True when the execute_reply for `msg_id` is among them."""
-        client = self._require_client()
-        while True:
-            reply = await _receive(client.shell_channel.socket, 0)
-            if reply is None:
-                return False
-            if reply.parent_id == msg_id:
-                self._last_reply_status = str(reply.content().get("status", ""))
-                return True
-
     async def interrupt(self) -> None:
-        """Ask the kernel to raise KeyboardInterrupt (control channel; works inside a PID namespace)."""
-        client = self._client
-        if client is None or not self.alive:
+        """SIGINT to the kernel (its host pid: works inside a PID namespace); the worker raises KeyboardInterrupt in
+        the code it runs."""
+        process = self._process
+        if process is None or not self.alive:
             return
-        msg = client.session.msg("interrupt_request", {})
-        client.control_channel.send(msg)
-        if not self.launch.wrapper and self._process is not None:
-            # Without a sandbox wrapper the kernel is our direct child: a signal is quicker and always works.
-            with contextlib.suppress(ProcessLookupError):
-                procs.kill_group(self._process.pid, signal.SIGINT)
+        if isinstance(process, ForkedProcess):
+            process.signal_kernel(signal.SIGINT)
+        elif self._kernel_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._kernel_pid, signal.SIGINT)
+        if not self.launch.wrapper or self._kernel_pid is None:
+            # Without a sandbox wrapper the kernel leads its process group (no pid found: the group is the way).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                procs.kill_group(process.pid, signal.SIGINT)
 
     async def restart(self) -> None:
         await self.stop()
         await self.start()
 
-    async def stop(self) -> None:
-        self._close_iopub_monitor()
-        client, process = self._client, self._process
-        self._client = None
-        if client is not None:
-            client.stop_channels()
+    def _kill(self) -> None:
+        process = self._process
         if self._cgroups is not None:
             self._cgroups.kill_all()  # frozen or not: every process of the session, not only the process group
         if process is not None and process.returncode is None:
@@ -528,6 +504,15 @@ class Kernel:
                 process.kill()
             with contextlib.suppress(ProcessLookupError):
                 procs.kill_group(process.pid, procs.KILL)
+
+    async def stop(self) -> None:
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            self._dropped_before += wire.reader.dropped
+            wire.close()
+        process = self._process
+        self._kill()
+        if process is not None and process.returncode is None:
             with anyio.move_on_after(5), anyio.CancelScope(shield=True):
                 await process.wait()
         if self._conn_dir is not None:
@@ -551,107 +536,54 @@ class Kernel:
 
 @dataclass
 class _Execution:
-    """One execute request's messages as `Kernel._collect` reads them: how far it got, and when."""
+    """One execution as `Kernel._collect` follows it: how far it got, and when."""
 
-    msg_id: str
+    run_id: str
     deadline: float
-    client: AsyncKernelClient
     outcome: Outcome = "ok"
-    idle: bool = False
-    replied: bool = False
     interrupted_at: float | None = None
-    replied_at: float | None = None
-
-    @property
-    def over(self) -> bool:
-        return self.idle and self.replied
-
-    def reply_without_idle(self, now: float) -> bool:
-        """The reply came over a second ago and its idle status never did."""
-        return self.replied and not self.idle and self.replied_at is not None and now - self.replied_at > 1.0
 
     def wait(self, now: float) -> float:
-        """How long to wait for the next message: until the deadline, at most one poll interval."""
+        """How long to wait for the next frames: until the deadline, at most one poll interval."""
         return _POLL if self.interrupted_at is not None else max(0.001, min(_POLL, self.deadline - now))
-
-
-_DELIMITER = b"<IDS|MSG>"
-
-
-@dataclass(frozen=True)
-class _Message:
-    """A kernel message read off its socket: header and parent decoded, the content only when asked for."""
-
-    parent_id: str
-    msg_type: str
-    raw_content: bytes
-
-    def content(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.raw_content)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
-
-_UNREADABLE = _Message("", "", b"{}")
-
-
-async def _receive(socket: Any, timeout: float) -> _Message | None:
-    """The next message on `socket` within `timeout` seconds (None: none came). In place of jupyter_client's
-    `get_*_msg`, which decodes every part of every message and parses each header date with dateutil: here
-    only JSON is decoded (the kernel is untrusted), and a message that is not the awaited one is dropped after its
-    parent header (issue 12). Messages are unsigned (see KERNEL_FLAGS), so there is no signature to check; a
-    message that cannot be read is dropped as someone else's."""
-    if not await socket.poll(int(timeout * 1000)):
-        return None
-    frames: list[bytes] = await socket.recv_multipart()
-    try:
-        parts = frames[frames.index(_DELIMITER) + 1 :]
-        header, parent = json.loads(parts[1]), json.loads(parts[2])
-        return _Message(str(parent.get("msg_id", "")), str(header.get("msg_type", "")), parts[4])
-    except (ValueError, IndexError, AttributeError):
-        return _UNREADABLE
 
 
 async def _discard(event: KernelEvent) -> None:
     return None
 
 
-def _stream_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
-    return StreamEvent("stderr" if content.get("name") == "stderr" else "stdout", str(content.get("text", "")))
+def _stream_event(kind: str, frame: dict[str, Any]) -> KernelEvent | None:
+    return StreamEvent("stderr" if frame.get("name") == "stderr" else "stdout", str(frame.get("text", "")))
 
 
-def _display_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
-    data = content.get("data", {})
+def _display_event(kind: str, frame: dict[str, Any]) -> KernelEvent | None:
+    data = frame.get("data", {})
     if not isinstance(data, dict):
         return None
     bundle = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
-    return DisplayEvent(bundle, is_result=mtype == "execute_result")
+    return DisplayEvent(bundle, is_result=kind == "result")
 
 
-def _error_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
-    tb = content.get("traceback", [])
+def _error_event(kind: str, frame: dict[str, Any]) -> KernelEvent | None:
+    tb = frame.get("traceback", [])
     text = "\n".join(strip_ansi(str(line)) for line in tb) if isinstance(tb, list) else ""
-    return ErrorEvent(str(content.get("ename", "Error")), str(content.get("evalue", "")), text)
+    return ErrorEvent(str(frame.get("ename", "Error")), str(frame.get("evalue", "")), text)
 
 
-def _clear_event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
+def _clear_event(kind: str, frame: dict[str, Any]) -> KernelEvent | None:
     return ClearEvent()
 
 
 _EVENT_READERS: dict[str, Callable[[str, dict[str, Any]], KernelEvent | None]] = {
     "stream": _stream_event,
-    "display_data": _display_event,
-    "execute_result": _display_event,
-    "update_display_data": _display_event,
+    "display": _display_event,
+    "result": _display_event,
     "error": _error_event,
-    "clear_output": _clear_event,
+    "clear": _clear_event,
 }
-"""The output messages that become events, by Jupyter message type (status is `Kernel._on_status`'s; the rest
-are ignored)."""
+"""The frames that become events, by type (`done` is `Kernel._collect`'s; the rest are ignored)."""
 
 
-def _event(mtype: str, content: dict[str, Any]) -> KernelEvent | None:
-    reader = _EVENT_READERS.get(mtype)
-    return None if reader is None else reader(mtype, content)
+def _event(kind: str, frame: dict[str, Any]) -> KernelEvent | None:
+    reader = _EVENT_READERS.get(kind)
+    return None if reader is None else reader(kind, frame)

@@ -6,7 +6,7 @@ imports from, as `interpreter.probe` learns them) and ci-mcp's launcher, and run
 and write only the session's working directory and its private connection directory (which is also its TMPDIR
 and HOME). Of other paths it sees only the metadata of the directories on the way to these, and of the system's
 settings only sysctl values. No network: the only sockets it may bind, accept on or connect to are Unix sockets
-inside those directories (the kernel's IPC channels live in the connection directory).
+inside those directories (the kernel's socket to the server is in the connection directory).
 
 No path is ever written into the profile text: each is handed to `sandbox-exec` as a `-D NAME=path` parameter and
 the profile refers to it as `(param "NAME")`, so a path with `"`, `)` or `;` in it is data, never profile syntax.

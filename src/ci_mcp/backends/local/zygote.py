@@ -1,6 +1,6 @@
 """The server's side of the kernel zygote (zygote_process.py): start it in its sandbox, ask it for kernels.
 
-A new kernel then costs a fork of a process that has already imported ipykernel, numpy, pandas and matplotlib
+A new kernel then costs a fork of a process that has already imported IPython, numpy, pandas and matplotlib
 (a few milliseconds) instead of a Python start and those imports (about a second, more under load). Each forked
 kernel isolates itself as the bwrap launch would (zygote_process.py says how); the server learns its host pid from
 the credentials of its first message, puts it in the session's cgroups before any of the session's code runs, and
@@ -107,6 +107,13 @@ class ForkedProcess:
             with contextlib.suppress(OSError, anyio.ClosedResourceError):
                 await anyio.wait_readable(self._status)
         return code
+
+    def signal_kernel(self, sig: int) -> None:
+        """Send `sig` to the kernel alone (its pidfd: never another process that got its pid)."""
+        fd = self._pidfds[1]
+        if fd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(fd, sig)
 
     def kill(self) -> None:
         """SIGKILL the namespace's init (every process in it dies with it), the kernel and the first process."""

@@ -5,9 +5,9 @@ libraries|bare` inside a bwrap sandbox built like a kernel's (sandbox.zygote_lau
 the kernels' environment, no capabilities. Like kernel_launcher.py it imports nothing from ci_mcp, so it works with
 only the Python environment mounted.
 
-It imports what a kernel imports (ipykernel, IPython; with `libraries`, the kernel_preload setting, also numpy,
-pandas, matplotlib with the inline backend) and starts
-no thread, zmq context or event loop, then waits on its control socket (a SOCK_SEQPACKET unix socket to the server)
+It imports what a kernel imports (IPython; with `libraries`, the kernel_preload setting, also numpy, pandas,
+matplotlib with the inline backend) and starts
+no thread or event loop, then waits on its control socket (a SOCK_SEQPACKET unix socket to the server)
 for requests: a JSON header and two file descriptors (the new kernel's status socket and its log file). For each it
 forks; the child (`_Child`) takes every isolation the bwrap launch gives a kernel, on its own:
 
@@ -22,7 +22,7 @@ forks; the child (`_Child`) takes every isolation the bwrap launch gives a kerne
 - the server is told the init's host pid (SCM_CREDENTIALS translates it) and puts it in the session's cgroups;
   then every capability is dropped (bounding and ambient sets included, PR_SET_NO_NEW_PRIVS);
 - a third fork, the kernel (pid 2, its host pid told the same way): every inherited descriptor closed, the
-  kernel's environment, limits, umask and working directory set, and ipykernel started.
+  kernel's environment, limits, umask and working directory set, and the IPython worker (kernel_launcher.py) started.
 
 The first child stays outside the new pid namespace and waits; the init reaps orphans and reports the kernel's exit
 status on the status socket. Every process dies with its parent (PR_SET_PDEATHSIG), and the zygote with the server
@@ -58,14 +58,16 @@ DATA_MOUNT = "/mnt/data"
 MPL_MOUNT = "/opt/ci-mcp/mpl"
 LAUNCHER_DIR = "/opt/ci-mcp"
 KERNEL_START_IMPORTS = (
+    "asyncio",
     "faulthandler",
-    "pdb",
+    "getpass",
+    "termios",
+    "IPython.core.application",
     "IPython.core.completerlib",
-    "IPython.core.debugger",
+    "IPython.core.crashhandler",
+    "IPython.core.logger",
     "IPython.core.oinspect",
-    "IPython.extensions.storemagic",
     "IPython.utils.wildcard",
-    "tornado.platform.asyncio",
 )
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -304,16 +306,15 @@ def _wait_for(pid: int, reap: bool = False) -> int:
 
 
 def preload(libraries: bool = True) -> None:
-    """Import what a kernel imports, without starting a thread, zmq context or event loop; with `libraries`, also
-    numpy, pandas and matplotlib, and draw one figure off pyplot (see warm_charts) so a kernel's first chart does
-    not pay for it."""
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel sets it before import
+    """Import what a kernel imports, without starting a thread or event loop; with `libraries`, also numpy, pandas
+    and matplotlib, and draw one figure off pyplot (see warm_charts) so a kernel's first chart does not pay for it."""
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as the worker sets it before import
     if LAUNCHER_DIR not in sys.path:
         sys.path.insert(0, LAUNCHER_DIR)
     import kernel_launcher  # noqa: F401
-    from ipykernel import debugger, ipkernel, kernelapp, zmqshell  # noqa: F401 - debugpy alone is 0.25 s
+    from IPython.core import displayhook, displaypub, interactiveshell  # noqa: F401
 
-    # What ipykernel's start imports besides (measured in a forked kernel): each spare forked would import them
+    # What the worker's start imports besides (measured in a forked kernel): each spare forked would import them
     # again, on the CPU a session's first chart runs on while the pool refills. Importing starts nothing.
     for name in KERNEL_START_IMPORTS:
         with contextlib.suppress(Exception):
