@@ -182,17 +182,31 @@ async def test_output_reaches_the_server_while_the_code_still_runs(make_settings
         store.close()
 
 
+LEFT_RUNNING = {
+    "takes signals": "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()",
+    "blocks SIGINT": (
+        "import signal, threading, time\n"
+        "def idle():\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
+        "    time.sleep(3600)\n"
+        "threading.Thread(target=idle, daemon=True).start()"
+    ),
+}
+
+
+@pytest.mark.parametrize("thread", list(LEFT_RUNNING))
 async def test_an_interrupt_between_runs_is_dropped_even_with_threads_left_running(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], thread: str
 ) -> None:
     """A deadline or a cancelled call can interrupt just as a run ends; a thread the code left running can take the
-    signal in. Neither the worker nor the next run may see it."""
+    signal in, or (blocking it, or frozen with its session) leave it pending for the next run. Neither the worker nor
+    the next run may see it."""
     settings = make_settings(sandbox="bwrap")
     store = FileStore(settings.data_dir)
     backend = LocalBackend(settings, store)
     await backend.start()
     try:
-        code = "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\nx = 41"
+        code = LEFT_RUNNING[thread] + "\nx = 41"
         first = await backend.run(RunRequest(None, code, None), no_progress)
         assert first.status == "ok", first
         live = backend._live[first.session_id]

@@ -487,6 +487,7 @@ class Worker:
     def execute(self, run_id: str, code: str) -> None:
         self.channel.execution = run_id
         status = "error"
+        _drop_pending_interrupts()
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             if _MASK is not None:
@@ -507,6 +508,21 @@ class Worker:
             self.capture.drain()
         self.streams.flush()
         self.channel.send({"t": "done", "id": run_id, "status": status})
+
+
+def _drop_pending_interrupts() -> None:
+    """A SIGINT sent between runs (a deadline or a cancelled call just as the last run ended) is not ignored by the
+    kernel while this thread blocks it: it waits, pending, for a thread that takes it. When no thread the code left
+    running took it (they block it too, or the session was frozen), it would interrupt the next run as soon as the
+    signal is unblocked below. It belongs to no run: it is taken here, while still blocked, and dropped."""
+    take = getattr(signal, "sigtimedwait", None)
+    if take is None or _MASK is None:
+        return
+    try:
+        while take(_SIGINT, 0) is not None:
+            pass
+    except OSError:
+        pass
 
 
 def _end_of_a_forked_child(worker_pid: int) -> None:
