@@ -10,6 +10,7 @@ from __future__ import annotations
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -280,3 +281,53 @@ async def test_a_forked_child_at_the_end_of_the_cell_never_speaks_for_the_worker
     assert not result.is_error and "the parent outlived its child" in text, text
     assert "were still running after the run and were stopped" in text, text
     await goes_on(client, sid)
+
+
+async def test_without_unix_sockets_only_a_connection_with_the_address_files_token_is_the_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no unix sockets: the kernel connects to a loopback port, which any local process can reach too.
+    Only a connection whose first frame is `hello` with the token of the 0600 address file counts; frames that came
+    with the greeting are kept for the start."""
+    import json
+    import socket
+
+    from ci_mcp.backends.local import kernel_launcher
+
+    monkeypatch.delattr(socket, "AF_UNIX")
+    listener, path, token = kernel_module._listen(tmp_path)
+    try:
+        assert token and path.endswith(kernel_launcher.ADDRESS_SUFFIX)
+        assert stat.S_IMODE((tmp_path / kernel_module.ADDRESS_NAME).stat().st_mode) == 0o600
+        port = json.loads((tmp_path / kernel_module.ADDRESS_NAME).read_text())["port"]
+
+        async def greeting(data: bytes) -> tuple[bool, list[dict[str, object]]]:
+            client = socket.create_connection(("127.0.0.1", port))
+            try:
+                client.sendall(data)
+                with anyio.fail_after(30):
+                    await anyio.wait_readable(listener)
+                accepted, _ = listener.accept()
+                wire = kernel_module._Wire(accepted, kernel_module.MAX_MESSAGE_BYTES)
+                try:
+                    return await kernel_module._greeted(wire, token), wire.pending
+                finally:
+                    wire.close()
+            finally:
+                client.close()
+
+        assert await greeting(b'\n{"t": "hello", "token": "guessed"}\n') == (False, [])
+        assert await greeting(b'\n{"t": "ready"}\n') == (False, [])
+        ok, kept = await greeting(b'\n{"t": "hello", "token": "' + token.encode() + b'"}\n{"t": "ready"}\n')
+        assert ok and kept == [{"t": "ready"}]
+        worker = kernel_launcher.connect(path)  # the worker's own way in: the port and token of the address file
+        try:
+            with anyio.fail_after(30):
+                await anyio.wait_readable(listener)
+            wire = kernel_module._Wire(listener.accept()[0], kernel_module.MAX_MESSAGE_BYTES)
+            assert await kernel_module._greeted(wire, token)
+            wire.close()
+        finally:
+            worker.close()
+    finally:
+        listener.close()

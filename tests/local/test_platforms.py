@@ -72,6 +72,10 @@ _AS_WINDOWS = textwrap.dedent(
     store = FileStore(data)
 
     async def main():
+        # Windows' Python has no unix sockets: taken away once the event loop exists (it made its own socket pair
+        # already), so the kernel's wire is the loopback fallback, greeted with the token of its address file.
+        import socket
+        del socket.AF_UNIX
         client = mcp.Client(create_server(create_backend(settings, store), store, settings))
         async with client:
             tools = [t.name for t in (await client.list_tools()).tools]
@@ -84,7 +88,8 @@ _AS_WINDOWS = textwrap.dedent(
                 read = await client.read_resource(links["out/answer.txt"])
                 fetched = read.contents[0].text
         answer = {"tools": tools, "run": texts, "error": run.is_error, "links": sorted(links), "fetched": fetched}
-        print(json.dumps(answer | {"dir_fds": workspace.DIR_FDS, "cgroups": bool(cgroups.layout().hierarchies)}))
+        platform = {"dir_fds": workspace.DIR_FDS, "cgroups": bool(cgroups.layout().hierarchies)}
+        print(json.dumps(answer | platform | {"unix sockets": hasattr(socket, "AF_UNIX")}))
 
     asyncio.run(main())
     store.close()
@@ -113,6 +118,7 @@ def test_the_server_answers_with_the_local_backend_where_posix_only_modules_are_
     assert "NOT SANDBOXED: Windows" in done.stderr  # and in the log
     assert "42" in run and not answer["error"], run
     assert answer["dir_fds"] is False and answer["cgroups"] is False  # the walk by paths, no cgroups: as on Windows
+    assert answer["unix sockets"] is False  # the kernel answered over the loopback fallback
     assert answer["links"] == ["out/answer.txt"] and answer["fetched"] == "forty-two", answer
 
 

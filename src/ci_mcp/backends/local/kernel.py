@@ -41,6 +41,11 @@ _START_TIMEOUT = 60.0
 _POLL = 0.25
 CONN_DIR = "{conn_dir}"
 SOCKET_NAME = "kernel.sock"
+ADDRESS_NAME = "kernel.address.json"
+"""Where there are no unix sockets (Windows): the loopback port and token the kernel connects with (its name ends
+with kernel_launcher.ADDRESS_SUFFIX)."""
+_HELLO_SECONDS = 10.0
+"""How long a loopback connection may take to greet with the token before it is dropped as not the kernel's."""
 """The socket in the connection directory (private, 0700, bound into the kernel's sandbox alone); its path is the
 worker's argument, and so also the command-line marker `procs.find_kernel` looks for."""
 
@@ -169,6 +174,8 @@ class _Wire:
         self.sock = sock
         self.reader = FrameReader(limit)
         self.closed = False
+        self.pending: list[dict[str, Any]] = []
+        """Frames already read and not yet handed out (those that came with a loopback greeting)."""
 
     async def send(self, frame: dict[str, Any], deadline: float) -> bool:
         """Write one frame; False when the kernel's end is closed or does not read it before `deadline`."""
@@ -188,6 +195,9 @@ class _Wire:
 
     async def receive(self, timeout: float) -> list[dict[str, Any]]:
         """The frames that came within `timeout` seconds (empty: none did, or the connection is closed)."""
+        if self.pending:
+            frames, self.pending = self.pending, []
+            return frames
         if self.closed:
             return []
         data = self._read()
@@ -211,6 +221,52 @@ class _Wire:
     def close(self) -> None:
         self.closed = True
         self.sock.close()
+
+
+def _listen(conn_dir: Path) -> tuple[socket.socket, str, str | None]:
+    """The listening socket for a kernel, the path the kernel is given, and the token it must greet with: a unix
+    socket in its private directory (no token: only who can enter that 0700 directory can connect), or where there
+    are none (Windows) a loopback TCP port, written with a fresh token to an address file in that directory."""
+    if hasattr(socket, "AF_UNIX"):
+        path = str(conn_dir / SOCKET_NAME)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(1)
+        except BaseException:
+            listener.close()
+            raise
+        listener.setblocking(False)
+        return listener, path, None
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        token = secrets.token_hex(16)
+        path = str(conn_dir / ADDRESS_NAME)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            json.dump({"port": listener.getsockname()[1], "token": token}, file)
+    except BaseException:
+        listener.close()
+        raise
+    listener.setblocking(False)
+    return listener, path, token
+
+
+async def _greeted(wire: _Wire, token: str) -> bool:
+    """Whether a loopback connection's first frame is the kernel's `hello` with `token` (within _HELLO_SECONDS).
+    Frames after it stay in the reader's hands for `_wait_ready`."""
+    deadline = time.monotonic() + _HELLO_SECONDS
+    while not wire.closed and time.monotonic() < deadline:
+        frames = await wire.receive(_POLL)
+        if frames:
+            first, rest = frames[0], frames[1:]
+            if first.get("t") != "hello" or not secrets.compare_digest(str(first.get("token", "")), token):
+                return False
+            wire.pending.extend(rest)
+            return True
+    return False
 
 
 class Kernel:
@@ -250,12 +306,8 @@ class Kernel:
         launch = self.launch
         self._conn_dir = launch.runtime_dir / ("k-" + secrets.token_hex(6))
         self._conn_dir.mkdir(parents=True, mode=0o700)
-        path = str(self._conn_dir / SOCKET_NAME)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener, path, token = _listen(self._conn_dir)
         try:
-            listener.bind(path)
-            listener.listen(1)
-            listener.setblocking(False)
             if launch.cgroup_limits is not None:
                 self._cgroups = cgroups.create(*launch.cgroup_limits)
             if launch.mpl_seed is not None and launch.mpl_seed.is_dir():
@@ -270,7 +322,7 @@ class Kernel:
                 log_file.close()
             self._kernel_pid = None
             try:
-                await self._wait_ready(listener)
+                await self._wait_ready(listener, token)
             except BaseException:
                 await self.stop()
                 raise
@@ -323,8 +375,9 @@ class Kernel:
             start_new_session=True,
         )
 
-    async def _wait_ready(self, listener: socket.socket) -> None:
-        """Accept the kernel's connection (the only one: the socket is closed after it) and wait for its `ready`."""
+    async def _wait_ready(self, listener: socket.socket, token: str | None) -> None:
+        """Accept the kernel's connection (the only one: the socket is closed after it) and wait for its `ready`.
+        With a `token` (loopback TCP), a connection counts only once it greets with it; others are closed."""
         deadline = time.monotonic() + _START_TIMEOUT
         while self._wire is None:
             self._check_starting(deadline)
@@ -334,7 +387,11 @@ class Kernel:
                 with anyio.move_on_after(_POLL):
                     await anyio.wait_readable(listener)
                 continue
-            self._wire = _Wire(sock, MAX_MESSAGE_BYTES)
+            wire = _Wire(sock, MAX_MESSAGE_BYTES)
+            if token is None or await _greeted(wire, token):
+                self._wire = wire
+            else:
+                wire.close()
         wire = self._wire
         while True:
             self._check_starting(deadline)

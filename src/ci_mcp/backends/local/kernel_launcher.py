@@ -1,7 +1,9 @@
 """Entry point of a kernel process: apply resource limits, then become ci-mcp's IPython worker.
 
 Run as `python kernel_launcher.py <limits-json> <socket-path>`. It imports nothing from ci_mcp, so it works inside
-the sandbox with only the Python environment mounted.
+the sandbox with only the Python environment mounted. Where the server's Python has no unix sockets (Windows), the
+path names instead an address file (ADDRESS_SUFFIX) in the private directory: a loopback TCP port and a token, which
+the worker sends first (`hello`), so that no other local process can pass for the kernel.
 
 The worker is an IPython `InteractiveShell` (what ipykernel runs too, without Jupyter's messaging around it) that
 connects to the unix stream socket the server listens on at <socket-path>, in the kernel's private connection
@@ -434,12 +436,29 @@ def make_shell(channel: Channel, streams: Streams) -> Any:
     return shell
 
 
+ADDRESS_SUFFIX = ".address.json"
+"""The name ending of the address file the server writes where it has no unix sockets (kernel.py's ADDRESS_NAME)."""
+
+
+def connect(path: str) -> socket.socket:
+    """The socket to the server: the unix socket at `path`, or the loopback port the address file at `path` names,
+    greeted with the file's token."""
+    if not path.endswith(ADDRESS_SUFFIX):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        return sock
+    with open(path, encoding="ascii") as file:
+        address = json.load(file)
+    sock = socket.create_connection(("127.0.0.1", int(address["port"])))
+    sock.sendall(_encode({"t": "hello", "token": str(address["token"])}))
+    return sock
+
+
 class Worker:
     """The kernel: runs each execute request in the shell and sends its outputs, then `done`."""
 
     def __init__(self, path: str) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(path)
+        sock = connect(path)
         self.channel = Channel(sock)
         self.streams = Streams(self.channel)
         self.shell: Any = None
