@@ -111,6 +111,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(getattr(pytest.mark, marker))
         if _uses_module_fixtures(item):
             item.add_marker(pytest.mark.xdist_group(where))
+    # The groups first: each is one worker's long stretch (a built wheel, an emulator's tests), so they start while
+    # every worker is free and the single tests fill in behind them, instead of one group running alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 def _uses_module_fixtures(item: pytest.Item) -> bool:
