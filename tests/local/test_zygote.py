@@ -242,6 +242,19 @@ async def test_kernels_start_cold_when_the_zygote_is_off(make_settings: Callable
     store.close()
 
 
+def _launch_zygotes_with(
+    monkeypatch: pytest.MonkeyPatch, argv: Callable[[zygote.ZygoteLaunch], tuple[str, ...]]
+) -> None:
+    """Zygotes launched as usual but with the command line `argv` makes from the usual launch."""
+    usual = sandbox.zygote_launch
+
+    def launch(**kw: object) -> zygote.ZygoteLaunch:
+        made = usual(**kw)  # type: ignore[arg-type]
+        return zygote.ZygoteLaunch(argv(made), made.env, made.runtime_dir, made.workspaces_dir)
+
+    monkeypatch.setattr(sandbox, "zygote_launch", launch)
+
+
 async def test_kernels_start_cold_with_one_log_line_when_a_fork_cannot_isolate_itself(
     make_settings: Callable[..., Settings],
     monkeypatch: pytest.MonkeyPatch,
@@ -250,16 +263,11 @@ async def test_kernels_start_cold_with_one_log_line_when_a_fork_cannot_isolate_i
 ) -> None:
     """A zygote whose children cannot make their mounts (here: it sees an empty directory as the sessions' parent,
     as a machine without some namespace feature fails its children): kernels start cold and still work."""
-    usual = sandbox.zygote_launch
     empty = tmp_path / "not-the-workspaces"
     empty.mkdir()
-
-    def broken(**kw: object) -> zygote.ZygoteLaunch:
-        launch = usual(**kw)  # type: ignore[arg-type]
-        argv = tuple(str(empty) if arg == str(launch.workspaces_dir) else arg for arg in launch.argv)
-        return zygote.ZygoteLaunch(argv, launch.env, launch.runtime_dir, launch.workspaces_dir)
-
-    monkeypatch.setattr(sandbox, "zygote_launch", broken)
+    _launch_zygotes_with(
+        monkeypatch, lambda launch: tuple(str(empty) if a == str(launch.workspaces_dir) else a for a in launch.argv)
+    )
     caplog.set_level(logging.WARNING, logger="ci_mcp.backends.local.zygote")
     client, store = await open_client(make_settings(sandbox="bwrap"))
     async with client:
@@ -273,15 +281,12 @@ async def test_kernels_start_cold_with_one_log_line_when_a_fork_cannot_isolate_i
 async def test_kernels_start_cold_when_the_zygote_cannot_start(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    usual = sandbox.zygote_launch
 
-    def missing_python(**kw: object) -> zygote.ZygoteLaunch:
-        launch = usual(**kw)  # type: ignore[arg-type]
+    def missing_python(launch: zygote.ZygoteLaunch) -> tuple[str, ...]:
         at = launch.argv.index("--") + 1
-        argv = (*launch.argv[:at], "/nonexistent/python", *launch.argv[at + 1 :])
-        return zygote.ZygoteLaunch(argv, launch.env, launch.runtime_dir, launch.workspaces_dir)
+        return (*launch.argv[:at], "/nonexistent/python", *launch.argv[at + 1 :])
 
-    monkeypatch.setattr(sandbox, "zygote_launch", missing_python)
+    _launch_zygotes_with(monkeypatch, missing_python)
     caplog.set_level(logging.WARNING, logger="ci_mcp.backends.local.zygote")
     client, store = await open_client(make_settings(sandbox="bwrap"))
     async with client:

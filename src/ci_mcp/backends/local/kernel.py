@@ -41,13 +41,13 @@ _START_TIMEOUT = 60.0
 _POLL = 0.25
 CONN_DIR = "{conn_dir}"
 SOCKET_NAME = "kernel.sock"
+"""The socket in the connection directory (private, 0700, bound into the kernel's sandbox alone); its path is the
+worker's argument, and so also the command-line marker `procs.find_kernel` looks for."""
 ADDRESS_NAME = "kernel.address.json"
 """Where there are no unix sockets (Windows): the loopback port and token the kernel connects with (its name ends
 with kernel_launcher.ADDRESS_SUFFIX)."""
 _HELLO_SECONDS = 10.0
 """How long a loopback connection may take to greet with the token before it is dropped as not the kernel's."""
-"""The socket in the connection directory (private, 0700, bound into the kernel's sandbox alone); its path is the
-worker's argument, and so also the command-line marker `procs.find_kernel` looks for."""
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """Largest frame the server takes from a kernel. The server is not sandboxed, and a frame is held whole before it is
@@ -278,6 +278,8 @@ class Kernel:
         self._wire: _Wire | None = None
         self._conn_dir: Path | None = None
         self._kernel_pid: int | None = None
+        self._keep: frozenset[int] | None = None
+        """The kernel and the sandbox processes above it: fixed for the kernel's life, read at its first stray check."""
         self._cgroups: cgroups.KernelCgroups | None = None
         self._runs = 0
         self._dropped_before = 0
@@ -320,7 +322,7 @@ class Kernel:
                     self._process = await self._spawn(env, [path], log_file)
             finally:
                 log_file.close()
-            self._kernel_pid = None
+            self._kernel_pid, self._keep = None, None
             try:
                 await self._wait_ready(listener, token)
             except BaseException:
@@ -528,8 +530,9 @@ class Kernel:
         if self._kernel_pid is None:
             return 0
         if self._cgroups is not None:
-            keep = {self._kernel_pid, *procs.ancestors(self._kernel_pid)}
-            return self._cgroups.kill_except(keep)
+            if self._keep is None:
+                self._keep = frozenset({self._kernel_pid, *procs.ancestors(self._kernel_pid)})
+            return self._cgroups.kill_except(self._keep)
         return procs.kill_strays(self._process.pid, self._kernel_pid)
 
     async def interrupt(self) -> None:
