@@ -116,6 +116,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On a `--dist loadgroup` worker, every grouped test's id carries its group (`...@group`), which is all the
+    scheduler goes by. Where the installed pytest and pytest-xdist do not agree on where the id lives (pytest 9.2
+    with pytest-xdist 3.8), the groups split silently across workers, each building its own wheel and starting its
+    own emulator: such a test fails instead, saying so."""
+    grouped = item.config.getoption("loadgroup", default=False) and item.get_closest_marker("xdist_group")
+    if grouped and "@" not in item.nodeid:
+        pytest.fail(
+            "--dist loadgroup does not apply to this run: the grouped tests' ids lack their group. Install the "
+            "pytest and pytest-xdist versions pyproject.toml's dev extra pins (`make setup`).",
+            pytrace=False,
+        )
+
+
 def _uses_module_fixtures(item: pytest.Item) -> bool:
     """Whether the test uses a fixture made once per module (an emulator, a built wheel): such a module's tests go
     to one worker together (`make test` runs `--dist loadgroup`), every other test to whichever worker is free."""
