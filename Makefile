@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ci-mcp-installed
+# Bytecode is written: a shell that turns it off would have every test worker and spawned server compile the
+# sources again (about 3 CPU-seconds per pytest worker's collection alone).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup demo test test-fast lint typecheck bench bench-peers package bundle mcpb-cli client-clis registry-schema image test-path-walk clean
 

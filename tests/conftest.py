@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -9,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -151,27 +153,34 @@ def allowed(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def mpl_font_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """matplotlib's font cache, built once per test run (about 1.5 s each time a fresh data directory builds it)."""
-    cache = tmp_path_factory.mktemp("mpl-font-cache")
-    subprocess.run(
-        [sys.executable, "-c", "import matplotlib.font_manager"],
-        env={"MPLCONFIGDIR": str(cache), "PATH": os.environ.get("PATH", "/usr/bin")},
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    return cache
+_FONT_CACHE: list[Path] = []  # built at the first use in this process (one pytest worker)
+
+
+def seed_font_cache(data_dir: Path) -> Path:
+    """Give a fresh data directory matplotlib's font cache, built once per test process: a backend that finds none
+    builds it at start (about 1.1 CPU-seconds), and most tests start a server on a new data directory, in process
+    or spawned. Returns `data_dir`."""
+    if not _FONT_CACHE:
+        cache = Path(tempfile.mkdtemp(prefix="ci-mcp-test-fonts-"))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-c", "import matplotlib.font_manager"],
+            env={"MPLCONFIGDIR": str(cache), "PATH": os.environ.get("PATH", "/usr/bin")},
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        _FONT_CACHE.append(cache)
+    if any(_FONT_CACHE[0].glob("fontlist-*.json")):  # (none where matplotlib is missing: nothing to seed)
+        shutil.copytree(_FONT_CACHE[0], data_dir / "cache" / "matplotlib", dirs_exist_ok=True)
+    return data_dir
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, allowed: Path, mpl_font_cache: Path) -> Callable[..., Settings]:
-    """Settings on a fresh data directory seeded with the run's font cache. No pre-started pool kernel: a test
-    that never runs code starts no kernel (tests of the pool ask for one)."""
-    data_dir = tmp_path / "data"
-    if any(mpl_font_cache.glob("fontlist-*.json")):
-        shutil.copytree(mpl_font_cache, data_dir / "cache" / "matplotlib", dirs_exist_ok=True)
+def make_settings(tmp_path: Path, allowed: Path) -> Callable[..., Settings]:
+    """Settings on a fresh data directory seeded with the font cache. No pre-started pool kernel: a test that never
+    runs code starts no kernel (tests of the pool ask for one)."""
+    data_dir = seed_font_cache(tmp_path / "data")
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {

@@ -16,6 +16,8 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.conftest import seed_font_cache
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,7 +44,7 @@ def cli_http_server(home: Path, env: dict[str, str] | None = None) -> Iterator[S
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(home),
         "PYTHONPATH": str(REPO / "src"),
-        "CI_MCP_DATA_DIR": str(home / "data"),
+        "CI_MCP_DATA_DIR": str(seed_font_cache(home / "data")),
         "CI_MCP_KERNEL_PRELOAD": "false",
         "CI_MCP_KERNEL_POOL_SIZE": "0",  # kernels start when a session wants one: none idle in the background
         **(env or {}),

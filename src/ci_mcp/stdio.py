@@ -293,7 +293,7 @@ async def _ask(lowlevel: Any, frames: list[dict[str, Any]]) -> dict[int, Any]:
     for frame in frames:
         await inbound.send(parse_line(json.dumps(frame)))
     answers: dict[int, Any] = {}
-    async with anyio.create_task_group() as tg:
+    async with inbound, read_stream, write_stream, outbound, anyio.create_task_group() as tg:
         loop = partial(serve_dual_era_loop, lifespan_state=None, init_options=lowlevel.create_initialization_options())
         tg.start_soon(loop, lowlevel, read_stream, write_stream)
         async for message in outbound:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ci_mcp.backends.local import cgroups, sandbox
-from tests.conftest import NIFTY_CSV, REPO
+from tests.conftest import NIFTY_CSV, REPO, seed_font_cache
 from tests.local.venvs import make_venv
 
 
@@ -28,7 +28,7 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
         "HOME": str(tmp_path),
-        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        "CI_MCP_DATA_DIR": str(seed_font_cache(tmp_path / "data")),
         # The flags and messages are the subject: no spare kernels, no libraries imported before the code asks (the
         # default start is tests/local/test_stdio_e2e.py's).
         "CI_MCP_KERNEL_POOL_SIZE": "0",

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from ci_mcp.store import FileStore
-from tests.conftest import REPO, all_text, generated_ids, uploaded_id
+from tests.conftest import REPO, all_text, generated_ids, seed_font_cache, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +24,7 @@ def server_params(tmp_path: Path, work: Path) -> StdioServerParameters:
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
         "HOME": str(tmp_path),
-        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        "CI_MCP_DATA_DIR": str(seed_font_cache(tmp_path / "data")),
         "CI_MCP_ALLOWED_DIRS": str(work),
         "CI_MCP_KERNEL_PRELOAD": "false",
         "CI_MCP_MAX_UPLOAD_BYTES": str(2 * 1024**3),

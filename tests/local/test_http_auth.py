@@ -26,7 +26,7 @@ from ci_mcp.cli import http_app
 from ci_mcp.errors import ConfigError
 from ci_mcp.http import max_body_bytes, plan_http
 from ci_mcp.settings import Settings
-from tests.conftest import all_text, session_of, uploaded_id
+from tests.conftest import all_text, seed_font_cache, session_of, uploaded_id
 from tests.http_helpers import cli_http_server, client_for, free_port
 
 pytestmark = pytest.mark.anyio
@@ -184,7 +184,7 @@ def test_a_public_bind_without_a_token_refuses_to_start(make_settings: Callable[
 
 
 def test_the_cli_says_where_it_serves_and_how_it_authenticates(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CI_MCP_DATA_DIR": str(tmp_path / "data")}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CI_MCP_DATA_DIR": str(seed_font_cache(tmp_path / "data"))}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
     refused = subprocess.run(
         [sys.executable, "-m", "ci_mcp", "serve", "--transport", "http", "--host", "0.0.0.0", "--port", "1"],

@@ -5,17 +5,22 @@ gets the client's bytes from the start. And the thread-free stdio transport read
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import queue
+import struct
 import subprocess
 import sys
+import termios
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import TextIOWrapper
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from unittest import mock
 
 import anyio
 import pytest
@@ -34,8 +39,8 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from ci_mcp import cli, faststart
 from ci_mcp.settings import Settings
-from ci_mcp.stdio import stdio_streams
-from tests.conftest import REPO
+from ci_mcp.stdio import serve_stdio, stdio_streams
+from tests.conftest import REPO, seed_font_cache
 
 CACHED = "from the start cache"
 WAIT = 120  # seconds: a bound on every read from the server, never a pause
@@ -57,27 +62,19 @@ def request(rid: int, method: str, params: dict[str, Any] | None = None) -> dict
     return message
 
 
-class Server:
-    """`ci-mcp` as a client launches it, driven line by line over its stdin and stdout pipes."""
+class _Lines:
+    """A client's view of a server's output: one JSON-RPC message per line, read by a pump thread."""
 
-    def __init__(self, process: subprocess.Popen[bytes], errors: Path) -> None:
-        self.process, self.errors = process, errors
+    def __init__(self, output: IO[bytes]) -> None:
         self._lines: queue.Queue[bytes] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
-        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump = threading.Thread(target=self._pump, args=(output,), daemon=True)
         self.pump.start()
 
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+    def _pump(self, output: IO[bytes]) -> None:
+        for line in output:
             self._lines.put(line)
         self._lines.put(b"")
-
-    def send(self, *messages: dict[str, Any] | bytes) -> None:
-        assert self.process.stdin is not None
-        data = b"".join(m if isinstance(m, bytes) else json.dumps(m).encode() + b"\n" for m in messages)
-        self.process.stdin.write(data)
-        self.process.stdin.flush()
 
     def receive(self) -> dict[str, Any]:
         line = self._lines.get(timeout=WAIT)
@@ -93,11 +90,6 @@ class Server:
             if message.get("id") == rid and "method" not in message:
                 return message
 
-    def close(self) -> int:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        return self.process.wait(timeout=WAIT)
-
     def responses(self) -> list[int]:
         """The id of every response the client got, once the server has ended (a duplicate shows twice)."""
         while line := self._lines.get(timeout=WAIT):
@@ -105,7 +97,91 @@ class Server:
         return [m["id"] for m in self.seen if "method" not in m]
 
     def stderr(self) -> str:
+        return ""
+
+
+def encoded(messages: tuple[dict[str, Any] | bytes, ...]) -> bytes:
+    return b"".join(m if isinstance(m, bytes) else json.dumps(m).encode() + b"\n" for m in messages)
+
+
+class Server(_Lines):
+    """`ci-mcp` as a client launches it, driven line by line over its stdin and stdout pipes."""
+
+    def __init__(self, process: subprocess.Popen[bytes], errors: Path) -> None:
+        assert process.stdout is not None
+        self.process, self.errors = process, errors
+        super().__init__(process.stdout)
+
+    def send(self, *messages: dict[str, Any] | bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(encoded(messages))
+        self.process.stdin.flush()
+
+    def close(self) -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        return self.process.wait(timeout=WAIT)
+
+    def stderr(self) -> str:
         return self.errors.read_text(errors="replace")
+
+
+class InProcess(_Lines):
+    """`python -m ci_mcp`'s stdio start, in this process on a pipe pair: the start cache's responder answers on the
+    wire while no server is up, then `hand_over` builds the server and `serve_stdio` takes the wire over with what
+    the responder read and answered, as `cli._serve` does. For the checks made at every protocol version, each of
+    which would otherwise pay for two server processes (the SDK's import alone is about a CPU-second); the spawned
+    tests cover the process itself, with both eras (the SDK client's `auto` and `legacy` modes)."""
+
+    def __init__(self, settings: Settings, cache: faststart.CacheFile) -> None:
+        to_server, self._to_server = os.pipe()
+        from_server, out = os.pipe()
+        self.settings, self.cache = settings, cache
+        self.wire = faststart.Wire(to_server, out)
+        answers = cache.load()
+        self.responder = faststart.Responder(self.wire, answers).start() if answers is not None else None
+        self.handed: faststart.HandOver | None = None
+        self.serving: threading.Thread | None = None
+        self._output = open(from_server, "rb")  # noqa: SIM115 - the pump reads it to the end; `close` closes it
+        super().__init__(self._output)
+
+    def send(self, *messages: dict[str, Any] | bytes) -> None:
+        data = memoryview(encoded(messages))
+        while data:
+            data = data[os.write(self._to_server, data) :]
+
+    def hand_over(self) -> None:
+        """Once the responder has read all that was sent (and so answered what it answers), the server comes up."""
+        if self.responder is not None:
+            deadline = time.monotonic() + WAIT
+            while unread(self.wire.read_fd) and time.monotonic() < deadline:
+                time.sleep(0.001)  # polls the pipe's fill level: no pause decides the outcome
+            self.handed = self.responder.stop()
+            self.responder = None
+        server = cli._build_server(self.settings)
+        self.serving = threading.Thread(
+            target=anyio.run, args=(serve_stdio, server, self.wire, self.handed, self.cache)
+        )
+        self.serving.start()
+
+    def close(self) -> int:
+        if self.serving is None:
+            self.hand_over()
+        assert self.serving is not None
+        os.close(self._to_server)  # the end of input ends the server
+        self.serving.join(timeout=WAIT)
+        assert not self.serving.is_alive(), "the in-process server did not end at the end of its input"
+        for fd in (self.wire.read_fd, self.wire.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pump.join(timeout=WAIT)
+        self._output.close()
+        return 0
+
+
+def unread(fd: int) -> int:
+    """How many bytes wait in the pipe behind `fd`."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def env_for(tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -113,7 +189,7 @@ def env_for(tmp_path: Path, **settings: str) -> dict[str, str]:
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(REPO / "src"),
         "HOME": str(tmp_path),
-        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        "CI_MCP_DATA_DIR": str(seed_font_cache(tmp_path / "data")),
         "CI_MCP_KERNEL_POOL_SIZE": "0",
         "CI_MCP_KERNEL_ZYGOTE": "false",  # no code runs here: no zygote to start (and preload) with every server
         "CI_MCP_LOG_LEVEL": "DEBUG",  # the fast path says on stderr what it answered
@@ -184,23 +260,60 @@ VERSIONS = [
 ]
 
 
+def opening_messages(version: str, era: str) -> list[dict[str, Any]]:
+    """A client's first messages at `version`: the opening request (1) and tools/list (2)."""
+    if era == "legacy":
+        return [initialize(version), INITIALIZED, request(2, "tools/list")]
+    return [request(1, "server/discover", envelope(version)), request(2, "tools/list", envelope(version))]
+
+
+def in_process_answers(
+    settings: Settings, cache: faststart.CacheFile, version: str, era: str
+) -> tuple[dict[str, Any], dict[str, Any], faststart.HandOver | None]:
+    """The opening answer and tools/list from an in-process start (all sent at once, before the hand-over), and
+    what the responder handed over (None without a cache)."""
+    server = InProcess(settings, cache)
+    server.send(*opening_messages(version, era))
+    server.hand_over()
+    opening, tools = server.answer(1), server.answer(2)
+    server.close()
+    assert sorted(server.responses()) == [1, 2]  # none twice: the server drops its own answers to those handed over
+    return opening, tools, server.handed
+
+
+def recorded(env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a server on `env` answers first (initialize at the latest handshake version, and tools/list), with the
+    start cache it records, as `python -m ci_mcp` on `env` gives and writes them at its first start; in this process
+    (see InProcess), so that a spawned test starts warm without first paying for a cold server process. A spawned
+    server whose own answers differ from these says so on its stderr ("differed"), which the tests look for."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        args = cli._parser().parse_args([])
+        settings = cli.load_settings(args)
+        key = faststart.cache_key(cli.settings_inputs(args))
+        cache = faststart.CacheFile(settings.data_dir / faststart.CACHE_NAME, key)
+        opening, tools, _ = in_process_answers(settings, cache, LATEST_HANDSHAKE_VERSION, "legacy")
+    assert cache.load() is not None
+    return opening, tools
+
+
 @pytest.mark.parametrize(("era", "version"), VERSIONS)
 def test_the_cached_first_answers_are_the_servers_own_at_every_protocol_version(
-    tmp_path: Path, era: str, version: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, era: str, version: str
 ) -> None:
-    env = env_for(tmp_path)
-    cache_file(tmp_path).unlink(missing_ok=True)
-    real_opening, real_tools, cold = first_answers(tmp_path, env, version, era)
-    assert CACHED not in cold
-    assert cache_file(tmp_path).exists()
-    fast_opening, fast_tools, warm = first_answers(tmp_path, env, version, era)
+    settings = Settings(data_dir=seed_font_cache(tmp_path / "data"), kernel_pool_size=0, kernel_zygote=False)
+    cache = faststart.CacheFile(cache_file(tmp_path), "this test's settings")
+    real_opening, real_tools, cold = in_process_answers(settings, cache, version, era)
+    assert cold is None  # no cache yet: the server answered, and recorded one
+    assert cache.load() is not None
+    fast_opening, fast_tools, warm = in_process_answers(settings, cache, version, era)
     assert fast_opening == real_opening
     assert fast_tools == real_tools
-    assert "differ" not in warm  # the server's own answers (dropped at the hand-over, and recorded) were the same
+    assert "differed" not in caplog.text  # the server's own answers (dropped at the hand-over, recorded) were the same
+    assert warm is not None
     if version == "2099-01-01" and era == "modern":
-        assert CACHED not in warm and "error" in fast_opening, (warm, fast_opening)
+        assert not warm.answered and "error" in fast_opening, (warm.answered, fast_opening)
         return
-    assert f"answered 1 {CACHED}" in warm and f"answered 2 {CACHED}" in warm, warm
+    assert set(warm.answered) == {1, 2}, warm.answered
     if era == "legacy":
         expected = version if version in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         assert fast_opening["result"]["protocolVersion"] == expected
@@ -214,7 +327,7 @@ async def test_the_sdk_client_is_answered_from_the_cache_and_then_by_the_server(
     """The SDK's own client over a real pipe: `auto` opens with server/discover (the 2026-07-28 era), `legacy`
     with initialize."""
     env = env_for(tmp_path)
-    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    recorded(env)
     params = StdioServerParameters(command=sys.executable, args=["-m", "ci_mcp"], env=env)
     errors = tmp_path / "client-stderr.txt"
     with open(errors, "w") as errlog, anyio.fail_after(WAIT):
@@ -228,7 +341,7 @@ async def test_the_sdk_client_is_answered_from_the_cache_and_then_by_the_server(
 
 
 def test_a_changed_setting_is_not_answered_from_the_old_cache(tmp_path: Path) -> None:
-    first_answers(tmp_path, env_for(tmp_path), LATEST_HANDSHAKE_VERSION)
+    recorded(env_for(tmp_path))
     assert cache_file(tmp_path).exists()
     changed = env_for(tmp_path, CI_MCP_MAX_INLINE_UPLOAD_BYTES=str(3 * 1024 * 1024))
     _, tools, stderr = first_answers(tmp_path, changed, LATEST_HANDSHAKE_VERSION)
@@ -279,7 +392,7 @@ def test_every_environment_name_settings_read_is_in_the_cache_key() -> None:
 
 def test_a_tool_call_sent_right_after_initialize_waits_for_the_server_and_is_answered(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    recorded(env)
     with serving(tmp_path, env) as server:
         call = request(2, "tools/call", {"name": "list_files", "arguments": {}})
         server.send(
@@ -301,7 +414,7 @@ def test_a_tool_call_sent_right_after_initialize_waits_for_the_server_and_is_ans
 
 def test_bad_json_and_the_end_of_input_over_the_fast_start(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    recorded(env)
     with serving(tmp_path, env) as server:
         server.send(initialize(LATEST_HANDSHAKE_VERSION), b"{not json\n", INITIALIZED, request(2, "tools/list"))
         assert server.answer(1)["result"]["protocolVersion"] == LATEST_HANDSHAKE_VERSION
@@ -313,7 +426,7 @@ def test_bad_json_and_the_end_of_input_over_the_fast_start(tmp_path: Path) -> No
 
 def test_a_request_before_initialize_is_left_to_the_server(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    recorded(env)
     with serving(tmp_path, env) as server:
         server.send(request(1, "tools/list"), initialize(LATEST_HANDSHAKE_VERSION, rid=2))
         early = server.answer(1)
@@ -325,7 +438,7 @@ def test_a_request_before_initialize_is_left_to_the_server(tmp_path: Path) -> No
 
 def test_a_ping_first_opens_the_handshake_era_as_with_the_sdk(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    recorded(env)
     with serving(tmp_path, env) as server:
         server.send(request(1, "ping"), request(2, "server/discover", envelope(MODERN_PROTOCOL_VERSIONS[-1])))
         assert server.answer(1)["result"] == {}
@@ -397,7 +510,7 @@ def test_a_cache_file_of_the_right_key_but_the_wrong_shape_is_ignored(tmp_path: 
 
 def test_a_corrupt_cache_costs_only_the_fast_start_and_is_rewritten(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    real_init, real_tools, _ = first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    real_init, real_tools = recorded(env)
     good = cache_file(tmp_path).read_bytes()
     cache_file(tmp_path).write_bytes(good[: len(good) // 2])
     init, tools, stderr = first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
@@ -409,7 +522,7 @@ def test_a_cache_that_disagrees_with_the_server_is_served_once_then_rewritten(tm
     """The cache is trusted for the first answers: what its key does not cover (the machine's sandbox or the
     kernel's libraries changing under the same settings) is caught at the hand-over, warned about and rewritten."""
     env = env_for(tmp_path)
-    _, real_tools, _ = first_answers(tmp_path, env, LATEST_HANDSHAKE_VERSION)
+    _, real_tools = recorded(env)
     content = json.loads(cache_file(tmp_path).read_bytes())
     content["answers"]["tools/list"][LATEST_HANDSHAKE_VERSION]["tools"][0]["description"] = "STALE"
     cache_file(tmp_path).write_text(json.dumps(content))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import NIFTY_CSV, REPO, all_text, generated_ids, images, session_of, uploaded_id
+from tests.conftest import NIFTY_CSV, REPO, all_text, generated_ids, images, seed_font_cache, session_of, uploaded_id
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +22,7 @@ async def test_a_desktop_client_uploads_analyses_and_fetches_over_stdio(tmp_path
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
-        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        "CI_MCP_DATA_DIR": str(seed_font_cache(tmp_path / "data")),
         "CI_MCP_ALLOWED_DIRS": str(work),
         "PYTHONPATH": str(REPO / "src"),  # the code under test, not whatever ci_mcp the interpreter has installed
     }
@@ -65,7 +65,7 @@ def test_the_readme_walk_through_make_demo_runs_and_saves_the_chart(tmp_path: Pa
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
         "PYTHONPATH": str(repo / "src"),
-        "CI_MCP_DATA_DIR": str(tmp_path / "data"),
+        "CI_MCP_DATA_DIR": str(seed_font_cache(tmp_path / "data")),
         "CI_MCP_EXAMPLE_OUT": str(out),
     }
     done = subprocess.run(
