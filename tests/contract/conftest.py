@@ -17,6 +17,7 @@ from ci_mcp.settings import Settings
 from ci_mcp.store import FileStore
 from tests.azure_emulator.server import Emulator
 from tests.azure_emulator.state import Faults, default_model
+from tests.conftest import seed_font_cache
 
 BACKENDS = ["local", "azure", "azure-classic"]
 
@@ -52,7 +53,8 @@ async def contract_client(
     if backend_name == "local":
         from ci_mcp.backends.local.backend import LocalBackend
 
-        settings = Settings(**values)
+        seed_font_cache(values["data_dir"])
+        settings = Settings(**values, kernel_pool_size=0)  # each session's kernel when it runs: no spare to refill
         store = FileStore(settings.data_dir)
         backend = LocalBackend(settings, store)
     else:

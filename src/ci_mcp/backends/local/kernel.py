@@ -465,12 +465,14 @@ class Kernel:
 
     async def _freeze(self) -> None:
         """Between runs the session's cgroup is frozen: threads the code left running get no CPU until the next
-        run thaws it (where the host has a freezer). A frozen kernel is still killed by stop()."""
-        # An idle kernel is frozen at once: ask and look once here, and wait in a thread only when a task is slow
-        # to stop (saves a thread round trip on every run; issue 12).
+        run thaws it (where the host has a freezer). A frozen kernel is still killed by stop().
+
+        Only asked for here: the freezer stops the tasks asynchronously, and the run's end waits for it in the
+        worker thread that looks for leftover processes anyway (`kill_strays`, before the result is returned), so
+        a run pays no thread round trip of its own for the freeze (issue 12)."""
         groups = self._cgroups
-        if groups is not None and groups.can_freeze and self.alive and not groups.freeze(limit_seconds=0):
-            await anyio.to_thread.run_sync(groups.freeze)
+        if groups is not None and groups.can_freeze and self.alive:
+            groups.freeze(limit_seconds=0)
 
     async def _collect(self, run_id: str, deadline: float, sink: EventSink) -> Outcome:
         """Read the frames of execution `run_id` until its `done` (or the deadline, the interrupt's grace period or
