@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import Client, StdioServerParameters
 from mcp_types import ImageContent, TextContent
 
@@ -50,6 +53,8 @@ TARGETS: dict[str, float | None] = {
     "chart + image block, warm": 80,
     # No target: the MCP round trip itself (stdio transport, dispatch, one SQLite lookup, an error result), no kernel.
     "tool call without a kernel": None,
+    # No target: the same warm call from a client of a few lines (RawClient), no MCP SDK on the client's side.
+    "warm print(1+1), raw JSON-RPC client": None,
 }
 BURST = 10
 T = TypeVar("T")
@@ -64,6 +69,11 @@ def sid_of(result: object) -> str:
     first = result.content[0]  # type: ignore[attr-defined]
     assert isinstance(first, TextContent), first
     return first.text.split()[1]
+
+
+def sid_of_raw(result: dict[str, Any]) -> str:
+    """`sid_of` for a raw `tools/call` result (JSON)."""
+    return str(result["content"][0]["text"].split()[1])
 
 
 def descendants(pid: int) -> list[int]:
@@ -115,6 +125,48 @@ async def timed(out: list[float], call: Awaitable[T]) -> T:
     return result
 
 
+class RawClient:
+    """A JSON-RPC client of a few lines on the server's stdin and stdout (initialize, then `tools/call` lines, each
+    answer read up to its newline): what the server itself adds to a call, without an MCP SDK's client-side
+    validation and dispatch."""
+
+    def __init__(self, params: StdioServerParameters) -> None:
+        self.params = params
+        self.last_id = 0
+
+    async def __aenter__(self) -> RawClient:
+        command = [self.params.command, *self.params.args]
+        self.process = await anyio.open_process(command, env=self.params.env, stderr=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        self.output = BufferedByteReceiveStream(self.process.stdout)
+        client = {"name": "bench-raw", "version": "1"}
+        await self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client})
+        await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
+        with anyio.fail_after(30):
+            await self.process.wait()
+
+    async def send(self, message: dict[str, object]) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(json.dumps(message).encode() + b"\n")
+
+    async def request(self, method: str, params: dict[str, object]) -> dict[str, Any]:
+        self.last_id += 1
+        await self.send({"jsonrpc": "2.0", "id": self.last_id, "method": method, "params": params})
+        while True:
+            message = json.loads(await self.output.receive_until(b"\n", 64 * 1024 * 1024))
+            if message.get("id") == self.last_id and "method" not in message:
+                result: dict[str, Any] = message["result"]
+                return result
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("tools/call", {"name": name, "arguments": arguments})
+
+
 def is_kernel(pid: int) -> bool:
     """A kernel process: kernel_launcher run by bwrap (not bwrap itself), or a kernel forked by the zygote (pid 1
     of its own pid namespace; the zygote and the forks that wait for each kernel are not)."""
@@ -151,13 +203,23 @@ def turns(items: list[T], n: int) -> list[list[T]]:
     return [items if i % 2 == 0 else items[::-1] for i in range(n)]
 
 
-async def warm_calls(pairs: list[tuple[Client, dict[str, list[float]]]], sids: list[str], quick: bool) -> None:
-    """Warm print(1+1), the tool call without a kernel, and the warm chart, alternating between the servers."""
+async def warm_calls(
+    pairs: list[tuple[Client, dict[str, list[float]]]], sids: list[str], raws: list[RawClient], quick: bool
+) -> None:
+    """Warm print(1+1) (from the SDK client and from the raw one), the tool call without a kernel, and the warm
+    chart, alternating between the servers."""
     triples = [(client, out, sid) for (client, out), sid in zip(pairs, sids, strict=True)]
     for round_ in turns(triples, 50 if quick else 300):
         for client, out, sid in round_:
             args = {"code": "print(1+1)", "session_id": sid}
             await timed(out["warm print(1+1)"], client.call_tool("run_code_analysis", args))
+    raw_sids = [sid_of_raw(await raw.call_tool("run_code_analysis", {"code": "1"})) for raw in raws]
+    outs = [out for _, out in pairs]
+    for raw_round in turns(list(zip(raws, outs, raw_sids, strict=True)), 50 if quick else 300):
+        for raw, out, sid in raw_round:
+            args = {"code": "print(1+1)", "session_id": sid}
+            result = await timed(out["warm print(1+1), raw JSON-RPC client"], raw.call_tool("run_code_analysis", args))
+            assert not result.get("isError"), result
     for round_ in turns(triples, 50 if quick else 300):
         for client, out, _ in round_:
             args = {"session_id": "sess-unknown"}
@@ -216,7 +278,8 @@ async def measure(
         for _ in range(20):
             for client, sid in zip(clients, sids, strict=True):
                 await client.call_tool("run_code_analysis", {"code": "print(1+1)", "session_id": sid})
-        await warm_calls(pairs, sids, quick)
+        raws = [await stack.enter_async_context(RawClient(params)) for params, _ in servers]
+        await warm_calls(pairs, sids, raws, quick)
         for client, sid in zip(clients, sids, strict=True):
             await client.call_tool("close_session", {"session_id": sid})
             await client.call_tool("run_code_analysis", {"code": "1"})
