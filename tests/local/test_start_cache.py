@@ -181,7 +181,7 @@ class InProcess(_Lines):
 
 def unread(fd: int) -> int:
     """How many bytes wait in the pipe behind `fd`."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
 
 def env_for(tmp_path: Path, **settings: str) -> dict[str, str]:
