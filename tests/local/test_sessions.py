@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,23 @@ async def test_a_server_restart_keeps_files_and_says_kernel_state_was_lost(
         assert session_of(again) == sid
         assert "kept False" in text
         assert "variables and imports from earlier calls are gone" in text
+    store.close()
+
+
+async def test_the_session_records_are_closed_with_the_server(make_settings: Callable[..., Settings]) -> None:
+    """The backend's connection to the session records ends with the server's lifespan, not whenever the garbage
+    collector gets to it (the records themselves stay on disk for the next start)."""
+    settings = make_settings()
+    store = FileStore(settings.data_dir)
+    backend = LocalBackend(settings, store)
+    async with Client(create_server(backend, store, settings)) as client:
+        sid = session_of(await client.call_tool("run_code_analysis", {"code": "1"}))
+        assert backend.records.get(sid, LocalSessionState).session_id == sid
+    with pytest.raises(sqlite3.ProgrammingError):
+        backend.records.get(sid, LocalSessionState)
+    records = SessionStore(settings.data_dir)
+    assert records.get(sid, LocalSessionState).session_id == sid
+    records.close()
     store.close()
 
 

@@ -204,6 +204,7 @@ class LocalBackend:
                 await self.codewriter.aclose()
         self._probe.cancel()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        self.records.close()
 
     def _cold_pool(self) -> None:
         """Kernels start cold after all: keep one spare, not the forked kernels' several (each costs ~100 MB)."""

@@ -171,6 +171,7 @@ class AzureAgentsBackend:
             clients, self._clients = self._clients, None
             with anyio.CancelScope(shield=True):
                 await clients.aclose()
+        self.records.close()
 
     def describe(self) -> str:
         return (

@@ -143,6 +143,7 @@ class ClassicAgentsBackend:
             if callable(close):
                 await anyio.to_thread.run_sync(close)
             self._credential = None
+        self.records.close()
 
     def describe(self) -> str:
         return (
