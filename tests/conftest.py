@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +20,7 @@ from mcp_types import CallToolResult, ImageContent, ResourceLink, TextContent
 
 from ci_mcp.backends.factory import create_backend
 from ci_mcp.backends.local import workspace
+from ci_mcp.backends.local.backend import prepare_font_cache
 from ci_mcp.files import Files, files_for
 from ci_mcp.models import RunResult, TextOutput
 from ci_mcp.server import create_server
@@ -163,16 +163,12 @@ def seed_font_cache(data_dir: Path) -> Path:
     if not _FONT_CACHE:
         cache = Path(tempfile.mkdtemp(prefix="ci-mcp-test-fonts-"))
         atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        subprocess.run(
-            [sys.executable, "-c", "import matplotlib.font_manager"],
-            env={"MPLCONFIGDIR": str(cache), "PATH": os.environ.get("PATH", "/usr/bin")},
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        prepare_font_cache(sys.executable, cache)
         _FONT_CACHE.append(cache)
-    if any(_FONT_CACHE[0].glob("fontlist-*.json")):  # (none where matplotlib is missing: nothing to seed)
-        shutil.copytree(_FONT_CACHE[0], data_dir / "cache" / "matplotlib", dirs_exist_ok=True)
+    target = data_dir / "cache" / "matplotlib"
+    built = any(_FONT_CACHE[0].glob("fontlist-*.json"))  # (none where matplotlib is missing: nothing to seed)
+    if built and not any(target.glob("fontlist-*.json")):
+        shutil.copytree(_FONT_CACHE[0], target, dirs_exist_ok=True)
     return data_dir
 
 

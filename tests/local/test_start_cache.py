@@ -164,7 +164,7 @@ class InProcess(_Lines):
         )
         self.serving.start()
 
-    def close(self) -> int:
+    def close(self) -> None:
         if self.serving is None:
             self.hand_over()
         assert self.serving is not None
@@ -176,7 +176,6 @@ class InProcess(_Lines):
                 os.close(fd)
         self.pump.join(timeout=WAIT)
         self._output.close()
-        return 0
 
 
 def unread(fd: int) -> int:

@@ -166,7 +166,7 @@ class LocalBackend:
         if self.plan.mode in ("bwrap", "seatbelt"):
             self._py_roots = list(python.mounts)
         if "matplotlib" in python.libraries:
-            await anyio.to_thread.run_sync(self._prepare_mpl_cache)
+            await anyio.to_thread.run_sync(prepare_font_cache, self._python, self._mpl_cache)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         if self.plan.mode == "bwrap" and self.settings.kernel_zygote:
@@ -217,20 +217,6 @@ class LocalBackend:
             if self._interpreter.error:
                 log.warning("ci-mcp local backend: the kernel's Python: %s", self._interpreter.error)
         return self._interpreter
-
-    def _prepare_mpl_cache(self) -> None:
-        """Build matplotlib's font cache once, so no kernel pays for it (each gets a private copy)."""
-        if any(self._mpl_cache.glob("fontlist-*.json")):
-            return
-        self._mpl_cache.mkdir(parents=True, exist_ok=True)
-        env = {"MPLCONFIGDIR": str(self._mpl_cache), "PATH": os.environ.get("PATH", "/usr/bin")}
-        subprocess.run(
-            [self._python, "-c", "import matplotlib.font_manager"],
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
 
     def describe(self) -> str:
         where = (
@@ -739,6 +725,18 @@ class LocalBackend:
         if own:
             collector.notices.extend(f"Not kept: {name_list(names)}. {cause}" for cause, names in lost.items())
         return None if trimmed else after
+
+
+def prepare_font_cache(python: str, cache: Path) -> None:
+    """Build matplotlib's font cache in `cache` with `python`, unless it is there: once per data directory, so no
+    kernel pays for it (each gets a private copy). A Python without matplotlib leaves it empty."""
+    if any(cache.glob("fontlist-*.json")):
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {"MPLCONFIGDIR": str(cache), "PATH": os.environ.get("PATH", "/usr/bin")}
+    subprocess.run(
+        [python, "-c", "import matplotlib.font_manager"], env=env, capture_output=True, timeout=120, check=False
+    )
 
 
 def _reusable_snapshot(after: Snapshot | None) -> bool:
